@@ -136,6 +136,19 @@ class UNetConfig(_Config):
         "conv_out_kernel": (3,),
         "transformer_layers_per_block": (1,),
         "mid_block_type": SD1_MID_BLOCKS,
+        # further diffusers options that change the graph; only their SD 1.x values are implemented
+        "time_embedding_act_fn": (None,),
+        "timestep_post_act": (None,),
+        "time_embedding_dim": (None,),
+        "resnet_out_scale_factor": (1.0,),
+        "resnet_skip_time_act": (False,),
+        "cross_attention_norm": (None,),
+        "attention_type": ("default",),
+        "encoder_hid_dim_type": (None,),
+        "num_class_embeds": (None,),
+        "class_embeddings_concat": (False,),
+        "mid_block_only_cross_attention": (None, False),
+        "reverse_transformer_layers_per_block": (None,),
     }
 
     def heads(self, block: int) -> int:
@@ -201,6 +214,7 @@ class SchedulerConfig(_Config):
     prediction_type: str = "epsilon"
     steps_offset: int = 1
     timestep_spacing: str = "leading"
+    set_alpha_to_one: bool = False  # DDIM: abar before the first training step is 1.0 (True) or abar[0] (SD 1.x: False)
 
     _refuse = {
         "beta_schedule": ("scaled_linear", "linear"),
