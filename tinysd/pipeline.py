@@ -1,0 +1,309 @@
+"""Text to image: tokenizer -> text encoder -> sampler loop over the UNet -> VAE decoder.
+
+    pipe = Pipeline.from_pretrained(path)      # diffusers folder or single .safetensors; None = shipped model
+    img = pipe("a red circle", steps=20, seed=0)
+
+The sampler loop (as diffusers' StableDiffusionPipeline):
+
+    latents = noise * init_noise_sigma                       noise: NoiseSource(seed, batch), float64
+    for i, t in enumerate(timesteps):
+        x = scale_model_input(latents, i)                    float64 -> float32 UNet input
+        eps_u, eps_c = unet([x, x], t, [ctx_neg, ctx_pos])   one UNet call on 2B samples
+        eps = eps_u + guidance_scale * (eps_c - eps_u)       float64
+        latents = step(eps, i, latents[, noise]).prev_sample
+    image = vae.decode(latents / scaling_factor)             one image at a time
+
+Classifier-free guidance is on when guidance_scale > 1 (diffusers' rule);
+otherwise the UNet sees only the prompt. The negative prompt ("" by default)
+is the unconditional text.
+
+Precisions: `Pipeline.from_pretrained(path, precision=...)` builds the three
+networks with the engine registered for that precision (`register_precision`).
+"fp32" is the float32 NumPy engine; the quantized engine registers its own.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import __version__
+from .config import ModelConfig
+from .errors import TinySDError
+from .paths import DEFAULT_MODEL_DIR, TOKENIZER_DIR
+from .png import GenerationParams, file_sha256_prefix
+from .schedulers import SAMPLERS, NoiseSource, make_scheduler
+
+log = logging.getLogger(__name__)
+
+# precision name -> factory(loaded_model, **options) -> (text_encoder, unet, vae)
+EngineFactory = Callable[..., tuple]
+_ENGINES: dict[str, EngineFactory] = {}
+
+
+def register_precision(name: str, factory: EngineFactory) -> None:
+    """Make `Pipeline.from_pretrained(..., precision=name)` build its networks with `factory`.
+
+    `factory(loaded: tinysd.checkpoint.LoadedModel, **options)` returns
+    (text_encoder, unet, vae) objects with the call signatures of
+    tinysd.models.TextEncoder / UNet / VAE.
+    """
+    _ENGINES[name] = factory
+
+
+def _fp32_engine(loaded, **options):
+    """float32 NumPy networks (tinysd.interp.float)."""
+    if options:
+        raise TinySDError(f"precision fp32 takes no options (got {', '.join(sorted(options))})")
+    from .models import VAE, TextEncoder, UNet
+
+    cfg = loaded.config
+    return (
+        TextEncoder.from_params(cfg.text_encoder, loaded.params["text_encoder"]),
+        UNet.from_params(cfg.unet, loaded.params["unet"]),
+        VAE.from_params(cfg.vae, loaded.params["vae"]),
+    )
+
+
+register_precision("fp32", _fp32_engine)
+
+
+def precisions() -> tuple[str, ...]:
+    return tuple(_ENGINES)
+
+
+def engine_for(precision: str) -> EngineFactory:
+    """The engine factory of `precision`; TinySDError for an unknown one."""
+    try:
+        return _ENGINES[precision]
+    except KeyError:
+        raise TinySDError(f"precision {precision!r} is not available (available: {', '.join(_ENGINES)})") from None
+
+
+def default_model_path() -> Path:
+    """The shipped model folder; TinySDError saying how to pass a checkpoint if it is not there."""
+    if not DEFAULT_MODEL_DIR.is_dir():
+        raise TinySDError(
+            f"the default model {DEFAULT_MODEL_DIR} is not installed; pass a checkpoint "
+            "(a diffusers folder or an SD 1.x .safetensors file) with --model PATH / from_pretrained(path)")
+    return DEFAULT_MODEL_DIR
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def check_generation_args(*, prompt="", negative_prompt="", steps=20, guidance_scale=7.5, seed=0, sampler="euler",
+                          width=None, height=None, karras=False, clip_skip=None, batch_size=1) -> None:
+    """Model-independent checks of generation arguments (TinySDError naming the option).
+
+    The CLI calls this before loading a model so that bad options fail at once.
+    """
+    if not isinstance(prompt, str):
+        raise TinySDError("prompt must be a string")
+    if not isinstance(negative_prompt, str):
+        raise TinySDError("negative prompt must be a string")
+    if not _is_int(steps) or steps < 1:
+        raise TinySDError(f"steps must be an integer >= 1 (got {steps!r})")
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float, np.floating, np.integer)) or not np.isfinite(guidance_scale):
+        raise TinySDError(f"guidance scale (cfg) must be a finite number (got {guidance_scale!r})")
+    if not _is_int(seed) or seed < 0:
+        raise TinySDError(f"seed must be an integer >= 0 (got {seed!r})")
+    if sampler not in SAMPLERS:
+        raise TinySDError(f"sampler {sampler!r} is unknown (choose from {', '.join(SAMPLERS)})")
+    if karras and sampler == "ddim":
+        raise TinySDError("sampler ddim: Karras sigmas are not available for this sampler")
+    for name, v in (("width", width), ("height", height)):
+        if v is None:
+            continue
+        if not _is_int(v) or v < 8 or v % 8:
+            raise TinySDError(f"{name} must be a positive multiple of 8 (got {v!r})")
+    if clip_skip is not None and (not _is_int(clip_skip) or clip_skip < 0):
+        raise TinySDError(f"clip skip must be an integer >= 0 (got {clip_skip!r})")
+    if not _is_int(batch_size) or batch_size < 1:
+        raise TinySDError(f"batch size must be an integer >= 1 (got {batch_size!r})")
+
+
+def latents_to_images(decoded: np.ndarray) -> list:
+    """VAE output (B, 3, H, W) in [-1, 1] -> PIL RGB images: round(clip(x / 2 + 0.5, 0, 1) * 255)."""
+    from PIL import Image
+
+    x = np.clip(decoded.astype(np.float32) / 2 + 0.5, 0.0, 1.0)
+    x = np.round(x * 255).astype(np.uint8).transpose(0, 2, 3, 1)  # (B, H, W, 3)
+    return [Image.fromarray(a, mode="RGB") for a in x]
+
+
+@dataclass
+class GenerationResult:
+    """images: PIL images; params: what made each (its seed is seed + i); latents: final float64 latents (B, C, h, w), unscaled."""
+
+    images: list
+    params: list[GenerationParams]
+    latents: np.ndarray
+
+
+class Pipeline:
+    """An SD 1.x text-to-image pipeline; `tokenizer`, `text_encoder`, `unet`, `vae` are usable on their own."""
+
+    def __init__(self, tokenizer, text_encoder, unet, vae, config: ModelConfig, *, model_name: str = "model",
+                 source: Path | None = None, layout: str | None = None, precision: str = "fp32"):
+        self.tokenizer = tokenizer
+        self.text_encoder = text_encoder
+        self.unet = unet
+        self.vae = vae
+        self.config = config
+        self.model_name = model_name
+        self.source = source
+        self.layout = layout
+        self.precision = precision
+        self._model_hash: str | None = None
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path | None = None, precision: str = "fp32", **engine_options) -> "Pipeline":
+        """Load a diffusers folder or a single SD 1.x .safetensors file (None: the shipped default model)."""
+        from .checkpoint import load_checkpoint
+        from .tokenizer import CLIPTokenizer
+
+        factory = engine_for(precision)
+        path = default_model_path() if path is None else Path(path)
+        t0 = time.perf_counter()
+        loaded = load_checkpoint(path)
+        tokenizer = CLIPTokenizer.from_dir(loaded.tokenizer_dir or TOKENIZER_DIR)
+        text_encoder, unet, vae = factory(loaded, **engine_options)
+        log.info("loaded %s (%s, %s) in %.1f s", path, loaded.layout, precision, time.perf_counter() - t0)
+        name = path.stem if path.is_file() else path.resolve().name
+        return cls(tokenizer, text_encoder, unet, vae, loaded.config, model_name=name, source=path,
+                   layout=loaded.layout, precision=precision)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def vae_scale_factor(self) -> int:
+        """Image pixels per latent pixel: 2 ** (VAE blocks - 1) (8 for SD)."""
+        return 2 ** (len(self.config.vae.block_out_channels) - 1)
+
+    @property
+    def native_size(self) -> int:
+        """The size the UNet was trained at, in image pixels: sample_size * vae_scale_factor."""
+        return self.config.unet.sample_size * self.vae_scale_factor
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sizes must be multiples of this: lcm(8, vae_scale_factor * 2 ** UNet downsamplers) (64 for SD)."""
+        return math.lcm(8, self.vae_scale_factor * 2 ** (len(self.config.unet.block_out_channels) - 1))
+
+    @property
+    def model_hash(self) -> str | None:
+        """A1111's model hash (SHA-256, 10 hex digits) of a single-file checkpoint; None for folders."""
+        if self._model_hash is None and self.source is not None and Path(self.source).is_file():
+            self._model_hash = file_sha256_prefix(self.source)
+        return self._model_hash
+
+    # ------------------------------------------------------------------ text
+    def encode_prompt(self, prompts: list[str], clip_skip: int | None = None) -> np.ndarray:
+        """float32 (len(prompts), 77, D) text features."""
+        ids = self.tokenizer(prompts)  # (N, 77) int64
+        return np.asarray(self.text_encoder(ids, clip_skip=clip_skip or None), dtype=np.float32)
+
+    # ------------------------------------------------------------------ generation
+    def check_args(self, *, width=None, height=None, clip_skip=None, **kwargs) -> tuple[int, int]:
+        """All checks of `generate`'s arguments, before any work; returns the image (width, height).
+
+        TinySDError naming the option: see `check_generation_args`, plus sizes that are not
+        multiples of `size_multiple` and clip_skip >= the text encoder's layer count.
+        """
+        check_generation_args(width=width, height=height, clip_skip=clip_skip, **kwargs)
+        width = self.native_size if width is None else int(width)
+        height = self.native_size if height is None else int(height)
+        m = self.size_multiple
+        for name, v in (("width", width), ("height", height)):
+            if v % m:
+                raise TinySDError(f"{name} {v} is not a multiple of {m}, which this model needs (VAE x{self.vae_scale_factor}, "
+                                  f"UNet x{2 ** (len(self.config.unet.block_out_channels) - 1)} downsampling)")
+        n_train = self.config.scheduler.num_train_timesteps
+        if kwargs.get("steps", 0) > n_train:
+            raise TinySDError(f"steps must be at most the model's {n_train} training timesteps (got {kwargs['steps']})")
+        n_layers = self.config.text_encoder.num_hidden_layers
+        if clip_skip and clip_skip >= n_layers:
+            raise TinySDError(f"clip skip {clip_skip} must be less than the text encoder's {n_layers} layers")
+        return width, height
+
+    def __call__(self, prompt: str, negative_prompt: str = "", steps: int = 20, guidance_scale: float = 7.5, seed: int = 0,
+                 sampler: str = "euler", width: int | None = None, height: int | None = None, karras: bool = False,
+                 clip_skip: int | None = None, batch_size: int = 1, callback: Callable[[int, int], None] | None = None):
+        """A PIL image (a list of batch_size images when batch_size > 1). See `generate`."""
+        res = self.generate(prompt, negative_prompt=negative_prompt, steps=steps, guidance_scale=guidance_scale, seed=seed,
+                            sampler=sampler, width=width, height=height, karras=karras, clip_skip=clip_skip,
+                            batch_size=batch_size, callback=callback)
+        return res.images[0] if batch_size == 1 else res.images
+
+    def generate(self, prompt: str, negative_prompt: str = "", steps: int = 20, guidance_scale: float = 7.5, seed: int = 0,
+                 sampler: str = "euler", width: int | None = None, height: int | None = None, karras: bool = False,
+                 clip_skip: int | None = None, batch_size: int = 1, callback: Callable[[int, int], None] | None = None,
+                 ) -> GenerationResult:
+        """Generate `batch_size` images of one prompt; image i uses seed + i.
+
+        sampler: one of SAMPLERS ("ddim", "euler", "euler_a", "dpmpp_2m"); karras: Karras sigmas
+        (not for ddim). width/height: image size, default the native size; multiples of 8 and of
+        `size_multiple`. clip_skip: CLIP layers to skip (diffusers' clip_skip; A1111's "Clip skip"
+        is clip_skip + 1). callback(done_steps, total_steps) is called after every step.
+        """
+        width, height = self.check_args(prompt=prompt, negative_prompt=negative_prompt, steps=steps,
+                                        guidance_scale=guidance_scale, seed=seed, sampler=sampler, width=width,
+                                        height=height, karras=karras, clip_skip=clip_skip, batch_size=batch_size)
+        sched = make_scheduler(sampler, self.config.scheduler, karras=karras)
+        sched.set_timesteps(int(steps))
+        B = int(batch_size)
+        g = float(guidance_scale)
+        do_cfg = g > 1.0
+        f = self.vae_scale_factor
+        shape = (self.config.unet.in_channels, height // f, width // f)
+
+        # 1. text features: negative and positive prompt in one text encoder call
+        t0 = time.perf_counter()
+        ctx = self.encode_prompt([negative_prompt, prompt], clip_skip)  # (2, 77, D)
+        ctx_neg, ctx_pos = ctx[:1], ctx[1:]
+        if do_cfg:
+            context = np.concatenate([np.repeat(ctx_neg, B, axis=0), np.repeat(ctx_pos, B, axis=0)])  # (2B, 77, D)
+        else:
+            context = np.repeat(ctx_pos, B, axis=0)  # (B, 77, D)
+        log.info("text encoder: %.2f s", time.perf_counter() - t0)
+
+        # 2. initial latents
+        noise = NoiseSource(int(seed), B)
+        latents = noise.randn(shape) * sched.init_noise_sigma  # (B, C, h, w) float64
+
+        # 3. sampler loop
+        t0 = time.perf_counter()
+        for i, t in enumerate(sched.timesteps):
+            x = sched.scale_model_input(latents, i).astype(np.float32)  # (B, C, h, w)
+            if do_cfg:
+                out = np.asarray(self.unet(np.concatenate([x, x]), t, context), dtype=np.float64)  # (2B, C, h, w)
+                eps_neg, eps_pos = out[:B], out[B:]
+                eps = eps_neg + g * (eps_pos - eps_neg)
+            else:
+                eps = np.asarray(self.unet(x, t, context), dtype=np.float64)
+            step_noise = noise.randn(shape) if sched.needs_noise else None
+            latents = sched.step(eps, i, latents, noise=step_noise).prev_sample
+            log.debug("step %d/%d t=%g", i + 1, steps, t)
+            if callback is not None:
+                callback(i + 1, int(steps))
+        log.info("sampling: %d steps in %.2f s", steps, time.perf_counter() - t0)
+
+        # 4. decode, one image at a time
+        t0 = time.perf_counter()
+        z = (latents / self.vae.scaling_factor).astype(np.float32)
+        images = []
+        for b in range(B):
+            images += latents_to_images(np.asarray(self.vae.decode(z[b : b + 1])))
+        log.info("vae decoder: %.2f s", time.perf_counter() - t0)
+
+        base = dict(prompt=prompt, negative_prompt=negative_prompt, steps=int(steps), sampler=sampler, karras=bool(karras),
+                    cfg_scale=g, width=width, height=height, model_name=self.model_name, model_hash=self.model_hash,
+                    clip_skip=int(clip_skip or 0), version=f"tinysd {__version__}")
+        params = [GenerationParams(seed=s, **base) for s in noise.seeds]
+        return GenerationResult(images=images, params=params, latents=latents)

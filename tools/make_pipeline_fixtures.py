@@ -1,0 +1,139 @@
+"""Dev tool: whole text-to-image runs of diffusers' StableDiffusionPipeline on the tiny fixture model
+-> tests/fixtures/pipeline_runs.npz.
+
+Needs torch + diffusers + transformers (dev extras) and tests/fixtures/tiny-sd/
+(from tools/make_fixtures.py). For each sampler (DDIM, Euler, Euler a, DPM++ 2M;
+Euler and DPM++ 2M also with Karras sigmas) it runs 4 steps with classifier-free
+guidance and a negative prompt, batch 2, and records the final latents
+(output_type="latent", i.e. before the VAE) and the decoded images (float, in
+[0, 1], output_type="np").
+
+Noise is tinysd's: `NoiseSource(SEED, 2)` gives the initial latents (passed as
+`latents=`) and, for Euler a, each step's noise: diffusers' `randn_tensor` in the
+Euler ancestral module is replaced by one returning the next `NoiseSource.randn`
+draw, exactly the order tinysd's pipeline draws them in. Prompts are tokenized
+by transformers' CLIPTokenizer from the shipped vocabulary (weights/tokenizer).
+Schedulers are built from the model's scheduler_config.json with from_config,
+as diffusers users switch samplers (DDIM: clip_sample=False, as SD 1.x configs say).
+
+Usage: python tools/make_pipeline_fixtures.py [--model tests/fixtures/tiny-sd] [--out tests/fixtures/pipeline_runs.npz]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import diffusers  # noqa: E402
+import transformers  # noqa: E402
+from diffusers import (  # noqa: E402
+    AutoencoderKL,
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from diffusers.schedulers import scheduling_euler_ancestral_discrete as euler_a_module  # noqa: E402
+from transformers import CLIPTextModel, CLIPTokenizer  # noqa: E402
+
+from tinysd.paths import TOKENIZER_DIR  # noqa: E402
+from tinysd.schedulers import NoiseSource  # noqa: E402
+
+SEED = 31
+BATCH = 2
+STEPS = 4
+CFG = 7.5
+PROMPT = "a red circle on the left"
+NEGATIVE = "a blue square"
+RUNS = [("ddim", False), ("euler", False), ("euler", True), ("euler_a", False), ("dpmpp_2m", False), ("dpmpp_2m", True)]
+
+
+def scheduler(name, karras, config):
+    if name == "ddim":
+        return DDIMScheduler.from_config(config, clip_sample=False)
+    if name == "euler":
+        return EulerDiscreteScheduler.from_config(config, use_karras_sigmas=karras)
+    if name == "euler_a":
+        return EulerAncestralDiscreteScheduler.from_config(config)
+    return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2, use_karras_sigmas=karras)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=str(ROOT / "tests" / "fixtures" / "tiny-sd"))
+    ap.add_argument("--out", default=str(ROOT / "tests" / "fixtures" / "pipeline_runs.npz"))
+    args = ap.parse_args(argv)
+    model = Path(args.model)
+    torch.set_num_threads(1)
+
+    tok = CLIPTokenizer(str(TOKENIZER_DIR / "vocab.json"), str(TOKENIZER_DIR / "merges.txt"), model_max_length=77)
+    te = CLIPTextModel.from_pretrained(model / "text_encoder", torch_dtype=torch.float32)
+    unet = UNet2DConditionModel.from_pretrained(model / "unet")
+    vae = AutoencoderKL.from_pretrained(model / "vae")
+    base_sched = DDIMScheduler.from_pretrained(model / "scheduler")  # any class: only its config is used
+    vae_f = 2 ** (len(vae.config.block_out_channels) - 1)
+    shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+
+    arrays = {}
+    original_randn = euler_a_module.randn_tensor
+    try:
+        for name, karras in RUNS:
+            key = name + ("_karras" if karras else "")
+            sched = scheduler(name, karras, base_sched.config)
+            pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, scheduler=sched,
+                                           safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+            pipe.set_progress_bar_config(disable=True)
+            outs = {}
+            for output_type in ("latent", "np"):
+                src = NoiseSource(SEED, BATCH)
+                latents = torch.from_numpy(src.randn(shape).astype(np.float32))
+                euler_a_module.randn_tensor = lambda shp, *a, _src=src, **k: torch.from_numpy(_src.randn(tuple(shp)[1:]).astype(np.float32))
+                with torch.no_grad():
+                    res = pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=STEPS, guidance_scale=CFG,
+                               num_images_per_prompt=BATCH, latents=latents, output_type=output_type,
+                               height=shape[1] * vae_f, width=shape[2] * vae_f)
+                outs[output_type] = np.asarray(res.images, dtype=np.float32)
+            arrays[f"{key}__latents"] = outs["latent"]
+            arrays[f"{key}__images"] = outs["np"]
+            arrays[f"{key}__timesteps"] = sched.timesteps.numpy().astype(np.float64)
+    finally:
+        euler_a_module.randn_tensor = original_randn
+
+    meta = {
+        "generator": "tools/make_pipeline_fixtures.py",
+        "date": datetime.date.today().isoformat(),
+        "model": str(model.relative_to(ROOT)) if model.is_relative_to(ROOT) else str(model),
+        "diffusers": diffusers.__version__, "transformers": transformers.__version__, "torch": torch.__version__,
+        "numpy": np.__version__, "python": platform.python_version(),
+        "seed": SEED, "batch": BATCH, "steps": STEPS, "cfg": CFG, "prompt": PROMPT, "negative_prompt": NEGATIVE,
+        "runs": [n + ("_karras" if k else "") for n, k in RUNS],
+        "noise": "tinysd.schedulers.NoiseSource(seed, batch): initial latents, then (euler_a) one draw per step, "
+                 "fed to diffusers through latents= and a replaced randn_tensor",
+        "latents": "StableDiffusionPipeline(output_type='latent').images: final latents, not divided by scaling_factor",
+        "images": "output_type='np': float32 (B, H, W, 3) in [0, 1]",
+    }
+    arrays["meta"] = np.array(json.dumps(meta))
+    out = Path(args.out)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".npz")
+    os.close(fd)
+    np.savez_compressed(tmp, **arrays)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, out)
+    print(f"wrote {out} ({out.stat().st_size} bytes)", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
