@@ -1,0 +1,67 @@
+"""Ops of the float32 interpreter against plain float64 references."""
+import math
+
+import numpy as np
+import pytest
+
+import tinysd.interp.float as F
+from tinysd.errors import TinySDError
+from tinysd.interp.float import FloatInterpreter, conv2d_nchw
+
+
+def _conv_ref(x, w, b, stride, pad):
+    """Direct float64 loops over output positions."""
+    top, bottom, left, right = pad
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (top, bottom), (left, right)))
+    N, C, H, W = xp.shape
+    O, _, KH, KW = w.shape
+    Ho, Wo = (H - KH) // stride + 1, (W - KW) // stride + 1
+    out = np.zeros((N, O, Ho, Wo))
+    for i in range(Ho):
+        for j in range(Wo):
+            patch = xp[:, :, i * stride:i * stride + KH, j * stride:j * stride + KW]  # (N, C, KH, KW)
+            out[:, :, i, j] = np.einsum("nckl,ockl->no", patch, w.astype(np.float64))
+    return out + b[None, :, None, None]
+
+
+@pytest.mark.parametrize("k,stride,pad,budget", [
+    (3, 1, (1, 1, 1, 1), None), (3, 2, (0, 1, 0, 1), None), (3, 2, (1, 1, 1, 1), None),
+    (1, 1, (0, 0, 0, 0), None), (3, 1, (1, 1, 1, 1), 64),  # tiny budget: many row bands
+])
+def test_conv2d(monkeypatch, k, stride, pad, budget):
+    if budget:
+        monkeypatch.setattr(F, "_IM2COL_BUDGET", budget)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 5, 9, 7)).astype(np.float32)
+    w = rng.standard_normal((6, 5, k, k)).astype(np.float32)
+    b = rng.standard_normal(6).astype(np.float32)
+    got = conv2d_nchw(x, w, b, stride, pad)
+    ref = _conv_ref(x, w, b, stride, pad)
+    assert got.dtype == np.float32 and got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+
+
+def test_gelu_is_correctly_rounded_erf_gelu():
+    x = np.linspace(-9, 9, 2001, dtype=np.float32)
+    ref = np.array([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x.astype(np.float64)]).astype(np.float32)
+    np.testing.assert_array_equal(FloatInterpreter({}, "t").gelu(x, "g"), ref)
+
+
+def test_softmax_causal_and_norms():
+    ops = FloatInterpreter({"n.weight": np.full(6, 2.0, np.float32), "n.bias": np.ones(6, np.float32)}, "t")
+    rng = np.random.default_rng(1)
+    s = rng.standard_normal((2, 3, 4, 4)).astype(np.float32)
+    p = ops.softmax(s, "p", causal=True)
+    assert np.all(p[..., np.triu_indices(4, 1)[0], np.triu_indices(4, 1)[1]] == 0)
+    np.testing.assert_allclose(p.sum(-1), 1, atol=1e-6)
+    np.testing.assert_allclose(p[..., 1, :2], np.exp(s[..., 1, :2]) / np.exp(s[..., 1, :2]).sum(-1, keepdims=True), atol=1e-6)
+    x = rng.standard_normal((2, 6, 3, 5)).astype(np.float32) * 3 + 1
+    g = ops.group_norm(x, "n", groups=3, eps=1e-6).astype(np.float64)
+    xg = x.reshape(2, 3, -1).astype(np.float64)
+    ref = ((xg - xg.mean(-1, keepdims=True)) / np.sqrt(xg.var(-1, keepdims=True) + 1e-6)).reshape(x.shape) * 2 + 1
+    np.testing.assert_allclose(g, ref, atol=1e-6)
+
+
+def test_missing_parameter_names_the_tensor():
+    with pytest.raises(TinySDError, match=r"unet: missing parameter conv_in\.weight"):
+        FloatInterpreter({}, "unet").conv2d(np.zeros((1, 1, 3, 3), np.float32), "conv_in")

@@ -1,0 +1,257 @@
+"""The float32 NumPy interpreter of the ops interface (`tinysd/nn/ops.py`).
+
+Tensors are float32 `np.ndarray`s. Products (linear, conv2d, matmul) run on
+float32 BLAS; normalisation statistics are computed in float64 and the
+result rounded once to float32; GELU is computed in float64 with an exact
+erf and rounded once (numba); softmax is one fused numba row kernel (float32
+exp, float64 row sum). Everything else is plain float32 NumPy. This matches
+torch's float32 results to float32 rounding (not bit for bit: summation
+orders differ).
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from typing import Mapping, Sequence
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from ..errors import TinySDError
+
+log = logging.getLogger(__name__)
+
+F32 = np.float32
+
+# im2col buffers are built in row bands of at most this many float32 elements
+_IM2COL_BUDGET = 1 << 24  # 64 MiB
+
+
+@functools.lru_cache(maxsize=None)
+def _gelu_ufunc():
+    """A float32 -> float32 ufunc: 0.5 x (1 + erf(x / sqrt 2)) in float64, rounded once (numba)."""
+    import numba
+
+    @numba.vectorize(["float32(float32)"], cache=True)
+    def gelu(x):
+        xd = np.float64(x)
+        return np.float32(0.5 * xd * (1.0 + math.erf(xd * 0.7071067811865476)))
+
+    return gelu
+
+
+@functools.lru_cache(maxsize=None)
+def _softmax_kernel():
+    """Row softmax, fused (numba): out[r, j] = exp(x[r, j] - max_r) / sum_r, float32 in and out.
+
+    Rows are the flattened leading axes. `causal_t` > 0: row r is query
+    i = r % causal_t and only columns j <= i take part (the rest are 0). exp
+    is float32, the row sum is accumulated in float64.
+    """
+    import numba
+
+    @numba.njit(cache=True)
+    def softmax_rows(x, out, causal_t):
+        R, S = x.shape
+        for r in range(R):
+            lim = S if causal_t == 0 else min(r % causal_t + 1, S)
+            m = x[r, 0]
+            for j in range(1, lim):
+                if x[r, j] > m:
+                    m = x[r, j]
+            s = 0.0
+            for j in range(lim):
+                e = np.exp(x[r, j] - m)
+                out[r, j] = e
+                s += e
+            inv = np.float32(s)
+            for j in range(lim):
+                out[r, j] = out[r, j] / inv
+            for j in range(lim, S):
+                out[r, j] = 0.0
+
+    return softmax_rows
+
+
+def _pad4(padding) -> tuple[int, int, int, int]:
+    """An int or (top, bottom, left, right) -> (top, bottom, left, right)."""
+    if isinstance(padding, (int, np.integer)):
+        p = int(padding)
+        return (p, p, p, p)
+    t = tuple(int(v) for v in padding)
+    if len(t) != 4 or min(t) < 0:
+        raise ValueError(f"padding must be an int or (top, bottom, left, right) >= 0, got {padding!r}")
+    return t
+
+
+def conv2d_nchw(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: int, padding) -> np.ndarray:
+    """float32 NCHW convolution (cross-correlation, as torch), zero padding, no dilation/groups.
+
+    x (N, C, H, W), w (O, C, KH, KW), b (O,) or None -> (N, O, Ho, Wo) with
+    Ho = (H + top + bottom - KH) // stride + 1. im2col + one GEMM per row band.
+    """
+    N, C, H, W = x.shape
+    O, Cw, KH, KW = w.shape
+    if Cw != C:
+        raise ValueError(f"conv2d: input has {C} channels, weight expects {Cw}")
+    top, bottom, left, right = _pad4(padding)
+    if top or bottom or left or right:
+        x = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    Hp, Wp = x.shape[2], x.shape[3]
+    Ho, Wo = (Hp - KH) // stride + 1, (Wp - KW) // stride + 1
+    if Ho < 1 or Wo < 1:
+        raise ValueError(f"conv2d: input {H}x{W} is smaller than the kernel {KH}x{KW}")
+    if KH == KW == 1:
+        xs = x[:, :, : (Ho - 1) * stride + 1 : stride, : (Wo - 1) * stride + 1 : stride]
+        out = np.matmul(w.reshape(O, C), xs.reshape(N, C, Ho * Wo))  # (N, O, Ho*Wo)
+        out = out.reshape(N, O, Ho, Wo)
+    else:
+        w2 = w.reshape(O, C * KH * KW)  # (O, C*KH*KW), column order (c, kh, kw)
+        win = sliding_window_view(x, (KH, KW), axis=(2, 3))  # (N, C, Hp-KH+1, Wp-KW+1, KH, KW)
+        win = win[:, :, ::stride, ::stride][:, :, :Ho, :Wo]  # (N, C, Ho, Wo, KH, KW)
+        out = np.empty((N, O, Ho, Wo), dtype=F32)
+        rows = max(1, _IM2COL_BUDGET // (C * KH * KW * Wo))
+        for n in range(N):
+            for r0 in range(0, Ho, rows):
+                r1 = min(Ho, r0 + rows)
+                cols = win[n, :, r0:r1].transpose(0, 3, 4, 1, 2).reshape(C * KH * KW, (r1 - r0) * Wo)  # (C*KH*KW, rows*Wo)
+                out[n, :, r0:r1] = (w2 @ cols).reshape(O, r1 - r0, Wo)
+    if b is not None:
+        out += b[None, :, None, None]
+    return out
+
+
+class FloatInterpreter:
+    """Runs a network graph in float32 NumPy.
+
+    params: parameter name -> array (any float dtype; converted to float32
+    once, on first use). network: the network's name ("text_encoder", "unet",
+    "vae"), used in tensor names and error messages.
+    """
+
+    def __init__(self, params: Mapping[str, np.ndarray], network: str):
+        self.params = params
+        self.network = network
+        self._f32: dict[str, np.ndarray] = {}
+
+    # --- parameters ---------------------------------------------------------
+    def param(self, name: str) -> np.ndarray:
+        """Parameter `name` as float32; TinySDError naming it when missing."""
+        p = self._f32.get(name)
+        if p is None:
+            try:
+                raw = self.params[name]
+            except KeyError:
+                raise TinySDError(f"{self.network}: missing parameter {name}") from None
+            p = np.ascontiguousarray(raw, dtype=F32)
+            self._f32[name] = p
+        return p
+
+    def _bias(self, name: str) -> np.ndarray | None:
+        key = f"{name}.bias"
+        return self.param(key) if key in self.params else None
+
+    # --- network boundary -------------------------------------------------
+    def input(self, x, name: str) -> np.ndarray:
+        return np.array(x, dtype=F32)  # a private copy
+
+    def output(self, x, name: str) -> np.ndarray:
+        return np.ascontiguousarray(x, dtype=F32)
+
+    # --- parameterised ops -------------------------------------------------
+    def embedding(self, ids, name: str) -> np.ndarray:
+        w = self.param(f"{name}.weight")  # (V, D)
+        ids = np.asarray(ids)
+        if ids.size and (ids.min() < 0 or ids.max() >= w.shape[0]):
+            raise TinySDError(f"{self.network}: {name}: index out of range 0..{w.shape[0] - 1}")
+        return w[ids]  # (..., D)
+
+    def linear(self, x: np.ndarray, name: str) -> np.ndarray:
+        w = self.param(f"{name}.weight")  # (OUT, IN)
+        if x.shape[-1] != w.shape[1]:
+            raise ValueError(f"{name}: input has {x.shape[-1]} features, weight expects {w.shape[1]}")
+        lead = x.shape[:-1]
+        y = x.reshape(-1, x.shape[-1]) @ w.T  # (M, OUT)
+        b = self._bias(name)
+        if b is not None:
+            y += b
+        return y.reshape(*lead, w.shape[0])
+
+    def conv2d(self, x: np.ndarray, name: str, stride: int = 1, padding=0) -> np.ndarray:
+        return conv2d_nchw(x, self.param(f"{name}.weight"), self._bias(name), stride, padding)
+
+    def group_norm(self, x: np.ndarray, name: str, groups: int, eps: float) -> np.ndarray:
+        N, C = x.shape[:2]
+        xg = x.reshape(N, groups, -1).astype(np.float64)  # (N, G, C/G * spatial)
+        mean = xg.mean(axis=-1, keepdims=True)
+        var = np.square(xg - mean).mean(axis=-1, keepdims=True)
+        y = ((xg - mean) / np.sqrt(var + eps)).reshape(x.shape)
+        bshape = (1, C) + (1,) * (x.ndim - 2)
+        w = self.param(f"{name}.weight").astype(np.float64).reshape(bshape)
+        b = self.param(f"{name}.bias").astype(np.float64).reshape(bshape)
+        return (y * w + b).astype(F32)
+
+    def layer_norm(self, x: np.ndarray, name: str, eps: float) -> np.ndarray:
+        x64 = x.astype(np.float64)
+        mean = x64.mean(axis=-1, keepdims=True)
+        var = np.square(x64 - mean).mean(axis=-1, keepdims=True)
+        y = (x64 - mean) / np.sqrt(var + eps)
+        w = self.param(f"{name}.weight").astype(np.float64)
+        b = self.param(f"{name}.bias").astype(np.float64)
+        return (y * w + b).astype(F32)
+
+    # --- elementwise / reductions -------------------------------------------
+    def silu(self, x: np.ndarray, name: str) -> np.ndarray:
+        with np.errstate(over="ignore"):
+            return x / (F32(1) + np.exp(-x))
+
+    def gelu(self, x: np.ndarray, name: str) -> np.ndarray:
+        return _gelu_ufunc()(np.ascontiguousarray(x, dtype=F32))
+
+    def quick_gelu(self, x: np.ndarray, name: str) -> np.ndarray:
+        with np.errstate(over="ignore"):
+            return x / (F32(1) + np.exp(F32(-1.702) * x))
+
+    def softmax(self, x: np.ndarray, name: str, causal: bool = False) -> np.ndarray:
+        S = x.shape[-1]
+        x2 = np.ascontiguousarray(x, dtype=F32).reshape(-1, S)  # (rows, S)
+        out = np.empty_like(x2)
+        if x2.shape[0]:
+            _softmax_kernel()(x2, out, x.shape[-2] if causal else 0)
+        return out.reshape(x.shape)
+
+    def matmul(self, a: np.ndarray, b: np.ndarray, name: str, alpha: float = 1.0) -> np.ndarray:
+        if alpha != 1.0:  # scale the smaller operand: alpha (a @ b) up to float32 rounding
+            if a.size <= b.size:
+                a = a * F32(alpha)
+            else:
+                b = b * F32(alpha)
+        return np.matmul(a, b)  # (..., M, N)
+
+    def add(self, a: np.ndarray, b: np.ndarray, name: str) -> np.ndarray:
+        return np.add(a, b, dtype=F32)
+
+    def mul(self, a: np.ndarray, b: np.ndarray, name: str) -> np.ndarray:
+        return np.multiply(a, b, dtype=F32)
+
+    def scale(self, x: np.ndarray, factor: float, name: str) -> np.ndarray:
+        return x * F32(factor)
+
+    def concat(self, xs: Sequence[np.ndarray], axis: int, name: str) -> np.ndarray:
+        return np.concatenate(xs, axis=axis)
+
+    def upsample_nearest2x(self, x: np.ndarray, name: str) -> np.ndarray:
+        N, C, H, W = x.shape
+        y = np.broadcast_to(x[:, :, :, None, :, None], (N, C, H, 2, W, 2))  # (N, C, H, 2, W, 2)
+        return y.reshape(N, C, 2 * H, 2 * W)
+
+    # --- layout ----------------------------------------------------------------
+    def reshape(self, x: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+        return np.reshape(x, tuple(shape))
+
+    def transpose(self, x: np.ndarray, axes: Sequence[int]) -> np.ndarray:
+        return np.transpose(x, tuple(axes))
+
+    def split(self, x: np.ndarray, sections: int, axis: int) -> list[np.ndarray]:
+        return np.split(x, sections, axis=axis)
