@@ -1,0 +1,94 @@
+"""conv2d (im2col + exact GEMM) bit-equal to the direct int64 reference (spec §4.1)."""
+import numpy as np
+import pytest
+
+from tinysd.fixedpoint import accumulator_shift, quantize_multiplier, requantize
+from tinysd.kernels import conv2d, prepare_weight, weight_bound
+from tinysd.kernels.reference import conv2d_ref
+
+QMAX = {np.uint8: 255, np.uint16: 65535}
+
+# geometries named as in the UNet / VAE: (C, H, W, OUT, KH, KW, stride, padding)
+GEOMETRIES = {
+    "k3_stride1_pad1": (6, 9, 11, 5, 3, 3, 1, 1),
+    "k3_stride2_pad0101": (6, 9, 10, 5, 3, 3, 2, (0, 1, 0, 1)),  # diffusers Downsample2D (pad=0 path)
+    "k3_stride2_pad1": (6, 9, 11, 5, 3, 3, 2, 1),
+    "k1_stride1_pad0": (7, 5, 6, 4, 1, 1, 1, 0),  # conv_shortcut / 1x1 proj
+    "k3_stride1_pad1_c128": (128, 6, 7, 3, 3, 3, 1, 1),  # K = 1152 > one float32 chunk of 1024
+    "k2x3_stride21_pad1203": (3, 8, 9, 4, 2, 3, (2, 1), (1, 2, 0, 3)),
+}
+
+
+def assert_bit_equal(got, want):
+    assert got.dtype == want.dtype and got.shape == want.shape, (got.shape, want.shape)
+    bad = np.argwhere(got != want)[:5]
+    assert bad.size == 0, "; ".join(f"pos {tuple(p)} / actual {got[tuple(p)]} / expected {want[tuple(p)]}"
+                                    for p in bad)
+
+
+def _case(rng, geom, xdt, zp):
+    c, h, w, n_out, kh, kw, stride, padding = GEOMETRIES[geom]
+    x = rng.integers(0, QMAX[xdt] + 1, (2, c, h, w)).astype(xdt)
+    wq = rng.integers(-128, 128, (n_out, c, kh, kw)).astype(np.int8)
+    b = rng.integers(-(10**5), 10**5, n_out).astype(np.int32)
+    acc_shift = accumulator_shift(weight_bound(wq, b, xdt))
+    real = QMAX[xdt] / 8 / (np.sqrt(c * kh * kw) * 74 * QMAX[xdt] / 3.5)  # ~ std of acc
+    mult, shift = quantize_multiplier(np.full(n_out, real) * 2.0**acc_shift)
+    return x, zp, wq, b, mult, shift, QMAX[xdt] // 2, 0, QMAX[xdt], stride, padding, acc_shift
+
+
+@pytest.mark.parametrize("geom", sorted(GEOMETRIES))
+@pytest.mark.parametrize("xdt", [np.uint8, np.uint16])
+def test_conv2d_matches_reference(geom, xdt):
+    rng = np.random.default_rng(20)
+    args = _case(rng, geom, xdt, zp=QMAX[xdt] // 3)
+    got = conv2d(*args)
+    assert_bit_equal(got, conv2d_ref(*args))
+    if xdt is np.uint16:  # the float64 plan gives the same bits
+        assert_bit_equal(conv2d(*args, method="f64"), got)
+    pw_args = list(args)
+    pw_args[2] = prepare_weight(args[2])
+    assert_bit_equal(conv2d(*pw_args), got)
+
+
+@pytest.mark.parametrize("xdt", [np.uint8, np.uint16])
+def test_conv2d_padding_contributes_exactly_zero(xdt):
+    """x == x_zp everywhere (real zero): every output is requantize(bias), padded or not."""
+    rng = np.random.default_rng(21)
+    zp = QMAX[xdt] // 5
+    x = np.full((1, 4, 5, 5), zp, xdt)
+    w = rng.integers(-128, 128, (3, 4, 3, 3)).astype(np.int8)
+    b = np.array([1000, -1000, 0], np.int32)
+    got = conv2d(x, zp, w, b, 2**30, 0, 100, 0, QMAX[xdt], 1, 1)  # real multiplier 0.5
+    want = requantize(b, 2**30, 0, 100, 0, QMAX[xdt])
+    assert (got == want[None, :, None, None]).all()
+
+
+def test_conv2d_extremes_exact():
+    x = np.full((1, 64, 4, 4), 255, np.uint8)
+    w = np.full((2, 64, 3, 3), -128, np.int8)  # |acc| = 64*9*128*255 > 2**24
+    args = (x, 0, w, None, 2**30, -10, 255, 0, 255, 1, 1)
+    assert_bit_equal(conv2d(*args), conv2d_ref(*args))
+
+
+@pytest.mark.parametrize(
+    "change, name",
+    [
+        (dict(x_q=np.zeros((4, 5, 5), np.uint8)), "x_q"),
+        (dict(x_q=np.zeros((1, 3, 5, 5), np.uint8)), "x_q"),
+        (dict(x_q=np.zeros((1, 4, 5, 5), np.float32)), "x_q"),
+        (dict(x_q=np.zeros((1, 4, 1, 1), np.uint8)), "x_q"),
+        (dict(w_q=np.zeros((2, 4, 3), np.int8)), "w_q"),
+        (dict(padding=(1, 1, 1)), "padding"),
+        (dict(padding=-1), "padding"),
+        (dict(stride=0), "stride"),
+        (dict(x_zp=256), "x_zp"),
+        (dict(shift=np.array([0, 0, 0])), "shift"),
+    ],
+)
+def test_conv2d_bad_input_names_argument(change, name):
+    args = dict(x_q=np.zeros((1, 4, 5, 5), np.uint8), x_zp=0, w_q=np.zeros((2, 4, 3, 3), np.int8), bias_q=None,
+                multiplier=2**30, shift=0, out_zp=0, qmin=0, qmax=255, stride=1, padding=0)
+    args.update(change)
+    with pytest.raises(ValueError, match=name):
+        conv2d(**args)

@@ -1,0 +1,58 @@
+"""Integer ops of docs/arithmetic.md, each with a plain reference twin in `reference.py`.
+
+Linear-type ops (`gemm.py`, `conv.py`) compute exact int64 accumulators with float BLAS under
+the bound proved in the spec, then narrow and requantize in a Numba epilogue. Elementwise and
+data-movement ops are in `elementwise.py`. Nonlinear ops (tables, softmax, norms) live in
+`tables.py`, `softmax.py`, `norm.py` and are imported from there.
+"""
+import os
+
+# Numba's OpenMP threads spin-wait after each parallel region by default; on a few cores that
+# spinning starves the OpenBLAS threads of the GEMM that follows (measured: 2x slower sgemm, and
+# 100x slower small kernels). Passive waiting must be set before the OpenMP runtime starts.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from .conv import conv2d, conv_output_size  # noqa: E402
+from .elementwise import (  # noqa: E402
+    ADD_LEFT_SHIFT,
+    add,
+    concat,
+    embedding,
+    mul,
+    requantize_tensor,
+    upsample_nearest2x,
+)
+from .gemm import (  # noqa: E402
+    PreparedWeight,
+    linear,
+    linear_accumulator,
+    matmul,
+    matmul_accumulator,
+    plan_linear,
+    plan_matmul,
+    prepare_weight,
+    set_debug,
+    weight_bound,
+)
+
+__all__ = [
+    "ADD_LEFT_SHIFT",
+    "PreparedWeight",
+    "add",
+    "concat",
+    "conv2d",
+    "conv_output_size",
+    "embedding",
+    "linear",
+    "linear_accumulator",
+    "matmul",
+    "matmul_accumulator",
+    "mul",
+    "plan_linear",
+    "plan_matmul",
+    "prepare_weight",
+    "requantize_tensor",
+    "set_debug",
+    "upsample_nearest2x",
+    "weight_bound",
+]

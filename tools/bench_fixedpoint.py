@@ -1,0 +1,128 @@
+"""Benchmark of the exact integer kernels against float32 NumPy (a script, not a test).
+
+    python3 tools/bench_fixedpoint.py [--repeat 5] [--shapes 4096x320x320,...]
+
+For each SD 1.5 GEMM shape M x K x N it times float32 `x @ w` and the exact integer linear
+(int8 weights x uint8 / uint16 activations) with prepared float32 weights: the raw int64
+accumulator (`linear_accumulator`) and the full op with the requantize epilogue (`linear`);
+the int8 x uint16 case both with the hi/lo split in float32 and with float64 BLAS. Ratios are
+exact-time / float32-time (best of --repeat runs). Then requantize throughput (NumPy API and
+the Numba kernel) and, if `tinysd.kernels.softmax` exists, softmax throughput.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+
+os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(tempfile.gettempdir(), "tinysd-numba-cache"))
+
+import numpy as np  # noqa: E402
+
+from tinysd.fixedpoint import quantize_multiplier, requantize  # noqa: E402
+from tinysd.kernels import linear, linear_accumulator, prepare_weight, requantize_tensor  # noqa: E402
+
+SHAPES = [(4096, 320, 320), (4096, 1280, 320), (1024, 640, 5760), (64, 1280, 11520)]
+
+
+def best_time(fn, repeat):
+    fn()  # warm up (JIT, caches)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def best_times_interleaved(fns, repeat):
+    """Best-of-`repeat` time of each function, measured in alternation so that load spikes on a
+    shared machine hit all of them alike."""
+    for fn in fns.values():
+        fn()  # warm up
+    best = {key: float("inf") for key in fns}
+    for _ in range(repeat):
+        for key, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[key] = min(best[key], time.perf_counter() - t0)
+    return best
+
+
+def bench_gemm(shapes, repeat, rng):
+    print(f"{'shape MxKxN':>18} {'f32 ms':>8} | {'A8 acc':>7} {'A8 lin':>7} | {'A16 split acc':>13} "
+          f"{'A16 split lin':>13} | {'A16 f64 lin':>11}   (ratios to f32)")
+    for m, k, n in shapes:
+        x8 = rng.integers(0, 256, (m, k)).astype(np.uint8)
+        x16 = rng.integers(0, 65536, (m, k)).astype(np.uint16)
+        w = rng.integers(-127, 128, (n, k)).astype(np.int8)
+        pw = prepare_weight(w)
+        bias = rng.integers(-1000, 1000, n).astype(np.int32)
+        mult, shift = quantize_multiplier(np.full(n, 1e-6))
+        xf = x8.astype(np.float32)
+        wf = np.ascontiguousarray(w.T, dtype=np.float32)  # (K, N)
+        t = best_times_interleaved({
+            "f32": lambda: xf @ wf,
+            "a8_acc": lambda: linear_accumulator(x8, 3, pw, bias),
+            "a8_lin": lambda: linear(x8, 3, pw, bias, mult, shift, 5, 0, 255),
+            "a16_acc": lambda: linear_accumulator(x16, 3, pw, bias, method="split"),
+            "a16_lin": lambda: linear(x16, 3, pw, bias, mult, shift, 5, 0, 65535, 6, method="split"),
+            "a16_f64": lambda: linear(x16, 3, pw, bias, mult, shift, 5, 0, 65535, 6, method="f64"),
+        }, repeat)
+        t_f32 = t.pop("f32")
+        r = {key: v / t_f32 for key, v in t.items()}
+        print(f"{m:>6}x{k:>5}x{n:>5} {t_f32 * 1e3:8.1f} | {r['a8_acc']:7.2f} {r['a8_lin']:7.2f} | "
+              f"{r['a16_acc']:13.2f} {r['a16_lin']:13.2f} | {r['a16_f64']:11.2f}")
+
+
+def bench_requantize(repeat, rng):
+    size = 4_000_000
+    acc = rng.integers(-2**24, 2**24, size).astype(np.int32)
+    mult, shift = quantize_multiplier(1e-5)
+    t = best_time(lambda: requantize(acc, mult, shift, 7, 0, 255), repeat)
+    print(f"requantize (NumPy API, int32 -> uint8 range): {size / t / 1e6:8.1f} M elements/s")
+    x = rng.integers(0, 65536, size).astype(np.uint16)
+    mult, shift = quantize_multiplier(0.7)
+    t = best_time(lambda: requantize_tensor(x, 100, mult, shift, 7, 0, 65535), repeat)
+    print(f"requantize_tensor (Numba, uint16 -> uint16):   {size / t / 1e6:8.1f} M elements/s")
+
+
+def bench_softmax(repeat, rng):
+    try:
+        from tinysd.kernels.softmax import make_exp_table, softmax
+    except ImportError:
+        print("softmax: tinysd.kernels.softmax not present; skipped")
+        return
+    for bits, dt in ((8, np.uint8), (16, np.uint16)):
+        x = rng.integers(0, 2**bits, (8, 1024, 1024)).astype(dt)  # (B*heads, T, T) scores
+        table = make_exp_table(8.0 / 2**bits, bits)
+        t = best_time(lambda: softmax(x, table), repeat)
+        print(f"softmax (uint{bits} scores, rows of 1024):      {x.size / t / 1e6:8.1f} M elements/s")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--shapes", default=",".join(f"{m}x{k}x{n}" for m, k, n in SHAPES))
+    ap.add_argument("--skip-gemm", action="store_true")
+    args = ap.parse_args()
+    rng = np.random.default_rng(0)
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    import numba
+
+    print(f"numpy {np.__version__}, numba {numba.__version__}, threads {numba.get_num_threads()}, "
+          f"cpus {os.cpu_count()}")
+    if not args.skip_gemm:
+        bench_gemm(shapes, args.repeat, rng)
+    bench_requantize(args.repeat, rng)
+    bench_softmax(args.repeat, rng)
+
+
+if __name__ == "__main__":
+    main()
