@@ -41,9 +41,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +51,7 @@ import numpy as np
 
 from . import keymap
 from .config import CLIPTextConfig, ModelConfig, SchedulerConfig, UNetConfig, VAEConfig
+from .atomic import atomic_dir
 from .errors import TinySDError
 from .safetensors_io import SafetensorsFile, TensorInfo, write_safetensors
 
@@ -755,12 +754,7 @@ def save_diffusers(model, out_dir: str | Path, *, dtype: str = "F32", variant: s
         if tokenizer_dir is None:
             from .paths import TOKENIZER_DIR
             tokenizer_dir = TOKENIZER_DIR if TOKENIZER_DIR.is_dir() else None
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    except OSError as e:
-        raise TinySDError(f"{out}: cannot write the model ({e.strerror or e})") from None
-    try:
+    with atomic_dir(out, overwrite=overwrite, what="model") as tmp:
         suffix = f".{variant}.safetensors" if variant else ".safetensors"
         for network, (sub, base, _) in COMPONENTS.items():
             (tmp / sub).mkdir()
@@ -784,17 +778,5 @@ def save_diffusers(model, out_dir: str | Path, *, dtype: str = "F32", variant: s
             shutil.copytree(tokenizer_dir, tmp / "tokenizer")
             index["tokenizer"] = ["transformers", "CLIPTokenizer"]
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError):
-            raise TinySDError(f"{out}: cannot write the model ({e.strerror or e})") from None
-        raise
     return out
 

@@ -30,10 +30,10 @@ import hashlib
 import logging
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .atomic import write_file
 from .errors import TinySDError
 from .schedulers import A1111_NAMES
 
@@ -212,20 +212,10 @@ def write_png(image, path: str | Path, params: GenerationParams | str | None = N
     info = PngInfo()
     if params is not None:
         info.add_text(PARAMETERS_KEY, params if isinstance(params, str) else params.to_a1111())
-    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.stem}.", suffix=".png.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG", pnginfo=info)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600
-        os.replace(tmp, path)
+        write_file(path, lambda f: image.save(f, format="PNG", pnginfo=info))
     except OSError as e:
-        _unlink(tmp)
         raise TinySDError(f"{path}: cannot write PNG ({e.strerror or e})") from None
-    except BaseException:
-        _unlink(tmp)
-        raise
     log.info("wrote %s", path)
     return path
 

@@ -22,8 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import secrets
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +29,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
+from .atomic import write_file
 from .errors import TinySDError
 
 log = logging.getLogger(__name__)
@@ -212,16 +211,11 @@ def write_safetensors(path: str | Path, tensors: Mapping[str, np.ndarray], metad
         offset += len(b)
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-len(raw) % 8)  # align the data buffer to 8 bytes, as the reference writer does
-    # a temp name in the same folder, opened exclusively with the default (umask) permissions
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
-        with open(tmp, "xb") as f:
-            f.write(struct.pack("<Q", len(raw)))
-            f.write(raw)
-            for b in blobs:
-                f.write(b)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    def write(f):
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for b in blobs:
+            f.write(b)
+
+    write_file(path, write)

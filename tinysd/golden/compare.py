@@ -27,13 +27,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic import write_text
 from ..errors import TinySDError
 from . import formats
 from .manifest import MANIFEST, key, resolve_inside
@@ -234,16 +233,4 @@ def write_report(report: Report, path) -> None:
     if not path.parent.is_dir():
         raise TinySDError(f"--json {path}: folder {path.parent} does not exist")
     text = json.dumps(report.to_json(), indent=2, sort_keys=True, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_text(path, text)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,6 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import __version__
+from ..atomic import make_temp_dir, replace_dir
 from ..errors import TinySDError
 from ..fixedpoint import ARITHMETIC_SPEC_VERSION
 from . import formats
@@ -129,8 +129,7 @@ class GoldenWriter:
         self.out = Path(out_dir)
         self.storage, self.layout, self.overwrite = storage, layout, overwrite
         check_target(self.out, overwrite)
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".tmp", dir=self.out.parent))
+        self.tmp = make_temp_dir(self.out)
         self.manifest: dict[str, Any] = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "tinysd_version": __version__,
             "arithmetic_spec_version": ARITHMETIC_SPEC_VERSION, "storage": storage, "layout": layout,
@@ -247,7 +246,7 @@ class GoldenWriter:
             with open(self.tmp / MANIFEST, "w", encoding="utf-8") as f:
                 f.write(dumps(self.manifest))
             _fsync_tree(self.tmp)
-            _replace_dir(self.tmp, self.out, self.overwrite)
+            replace_dir(self.tmp, self.out, self.overwrite)
         except BaseException:
             self.abort()
             raise
@@ -280,18 +279,3 @@ def _fsync_tree(root: Path) -> None:
                 os.close(fd)
 
 
-def _replace_dir(tmp: Path, out: Path, overwrite: bool) -> None:
-    """Rename tmp to out; an existing out (overwrite only) is renamed aside first and then deleted."""
-    if out.exists() or out.is_symlink():
-        if not overwrite:
-            raise TinySDError(f"{out}: already exists (pass --overwrite to replace it)")
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-        os.replace(out, old / out.name)
-        try:
-            os.replace(tmp, out)
-        except BaseException:
-            os.replace(old / out.name, out)  # put the old folder back
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, out)

@@ -54,14 +54,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
+from tinysd.atomic import write_text
 from tinysd.errors import TinySDError
 
 log = logging.getLogger(__name__)
@@ -566,24 +565,6 @@ def default_quantizer_args(activation: Mapping[str, Encoding], params: Mapping[s
     }
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary file in the same directory, fsync, then os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def save_encodings(path, activation: Mapping[str, Encoding], params: Mapping[str, Encoding],
                    version: str = "1.0.0", quantizer_args: Mapping[str, Any] | None = None,
                    excluded_layers=()) -> None:
@@ -636,6 +617,7 @@ def save_encodings(path, activation: Mapping[str, Encoding], params: Mapping[str
         text = json.dumps(doc, sort_keys=True, indent=4, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise TinySDError(f"{path}: cannot serialise encodings: {e}") from None
-    _atomic_write_text(path, text + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text(path, text + "\n")
     log.info("wrote %d activation and %d parameter encodings to %s (AIMET %s)",
              len(activation), len(params), path, version)
