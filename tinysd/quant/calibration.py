@@ -1,0 +1,238 @@
+"""Whole-model calibration and quantization: float pipeline runs -> ranges -> `QuantizedModel`.
+
+    ranges = calibrate_model(loaded, prompts, steps=20, method="minmax")   # {network: {tensor: (min, max)}}
+    qmodel = quantize_model(loaded, "w8a16", ranges)                        # or encodings from an AIMET file
+    te, unet, vae = tinysd.quant.engine.build_integer_networks(qmodel)
+
+`calibrate_model` runs the float text-to-image pipeline (`tinysd/pipeline.py`)
+once per prompt, its three networks on `CalibratingInterpreter`s: the text
+encoder sees the prompt and the empty negative prompt, the UNet every sampler
+step with the conditional and unconditional halves of the classifier-free
+guidance batch, the VAE decoder the final latents, and the VAE encoder the
+decoded image (read back from the 8-bit PNG pixels as `x / 127.5 - 1`), so
+that every network, encoder included, gets ranges. Prompt i uses seed
+`seed + i`.
+
+Pass a list as `record` to keep every float network call (inputs and output,
+`NetworkCall`); `replay_sqnr` runs the same inputs through other (integer)
+networks and reports the SQNR of their outputs against the float ones.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .. import __version__
+from ..errors import TinySDError
+from ..fixedpoint import ARITHMETIC_SPEC_VERSION
+from ..interp.calibrate import DEFAULT_PERCENTILE, CalibratingInterpreter
+from .encodings import Encoding
+from .model import NETWORKS, QuantizedModel
+from .prepare import encodings_from_ranges, quantize_network
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CALIBRATION_STEPS = 20
+#: Keys of `replay_sqnr` results: one per network entry point.
+CALL_KINDS = ("text_encoder", "unet", "vae.decode", "vae.encode")
+
+
+# ---------------------------------------------------------------------------------------------
+# SQNR
+# ---------------------------------------------------------------------------------------------
+def sqnr_db(ref, test) -> float:
+    """Signal-to-quantization-noise ratio in dB: 10 log10(sum ref**2 / sum (ref - test)**2), float64.
+
+    inf when test equals ref exactly; -inf when ref is all zeros and test is not. Shapes must match.
+    """
+    r = np.asarray(ref, dtype=np.float64)
+    t = np.asarray(test, dtype=np.float64)
+    if r.shape != t.shape:
+        raise ValueError(f"test: shape {t.shape} does not match ref {r.shape}")
+    noise = float(np.sum(np.square(r - t)))
+    signal = float(np.sum(np.square(r)))
+    if noise == 0.0:
+        return float("inf")
+    if signal == 0.0:
+        return float("-inf")
+    return 10.0 * float(np.log10(signal / noise))
+
+
+# ---------------------------------------------------------------------------------------------
+# recording network calls
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class NetworkCall:
+    """One float network call: kind (one of CALL_KINDS), its arguments, its float32 output."""
+
+    kind: str
+    args: tuple
+    kwargs: dict = field(default_factory=dict)
+    output: np.ndarray | None = None
+
+
+class _Tap:
+    """Wraps a runtime network (TextEncoder / UNet / VAE) and appends each call to `record`."""
+
+    def __init__(self, inner, record: list | None):
+        self._inner, self._record = inner, record
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def _log(self, kind, fn, args, kwargs):
+        out = fn(*args, **kwargs)
+        if self._record is not None:
+            keep = tuple(np.array(a, copy=True) if isinstance(a, np.ndarray) else a for a in args)
+            self._record.append(NetworkCall(kind, keep, dict(kwargs), np.array(out, copy=True)))
+        return out
+
+    def __call__(self, *args, **kwargs):
+        return self._log(self._inner.network, self._inner, args, kwargs)
+
+    def encode(self, *args, **kwargs):
+        return self._log("vae.encode", self._inner.encode, args, kwargs)
+
+    def decode(self, *args, **kwargs):
+        return self._log("vae.decode", self._inner.decode, args, kwargs)
+
+
+def calibrating_networks(loaded, method: str = "minmax", percentile: float = DEFAULT_PERCENTILE):
+    """(text_encoder, unet, vae) runtime wrappers of `loaded` on CalibratingInterpreters."""
+    from ..models import VAE, TextEncoder, UNet, check_params
+    from ..nn.clip import CLIPTextModel
+    from ..nn.unet import UNet2DConditionModel
+    from ..nn.vae import AutoencoderKL
+
+    cfg = loaded.config
+    nets = []
+    for wrapper, graph, network, c in ((TextEncoder, CLIPTextModel, "text_encoder", cfg.text_encoder),
+                                       (UNet, UNet2DConditionModel, "unet", cfg.unet),
+                                       (VAE, AutoencoderKL, "vae", cfg.vae)):
+        model = graph(c)
+        check_params(model, loaded.params[network], network)
+        nets.append(wrapper(model, CalibratingInterpreter(loaded.params[network], network, method, percentile)))
+    return tuple(nets)
+
+
+def _check_calibration_args(prompts, steps) -> list[str]:
+    if isinstance(prompts, str) or not isinstance(prompts, Sequence) or not prompts:
+        raise TinySDError("calibration prompts must be a non-empty list of strings")
+    if not all(isinstance(p, str) for p in prompts):
+        raise TinySDError("calibration prompts must be strings")
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise TinySDError(f"calibration steps must be an integer >= 1 (got {steps!r})")
+    return list(prompts)
+
+
+def calibrate_model(loaded, prompts: Sequence[str], steps: int = DEFAULT_CALIBRATION_STEPS, method: str = "minmax",
+                    sampler: str = "euler", seed: int = 0, guidance_scale: float = 7.5, size: int | None = None,
+                    percentile: float = DEFAULT_PERCENTILE, record: list | None = None,
+                    ) -> dict[str, dict[str, tuple[float, float]]]:
+    """Activation ranges of every network from float pipeline runs over `prompts` (module docstring).
+
+    loaded: a `tinysd.checkpoint.LoadedModel`. steps, sampler, seed, guidance_scale, size (image
+    width = height in pixels; None: the model's native size): as `Pipeline.generate`. method:
+    "minmax" or "percentile" (`percentile`). record: a list to append every float network call
+    to (`NetworkCall`), or None. Returns {network: {tensor name: (min, max)}}.
+    """
+    from ..paths import TOKENIZER_DIR
+    from ..pipeline import Pipeline
+    from ..tokenizer import CLIPTokenizer
+
+    prompts = _check_calibration_args(prompts, steps)
+    te, unet, vae = calibrating_networks(loaded, method, percentile)
+    tokenizer = CLIPTokenizer.from_dir(loaded.tokenizer_dir or TOKENIZER_DIR)
+    vae_tap = _Tap(vae, record)
+    pipe = Pipeline(tokenizer, _Tap(te, record), _Tap(unet, record), vae_tap, loaded.config, model_name="calibration")
+    t0 = time.perf_counter()
+    for i, prompt in enumerate(prompts):
+        res = pipe.generate(prompt, steps=int(steps), guidance_scale=guidance_scale, seed=int(seed) + i,
+                            sampler=sampler, width=size, height=size)
+        pixels = np.asarray(res.images[0], dtype=np.float32)  # (H, W, 3) in [0, 255]
+        image = pixels.transpose(2, 0, 1)[None] / np.float32(127.5) - np.float32(1.0)  # (1, 3, H, W) in [-1, 1]
+        vae_tap.encode(image)
+        log.info("calibration prompt %d/%d done (%.1f s)", i + 1, len(prompts), time.perf_counter() - t0)
+    return {net.interp.network: net.interp.ranges() for net in (te, unet, vae)}
+
+
+def replay_sqnr(calls: Sequence[NetworkCall], networks, max_calls: int | None = None) -> dict[str, float]:
+    """SQNR (dB) of `networks` = (text_encoder, unet, vae) against recorded float calls.
+
+    Each recorded call of a kind in CALL_KINDS (at most `max_calls` per kind, the first ones) is
+    run again with the same arguments; the outputs of one kind are compared as one signal
+    (`sqnr_db` over all of them). Returns {kind: dB} for the kinds recorded.
+    """
+    te, unet, vae = networks
+    fns = {"text_encoder": te, "unet": unet, "vae.decode": vae.decode, "vae.encode": vae.encode}
+    refs: dict[str, list] = {}
+    outs: dict[str, list] = {}
+    for call in calls:
+        if call.kind not in fns or (max_calls is not None and len(refs.get(call.kind, ())) >= max_calls):
+            continue
+        refs.setdefault(call.kind, []).append(np.asarray(call.output, np.float64).reshape(-1))
+        out = fns[call.kind](*call.args, **call.kwargs)
+        outs.setdefault(call.kind, []).append(np.asarray(out, np.float64).reshape(-1))
+    return {k: sqnr_db(np.concatenate(refs[k]), np.concatenate(outs[k])) for k in CALL_KINDS if k in refs}
+
+
+# ---------------------------------------------------------------------------------------------
+# quantizing a whole model
+# ---------------------------------------------------------------------------------------------
+def _per_network(d: Mapping | None, what: str) -> dict[str, dict]:
+    """{network: {name: v}} from a nested dict or a flat one keyed `{network}.{...}`."""
+    if d is None:
+        return {}
+    if set(d) <= set(NETWORKS) and all(isinstance(v, Mapping) for v in d.values()):
+        return {k: dict(v) for k, v in d.items()}
+    out: dict[str, dict] = {n: {} for n in NETWORKS}
+    for name, v in d.items():
+        net = name.split(".", 1)[0]
+        if net not in out:
+            raise TinySDError(f"{what}: tensor {name!r} does not start with a network name ({', '.join(NETWORKS)})")
+        out[net][name] = v
+    return out
+
+
+def model_graphs(config) -> dict[str, object]:
+    """{network: graph module} for a ModelConfig."""
+    from ..nn.clip import CLIPTextModel
+    from ..nn.unet import UNet2DConditionModel
+    from ..nn.vae import AutoencoderKL
+
+    return {"text_encoder": CLIPTextModel(config.text_encoder), "unet": UNet2DConditionModel(config.unet),
+            "vae": AutoencoderKL(config.vae)}
+
+
+def quantize_model(loaded, precision: str, ranges_or_encodings: Mapping, param_encodings: Mapping | None = None,
+                   ) -> QuantizedModel:
+    """A `QuantizedModel` of all three networks.
+
+    ranges_or_encodings: activation ranges {tensor: (min, max)} (from `calibrate_model`) or
+    encodings {tensor: Encoding} (e.g. `load_encodings(file)[0]`), nested by network or flat
+    with `{network}.` prefixed names. param_encodings: optional {`{network}.{param}`: Encoding}
+    (flat or nested) to quantize weights with. TinySDError naming what is missing.
+    """
+    acts = _per_network(ranges_or_encodings, "activation encodings")
+    params = _per_network(param_encodings, "parameter encodings") if param_encodings is not None else None
+    graphs = model_graphs(loaded.config)
+    networks = {}
+    for net in NETWORKS:
+        given = acts.get(net, {})
+        if not given:
+            raise TinySDError(f"{net}: no activation ranges or encodings given")
+        if all(isinstance(v, Encoding) for v in given.values()):
+            encs = given
+        elif any(isinstance(v, Encoding) for v in given.values()):
+            raise TinySDError(f"{net}: activation encodings mix ranges and Encoding objects")
+        else:
+            encs = encodings_from_ranges(given, precision)
+        net_params = None if params is None else params.get(net, {})
+        networks[net] = quantize_network(graphs[net], loaded.params[net], net, precision, encs, net_params)
+    info = {"precision": precision, "arithmetic_spec_version": ARITHMETIC_SPEC_VERSION, "tinysd_version": __version__,
+            "param_encodings": "given" if params is not None else "per-channel from weights"}
+    return QuantizedModel(config=loaded.config, precision=precision, networks=networks, info=info)
