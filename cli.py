@@ -12,6 +12,9 @@ from pathlib import Path
 import click
 
 from tinysd.errors import TinySDError
+from tinysd.interp.calibrate import METHODS
+from tinysd.quant.calibration import DEFAULT_CALIBRATION_STEPS
+from tinysd.quant.model import PRECISIONS
 from tinysd.schedulers import SAMPLERS
 
 log = logging.getLogger("tinysd.cli")
@@ -82,7 +85,10 @@ def cli(verbose):
 @click.option("--clip-skip", type=int, default=0, show_default=True,
               help="CLIP layers to skip at the end (diffusers' clip_skip; A1111's 'Clip skip' is this + 1).")
 @click.option("--batch", "batch", type=int, default=1, show_default=True, help="Number of images (seeds seed..seed+N-1).")
-@click.option("--precision", default="fp32", show_default=True, help="Network precision engine.")
+@click.option("--precision", default=None,
+              help="Network precision: fp32, or w8a8 / w8a16 integer networks (a float model is then quantized on "
+                   "the fly with the default calibration prompts). Default: fp32 for a float model, the folder's own "
+                   "precision for a quantized model folder.")
 def generate(prompt, output, model, negative_prompt, steps, cfg, seed, sampler, karras, width, height, clip_skip, batch, precision):
     """Generate an image from PROMPT and write it as a PNG with A1111-style parameters."""
     from tinysd.pipeline import Pipeline, check_generation_args
@@ -109,6 +115,46 @@ def generate(prompt, output, model, negative_prompt, steps, cfg, seed, sampler, 
     for img, params, p in zip(res.images, res.params, outputs):
         write_png(img, p, params)
         click.echo(f"wrote {p} ({params.width}x{params.height}, seed {params.seed})", err=True)
+
+
+from tinysd.golden.cli import compare as _golden_compare, golden as _golden  # noqa: E402
+
+cli.add_command(_golden)
+cli.add_command(_golden_compare)
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "output", type=click.Path(path_type=Path), required=True,
+              help="Quantized model folder to write (its parent must exist; written atomically).")
+@click.option("--precision", type=click.Choice(PRECISIONS), required=True,
+              help="w8a8: int8 weights, uint8 activations; w8a16: int8 weights, uint16 activations.")
+@click.option("--calibration-prompts", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Prompt file, one prompt per line ('#' comments). Default: the shipped calibration prompts.")
+@click.option("--calibration-steps", type=int, default=None,
+              help=f"Sampler steps per calibration prompt.  [default: {DEFAULT_CALIBRATION_STEPS}]")
+@click.option("--method", type=click.Choice(METHODS), default=None,
+              help="Range estimate of the activations: min-max or percentile.  [default: minmax]")
+@click.option("--encodings", "encodings", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Take activation and parameter encodings from this AIMET encodings file (0.6.1 or 1.0.0; tinysd "
+                   "tensor names, see docs/quantization.md) instead of calibrating.")
+@click.option("--sqnr-calls", type=int, default=None,
+              help="Measure the SQNR on the first N calibration calls of each network only.  [default: all]")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it is an existing quantized model folder.")
+def quantize(model, output, precision, calibration_prompts, calibration_steps, method, encodings, sqnr_calls,
+             overwrite):
+    """Quantize the float checkpoint MODEL into a self-contained integer model folder.
+
+    Prints the SQNR of each network's integer output against float on the calibration data.
+    """
+    from tinysd.quant.workflow import quantize_checkpoint
+
+    out, sqnr = quantize_checkpoint(model, output, precision, prompts_file=calibration_prompts,
+                                    steps=calibration_steps, method=method, encodings_file=encodings,
+                                    overwrite=overwrite, sqnr_calls=sqnr_calls)
+    for kind, db in sqnr.items():
+        click.echo(f"{kind:<13} SQNR {db:7.2f} dB  (integer {precision} vs float, calibration data)")
+    click.echo(f"wrote {out} ({precision})", err=True)
 
 
 def main(argv=None):

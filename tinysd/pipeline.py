@@ -73,12 +73,20 @@ def _fp32_engine(loaded, **options):
 register_precision("fp32", _fp32_engine)
 
 
+def _register_builtin() -> None:
+    """Import the quantized engine, which registers "w8a8" and "w8a16" (kept lazy: it pulls in the kernels)."""
+    from .quant import engine  # noqa: F401
+
+
 def precisions() -> tuple[str, ...]:
+    _register_builtin()
     return tuple(_ENGINES)
 
 
 def engine_for(precision: str) -> EngineFactory:
     """The engine factory of `precision`; TinySDError for an unknown one."""
+    if precision not in _ENGINES:
+        _register_builtin()
     try:
         return _ENGINES[precision]
     except KeyError:
@@ -164,13 +172,26 @@ class Pipeline:
         self._model_hash: str | None = None
 
     @classmethod
-    def from_pretrained(cls, path: str | Path | None = None, precision: str = "fp32", **engine_options) -> "Pipeline":
-        """Load a diffusers folder or a single SD 1.x .safetensors file (None: the shipped default model)."""
+    def from_pretrained(cls, path: str | Path | None = None, precision: str | None = None,
+                        **engine_options) -> "Pipeline":
+        """Load a diffusers folder, a single SD 1.x .safetensors file or a quantized model folder
+        (None: the shipped default model).
+
+        precision: the engine building the networks (`precisions()`). None means "fp32" for a float
+        checkpoint (which "w8a8"/"w8a16" quantize on the fly) and the folder's own precision for a
+        quantized folder written by `tinysd quantize`, which runs only at that precision.
+        """
         from .checkpoint import load_checkpoint
+        from .quant.folder import is_quantized_folder
         from .tokenizer import CLIPTokenizer
 
-        factory = engine_for(precision)
+        if precision is not None:
+            engine_for(precision)  # an unknown precision fails before any file is read
         path = default_model_path() if path is None else Path(path)
+        if is_quantized_folder(path):
+            return cls._from_quantized(path, precision, **engine_options)
+        precision = precision or "fp32"
+        factory = engine_for(precision)
         t0 = time.perf_counter()
         loaded = load_checkpoint(path)
         tokenizer = CLIPTokenizer.from_dir(loaded.tokenizer_dir or TOKENIZER_DIR)
@@ -179,6 +200,29 @@ class Pipeline:
         name = path.stem if path.is_file() else path.resolve().name
         return cls(tokenizer, text_encoder, unet, vae, loaded.config, model_name=name, source=path,
                    layout=loaded.layout, precision=precision)
+
+    @classmethod
+    def _from_quantized(cls, path: Path, precision: str | None, cache_weights: bool = False,
+                        **engine_options) -> "Pipeline":
+        """A pipeline running the integer networks of a quantized folder (tinysd.quant.folder).
+
+        Weights stay int8 in memory; cache_weights=True also keeps the float32 copies the GEMM
+        kernels use (4 bytes per weight; see docs/performance.md for what it buys).
+        """
+        from .quant.engine import build_integer_networks
+        from .quant.folder import TOKENIZER_SUBDIR, load_quantized
+        from .tokenizer import CLIPTokenizer
+
+        if engine_options:
+            raise TinySDError(f"{path}: a quantized model takes only the engine option cache_weights "
+                              f"(got {', '.join(sorted(engine_options))})")
+        t0 = time.perf_counter()
+        qmodel = load_quantized(path, precision=precision)
+        tokenizer = CLIPTokenizer.from_dir(path / TOKENIZER_SUBDIR)
+        text_encoder, unet, vae = build_integer_networks(qmodel, cache_weights=bool(cache_weights))
+        log.info("loaded %s (quantized, %s) in %.1f s", path, qmodel.precision, time.perf_counter() - t0)
+        return cls(tokenizer, text_encoder, unet, vae, qmodel.config, model_name=path.resolve().name, source=path,
+                   layout="quantized", precision=qmodel.precision)
 
     # ------------------------------------------------------------------ properties
     @property

@@ -1,0 +1,281 @@
+"""`tinysd quantize` and `tinysd generate` on quantized models, on the tiny fixture model with two prompts."""
+import json
+import math
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import cli as cli_module
+from tinysd.png import params_from_text, read_parameters
+from tinysd.quant import folder as folder_module
+from tinysd.quant.calibration import CALL_KINDS
+from tinysd.quant.encodings import load_encodings, save_encodings
+from tinysd.quant.folder import load_quantized
+from tinysd.safetensors_io import write_safetensors
+
+sys.path.insert(0, str(Path(__file__).parent))
+from quantfix import digests, integer_tensors  # noqa: E402
+
+TINY = Path(__file__).parent / "fixtures" / "tiny-sd"
+PRECISIONS = ("w8a8", "w8a16")
+
+
+def run(args):
+    return CliRunner().invoke(cli_module.cli, [str(a) for a in args])
+
+
+def assert_one_line_error(res, *needles):
+    assert res.exit_code == 2, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("tinysd: error: ")
+    assert "Traceback" not in res.output
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory):
+    p = tmp_path_factory.mktemp("prompts") / "prompts.txt"
+    p.write_text("# two prompts\na red circle\n\na small blue square on the left\n", encoding="utf-8")
+    return p
+
+
+def _quantize(out, precision, prompts, *extra):
+    return run(["quantize", TINY, "-o", out, "--precision", precision, "--calibration-prompts", prompts,
+                "--calibration-steps", "2", *extra])
+
+
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory, prompts):
+    """{precision: (folder, CliRunner result)}."""
+    root = tmp_path_factory.mktemp("quantized")
+    return {p: (root / p, _quantize(root / p, p, prompts)) for p in PRECISIONS}
+
+
+def _folder(quantized, precision):
+    out, res = quantized[precision]
+    assert res.exit_code == 0, res.output
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# quantize, then generate
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_quantize_prints_sqnr_per_network(quantized, precision):
+    out = _folder(quantized, precision)
+    res = quantized[precision][1]
+    lines = res.stdout.strip().splitlines()
+    assert [line.split()[0] for line in lines] == list(CALL_KINDS)
+    printed = {line.split()[0]: float(line.split()[2]) for line in lines}
+    assert all(math.isfinite(v) and v > 10 for v in printed.values()), printed
+    assert f"wrote {out}" in res.stderr
+    info = json.loads((out / "quantization.json").read_text())["info"]
+    assert {k: round(v, 2) for k, v in info["sqnr_db"].items()} == printed
+    assert info["calibration"]["prompts"] == ["a red circle", "a small blue square on the left"]
+    assert info["calibration"]["steps"] == 2 and info["method"] == "minmax"
+
+
+def test_sqnr_on_the_first_calls_only(quantized, prompts, tmp_path):
+    res = _quantize(tmp_path / "q", "w8a8", prompts, "--sqnr-calls", "1")
+    assert res.exit_code == 0, res.output
+    info = json.loads((tmp_path / "q" / "quantization.json").read_text())["info"]
+    full = json.loads((_folder(quantized, "w8a8") / "quantization.json").read_text())["info"]
+    assert info["sqnr_calls"] == 1 and full["sqnr_calls"] is None
+    assert set(info["sqnr_db"]) == set(CALL_KINDS)
+    assert info["sqnr_db"]["unet"] != full["sqnr_db"]["unet"]  # 1 of the 4 recorded UNet calls
+
+
+def test_w8a16_is_more_accurate_than_w8a8(quantized):
+    sqnr = {p: json.loads((_folder(quantized, p) / "quantization.json").read_text())["info"]["sqnr_db"]
+            for p in PRECISIONS}
+    for kind in CALL_KINDS:
+        assert sqnr["w8a16"][kind] > sqnr["w8a8"][kind] + 5, (kind, sqnr)
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_generate_from_quantized_folder(quantized, precision, tmp_path):
+    out = _folder(quantized, precision)
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    res = run(["generate", "a red circle", "--model", out, "--steps", "2", "--seed", "5", "-o", a])
+    assert res.exit_code == 0, res.output
+    res = run(["generate", "a red circle", "--model", out, "--precision", precision, "--steps", "2", "--seed", "5",
+               "-o", b])
+    assert res.exit_code == 0, res.output
+    assert a.read_bytes() == b.read_bytes()
+    p = params_from_text(read_parameters(a))
+    assert (p.prompt, p.steps, p.seed, p.model_name) == ("a red circle", 2, 5, precision)
+
+
+def test_generate_quantizes_a_float_model_on_the_fly(tmp_path, monkeypatch):
+    """--precision on a float model calibrates with the default prompts (one here, to be fast: that the default
+    set is used is tested in tests/quant/test_folder.py)."""
+    from tinysd.quant import prompts as prompts_module
+
+    used = []
+
+    def one_default_prompt(path=None):
+        used.append(path)
+        return prompts_module.parse_prompts("a red circle")
+
+    monkeypatch.setattr(prompts_module, "read_prompts", one_default_prompt)
+    out = tmp_path / "fly.png"
+    res = run(["generate", "a red circle", "--model", TINY, "--precision", "w8a8", "--steps", "1", "-o", out])
+    assert res.exit_code == 0, res.output
+    assert used == [None] and os.listdir(tmp_path) == ["fly.png"]
+    assert params_from_text(read_parameters(out)).model_name == "tiny-sd"
+
+
+# ---------------------------------------------------------------------------------------------
+# export -> import with --encodings
+# ---------------------------------------------------------------------------------------------
+def _assert_same_integer_model(a_dir, b_dir):
+    a, b = load_quantized(a_dir), load_quantized(b_dir)
+    for n in a.networks:
+        x, y = a.networks[n].arrays, b.networks[n].arrays
+        assert x.keys() == y.keys()
+        for k in x:
+            assert x[k].dtype == y[k].dtype and x[k].tobytes() == y[k].tobytes(), (n, k)
+    ta, tb = integer_tensors(a), integer_tensors(b)
+    assert digests(ta) == digests(tb)
+    for kind in ta:  # the network outputs themselves, bit for bit
+        np.testing.assert_array_equal(ta[kind][-1][1], tb[kind][-1][1])
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_encodings_round_trip_reproduces_the_integer_model(quantized, precision, prompts, tmp_path):
+    out = _folder(quantized, precision)
+    res = _quantize(tmp_path / "again", precision, prompts, "--encodings", out / "encodings.json")
+    assert res.exit_code == 0, res.output
+    assert res.stdout == quantized[precision][1].stdout  # same integer networks, same SQNR
+    _assert_same_integer_model(out, tmp_path / "again")
+    info = json.loads((tmp_path / "again" / "quantization.json").read_text())["info"]
+    assert info["encodings_file"]["aimet_version"] == "1.0.0" and info["method"] is None
+
+
+def test_encodings_round_trip_through_aimet_0_6_1(quantized, prompts, tmp_path):
+    out = _folder(quantized, "w8a8")
+    act, params, _ = load_encodings(out / "encodings.json")
+    legacy = tmp_path / "legacy.encodings"
+    save_encodings(legacy, act, params, version="0.6.1")
+    res = _quantize(tmp_path / "again", "w8a8", prompts, "--encodings", legacy)
+    assert res.exit_code == 0, res.output
+    _assert_same_integer_model(out, tmp_path / "again")
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input: one line, exit status 2, nothing written
+# ---------------------------------------------------------------------------------------------
+def _edited(src, dst, change):
+    doc = json.loads(Path(src).read_text())
+    change(doc)
+    Path(dst).write_text(json.dumps(doc))
+    return dst
+
+
+def _rename_and_add(doc):
+    for e in doc["activation_encodings"]:
+        if e["name"] == "unet.conv_in.out":
+            e["name"] = "unet.conv_inn.out"
+    doc["param_encodings"].append(dict(doc["param_encodings"][0], name="unet.bogus.weight"))
+
+
+def _negative_scale(doc):
+    doc["activation_encodings"][2]["scale"] = [-0.5]
+
+
+def _legacy_4bit(doc):
+    name, channels = next(iter(doc["activation_encodings"].items()))
+    channels[0]["bitwidth"] = 32
+
+
+@pytest.mark.parametrize("case", ["wrong bitwidth", "unknown names", "non-positive scale", "missing file",
+                                  "0.6.1 bitwidth", "method with encodings"])
+def test_bad_encodings(quantized, prompts, tmp_path, case):
+    w8, w16 = _folder(quantized, "w8a8"), _folder(quantized, "w8a16")
+    enc = w8 / "encodings.json"
+    work = tmp_path / "work"
+    work.mkdir()
+    precision, extra = "w8a8", []
+    if case == "wrong bitwidth":
+        enc, needles = w16 / "encodings.json", ["encodings.json", "16-bit", "w8a8", "needs 8-bit"]
+    elif case == "unknown names":
+        enc = _edited(enc, work / "e.json", _rename_and_add)
+        needles = ["e.json", "no encoding for activation unet.conv_in.out", "2 name(s) in the file are not tinysd tensors",
+                   "unet.conv_inn.out", "unet.bogus.weight"]
+    elif case == "non-positive scale":
+        enc = _edited(enc, work / "e.json", _negative_scale)
+        needles = ["e.json", "activation tensor", "scale must be > 0"]
+    elif case == "missing file":
+        enc, needles = work / "nope.json", ["nope.json", "not found"]
+    elif case == "0.6.1 bitwidth":
+        act, params, _ = load_encodings(enc)
+        save_encodings(work / "l.json", act, params, version="0.6.1")
+        enc = _edited(work / "l.json", work / "l.json", _legacy_4bit)
+        needles = ["l.json", "activation tensor", "bitwidth 32 not supported"]
+    else:
+        extra, needles = ["--method", "percentile"], ["--method", "--encodings"]
+    before = sorted(os.listdir(work))
+    res = _quantize(tmp_path / "out", precision, prompts, "--encodings", enc, *extra)
+    assert_one_line_error(res, *needles)
+    assert sorted(os.listdir(tmp_path)) == ["work"] and sorted(os.listdir(work)) == before
+
+
+def test_bad_quantize_options(quantized, prompts, tmp_path):
+    w8 = _folder(quantized, "w8a8")
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "x").write_text("keep")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing\n\n")
+    cases = [
+        (["quantize", TINY, "-o", existing, "--precision", "w8a8"], ["existing", "already exists"]),
+        (["quantize", TINY, "-o", existing, "--precision", "w8a8", "--overwrite"], ["not a tinysd quantized model"]),
+        (["quantize", TINY, "-o", tmp_path / "no" / "out", "--precision", "w8a8"], ["does not exist"]),
+        (["quantize", w8, "-o", tmp_path / "o", "--precision", "w8a8"], ["already a quantized model"]),
+        (["quantize", tmp_path / "nomodel", "-o", tmp_path / "o", "--precision", "w8a8"], ["nomodel"]),
+        (["quantize", TINY, "-o", tmp_path / "o", "--precision", "w8a8", "--calibration-prompts", empty],
+         ["empty.txt", "no prompts"]),
+        (["quantize", TINY, "-o", tmp_path / "o", "--precision", "w8a8", "--calibration-prompts", tmp_path / "none.txt"],
+         ["none.txt", "not found"]),
+        (["quantize", TINY, "-o", tmp_path / "o", "--precision", "w8a8", "--calibration-steps", "0"],
+         ["calibration steps"]),
+        (["quantize", TINY, "-o", tmp_path / "o", "--precision", "w8a8", "--sqnr-calls", "0"], ["SQNR calls"]),
+        (["quantize", TINY, "-o", tmp_path / "o", "--precision", "w4a4"], ["--precision", "w4a4"]),
+        (["quantize", TINY, "-o", tmp_path / "o", "--precision", "w8a8", "--method", "median"], ["--method", "median"]),
+        (["quantize", TINY, "-o", tmp_path / "o"], ["--precision"]),
+    ]
+    for args, needles in cases:
+        assert_one_line_error(run(args), *needles)
+    assert sorted(os.listdir(tmp_path)) == ["empty.txt", "existing"] and os.listdir(existing) == ["x"]
+
+
+def test_generate_refuses_a_precision_the_folder_was_not_built_for(quantized, tmp_path):
+    for built, asked in (("w8a8", "w8a16"), ("w8a16", "w8a8"), ("w8a8", "fp32")):
+        res = run(["generate", "x", "--model", _folder(quantized, built), "--precision", asked, "-o", tmp_path / "o.png"])
+        assert_one_line_error(res, built, asked)
+    damaged = tmp_path / "damaged"
+    shutil.copytree(_folder(quantized, "w8a8"), damaged)
+    (damaged / "vae" / "quantized.safetensors").unlink()
+    res = run(["generate", "x", "--model", damaged, "-o", tmp_path / "o.png"])
+    assert_one_line_error(res, "vae/quantized.safetensors", "missing")
+    assert os.listdir(tmp_path) == ["damaged"]
+
+
+def test_interrupted_quantize_leaves_nothing(prompts, tmp_path, monkeypatch):
+    def interrupted(path, *args, **kwargs):
+        if "unet" in str(path):
+            raise KeyboardInterrupt
+        return write_safetensors(path, *args, **kwargs)
+
+    monkeypatch.setattr(folder_module, "write_safetensors", interrupted)
+    res = _quantize(tmp_path / "out", "w8a8", prompts)
+    assert res.exit_code == 130 and "aborted" in res.stderr
+    assert os.listdir(tmp_path) == []

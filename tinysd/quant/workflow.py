@@ -1,0 +1,185 @@
+"""`tinysd quantize` as a library call: float checkpoint -> quantized model folder.
+
+    out, sqnr = quantize_checkpoint("sd15/", "sd15-w8a16/", "w8a16")          # calibrate, quantize, save
+    out, sqnr = quantize_checkpoint("sd15/", "sd15-dev/", "w8a8", encodings_file="device.encodings")
+
+Steps: check the options and OUT (before any work); read the calibration
+prompts; with `encodings_file`, read the AIMET file and check it against the
+model (`external_encodings`); load the checkpoint; run the float pipeline over
+the prompts on calibrating interpreters, recording every network call; quantize
+(from the recorded ranges, or from the file's encodings); replay the recorded
+calls through the integer networks for the SQNR of each against float; write
+the folder atomically (`tinysd.quant.folder.save_quantized`).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Mapping
+
+from ..errors import TinySDError
+from .encodings import Encoding, load_encodings
+from .model import ACTIVATION_BITS, NETWORKS, PRECISIONS
+
+log = logging.getLogger(__name__)
+
+MAX_LISTED = 5
+# the float pipeline runs of calibration: image i of the prompt list uses seed CALIBRATION_SEED + i
+CALIBRATION_SAMPLER, CALIBRATION_SEED, CALIBRATION_GUIDANCE = "euler", 0, 7.5
+
+
+def _listing(names) -> str:
+    names = list(names)
+    shown = ", ".join(names[:MAX_LISTED])
+    return shown + (f" ... and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else "")
+
+
+def tinysd_tensor_names(loaded) -> tuple[set[str], set[str]]:
+    """(activation names, parameter names) of every tensor tinysd's three graphs have for `loaded`'s config.
+
+    Activations: every network input and op output (`unet.sample`, `unet.conv_in.out`), found by
+    running each graph once on the calibrating interpreter with the smallest dummy inputs (the VAE
+    encoder included). Parameters: `{network}.{diffusers parameter name}` of every parameter.
+    """
+    from ..interp.calibrate import CalibratingInterpreter
+    from .calibration import model_graphs
+    from .prepare import run_graph
+
+    acts: set[str] = set()
+    params: set[str] = set()
+    for network, graph in model_graphs(loaded.config).items():
+        interp = CalibratingInterpreter(loaded.params[network], network)
+        run_graph(graph, interp, network, include_encoder=True)
+        acts.update(interp.observers)
+        params.update(f"{network}.{k}" for k in graph.param_shapes())
+    return acts, params
+
+
+def check_bitwidths(path, precision: str, act: Mapping[str, Encoding], params: Mapping[str, Encoding]) -> None:
+    """TinySDError unless every activation encoding has the precision's bitwidth, every `.bias` 32 bits
+    and every other parameter 8 bits (first offender and count named)."""
+    bits = ACTIVATION_BITS[precision]
+    bad = [n for n, e in act.items() if e.bitwidth != bits]
+    if bad:
+        found = sorted({act[n].bitwidth for n in bad})
+        other = [p for p, b in ACTIVATION_BITS.items() if b in found]
+        hint = f" (a {other[0]} file?)" if other else ""
+        raise TinySDError(f"{path}: {len(bad)} activation encoding(s) are {'/'.join(map(str, found))}-bit, but "
+                          f"precision {precision} needs {bits}-bit activations{hint}: {_listing(bad)}")
+    want = lambda n: 32 if n.endswith(".bias") else 8  # noqa: E731
+    bad = [n for n, e in params.items() if e.bitwidth != want(n)]
+    if bad:
+        n = bad[0]
+        raise TinySDError(f"{path}: {len(bad)} parameter encoding(s) with the wrong bitwidth (tinysd needs 8-bit "
+                          f"weights and 32-bit biases): {n} is {params[n].bitwidth}-bit"
+                          + (f", and {len(bad) - 1} more" if len(bad) > 1 else ""))
+
+
+def external_encodings(loaded, path, precision: str, encodings=None):
+    """Quantize `loaded` with the encodings of an AIMET encodings file (0.6.1 or 1.0.0).
+
+    encodings: the file's `load_encodings(path)` if already read (else it is read here).
+    Names must be tinysd's (`docs/quantization.md`, section 9). One TinySDError naming the file
+    lists: bitwidths wrong for `precision` (`check_bitwidths`); names the file has that are not
+    tinysd tensors together with encodings tinysd needs that the file lacks (from
+    `quantize_model`). Parameter encodings of tensors tinysd quantizes its own way (norms,
+    embeddings) are ignored with a log message. Returns the QuantizedModel.
+    """
+    from .calibration import quantize_model
+
+    act, params, _ = load_encodings(path) if encodings is None else encodings
+    check_bitwidths(path, precision, act, params)
+    known_acts, known_params = tinysd_tensor_names(loaded)
+    unknown = [f"activation {n}" for n in act if n not in known_acts]
+    unknown += [f"parameter {n}" for n in params if n not in known_params]
+    act_known = {n: e for n, e in act.items() if n in known_acts}
+    par_known = {n: e for n, e in params.items() if n in known_params}
+    unknown_msg = f"{len(unknown)} name(s) in the file are not tinysd tensors: {_listing(unknown)}"
+    try:
+        qmodel = quantize_model(loaded, precision, act_known, par_known)
+    except TinySDError as e:
+        if unknown:
+            raise TinySDError(f"{path}: {e}; and {unknown_msg}") from None
+        raise TinySDError(f"{path}: {e}") from None
+    if unknown:
+        raise TinySDError(f"{path}: {unknown_msg}")
+    used = set().union(*(q.params for q in qmodel.networks.values()))
+    unused = [n for n in par_known if n not in used]
+    if unused:
+        log.info("%s: %d parameter encoding(s) not used (tinysd quantizes norms and embeddings itself): %s",
+                 path, len(unused), _listing(unused))
+    return qmodel
+
+
+def _finite_or_str(v: float):
+    return float(v) if math.isfinite(v) else str(v)
+
+
+def quantize_checkpoint(model, out_dir, precision: str, prompts_file=None, steps: int | None = None,
+                        method: str | None = None, encodings_file=None, overwrite: bool = False,
+                        sqnr_calls: int | None = None):
+    """Quantize the float checkpoint `model` to a folder `out_dir` (the steps of the module docstring).
+
+    precision: "w8a8" or "w8a16". prompts_file: calibration prompts (None: the shipped set).
+    steps: sampler steps per prompt (None: DEFAULT_CALIBRATION_STEPS). method: "minmax" (default)
+    or "percentile"; not with `encodings_file`, whose encodings replace calibration (the prompts
+    then only give the SQNR data). sqnr_calls: replay only the first N recorded calls of each
+    network for the SQNR (None: all; the integer replay costs as much as the calibration run in
+    integer arithmetic). Returns (out path, {call kind: SQNR dB}); the SQNR and the calibration
+    settings are recorded in the folder's quantization.json ("info").
+    """
+    from ..checkpoint import load_checkpoint
+    from ..interp.calibrate import METHODS
+    from .calibration import DEFAULT_CALIBRATION_STEPS, calibrate_model, quantize_model, replay_sqnr
+    from .engine import build_integer_networks
+    from .folder import check_output_dir, is_quantized_folder, save_quantized
+    from .prompts import read_prompts
+
+    if precision not in PRECISIONS:
+        raise TinySDError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if encodings_file is not None and method is not None:
+        raise TinySDError("--method does not apply with --encodings (the file's encodings replace calibration)")
+    method = method or "minmax"
+    if method not in METHODS:
+        raise TinySDError(f"method {method!r} is not one of {', '.join(METHODS)}")
+    steps = DEFAULT_CALIBRATION_STEPS if steps is None else steps
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise TinySDError(f"calibration steps must be an integer >= 1 (got {steps!r})")
+    if sqnr_calls is not None and (isinstance(sqnr_calls, bool) or not isinstance(sqnr_calls, int) or sqnr_calls < 1):
+        raise TinySDError(f"SQNR calls must be an integer >= 1 (got {sqnr_calls!r})")
+    out = check_output_dir(out_dir, overwrite)
+    model = Path(model)
+    if is_quantized_folder(model):
+        raise TinySDError(f"{model}: is already a quantized model; quantize its float checkpoint instead")
+    prompts = read_prompts(prompts_file)
+    file_encodings = None
+    if encodings_file is not None:  # a bad file fails before the checkpoint is read
+        file_encodings = load_encodings(encodings_file)
+        check_bitwidths(encodings_file, precision, *file_encodings[:2])
+
+    loaded = load_checkpoint(model)
+    calls: list = []
+    ranges = calibrate_model(loaded, prompts, steps, method, sampler=CALIBRATION_SAMPLER, seed=CALIBRATION_SEED,
+                             guidance_scale=CALIBRATION_GUIDANCE, record=calls)
+    if file_encodings is not None:
+        qmodel = external_encodings(loaded, encodings_file, precision, file_encodings)
+    else:
+        qmodel = quantize_model(loaded, precision, ranges)
+    if "vae.image" not in qmodel.networks["vae"].activations:  # a decoder-only encodings file
+        calls = [c for c in calls if c.kind != "vae.encode"]
+    sqnr = replay_sqnr(calls, build_integer_networks(qmodel), max_calls=sqnr_calls)
+    qmodel.info.update({
+        "source_model": str(model),
+        "method": None if encodings_file is not None else method,
+        "encodings_file": None if file_encodings is None else {"path": str(encodings_file),
+                                                                "aimet_version": file_encodings[2]},
+        "calibration": {"prompts_file": None if prompts_file is None else str(prompts_file), "prompts": prompts,
+                        "steps": steps, "sampler": CALIBRATION_SAMPLER, "seed": CALIBRATION_SEED,
+                        "guidance_scale": CALIBRATION_GUIDANCE,
+                        "network_calls": {n: sum(c.kind.startswith(n) for c in calls) for n in NETWORKS}},
+        "sqnr_db": {k: _finite_or_str(v) for k, v in sqnr.items()},
+        "sqnr_calls": sqnr_calls,
+    })
+    save_quantized(qmodel, out, overwrite=overwrite, tokenizer_dir=loaded.tokenizer_dir)
+    return out, sqnr
