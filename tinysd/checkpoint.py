@@ -719,7 +719,7 @@ def to_single_file(model, path: str | Path, *, dtype: str = "F32", embed_config:
     return path
 
 
-def _component_config(network: str, cfg) -> dict[str, Any]:
+def component_config(network: str, cfg) -> dict[str, Any]:
     d = cfg.to_dict()
     if network == "text_encoder":
         return {"architectures": ["CLIPTextModel"], "model_type": "clip_text_model", **d}
@@ -758,7 +758,7 @@ def save_diffusers(model, out_dir: str | Path, *, dtype: str = "F32", variant: s
         suffix = f".{variant}.safetensors" if variant else ".safetensors"
         for network, (sub, base, _) in COMPONENTS.items():
             (tmp / sub).mkdir()
-            (tmp / sub / "config.json").write_text(json.dumps(_component_config(network, getattr(cfg, network)), indent=2) + "\n")
+            (tmp / sub / "config.json").write_text(json.dumps(component_config(network, getattr(cfg, network)), indent=2) + "\n")
             write_safetensors(tmp / sub / f"{base}{suffix}", params[network], metadata={"format": "pt"}, dtype=dtype)
         (tmp / "scheduler").mkdir()
         sched = {"_class_name": "PNDMScheduler", **cfg.scheduler.to_dict(),

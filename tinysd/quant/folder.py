@@ -35,17 +35,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
 from .. import __version__
-from ..checkpoint import COMPONENTS, _component_config
+from ..checkpoint import COMPONENTS, component_config
 from ..config import ModelConfig, SchedulerConfig
+from ..atomic import atomic_dir
 from ..errors import TinySDError
 from ..fixedpoint import ARITHMETIC_SPEC_VERSION
 from ..safetensors_io import SafetensorsFile, write_safetensors
@@ -166,14 +165,6 @@ def _copy_tokenizer(src: Path, dst: Path) -> None:
             shutil.copyfile(src / name, dst / name)
 
 
-def _default_permissions(root: Path) -> None:
-    """Give `root` (made 0700 by mkdtemp) and its files (some made 0600 by mkstemp) the modes the umask gives."""
-    mask = os.umask(0)
-    os.umask(mask)
-    for p in (root, *root.rglob("*")):
-        p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
-
-
 def save_quantized(qmodel: QuantizedModel, out_dir: str | Path, overwrite: bool = False,
                    tokenizer_dir: str | Path | None = None) -> Path:
     """Write `qmodel` as a quantized model folder at `out_dir` (layout in the module docstring); returns its path.
@@ -191,11 +182,7 @@ def save_quantized(qmodel: QuantizedModel, out_dir: str | Path, overwrite: bool 
 
         tokenizer_dir = TOKENIZER_DIR
     tokenizer_dir = Path(tokenizer_dir)
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    except OSError as e:
-        raise TinySDError(f"{out}: cannot write the quantized model ({e.strerror or e})") from None
-    try:
+    with atomic_dir(out, overwrite=overwrite, what="quantized model") as tmp:
         networks = {}
         activations: dict[str, Encoding] = {}
         params: dict[str, Encoding] = {}
@@ -203,7 +190,7 @@ def save_quantized(qmodel: QuantizedModel, out_dir: str | Path, overwrite: bool 
             net = qmodel.networks[network]
             sub = COMPONENTS[network][0]
             (tmp / sub).mkdir()
-            _write_json(tmp / sub / "config.json", _component_config(network, getattr(qmodel.config, network)))
+            _write_json(tmp / sub / "config.json", component_config(network, getattr(qmodel.config, network)))
             write_safetensors(tmp / sub / ARRAYS_FILE, net.arrays,
                               metadata={"format": FORMAT, "network": network, "precision": qmodel.precision})
             networks[network] = {
@@ -234,19 +221,6 @@ def save_quantized(qmodel: QuantizedModel, out_dir: str | Path, overwrite: bool 
             _write_json(tmp / MARKER, doc)
         except (TypeError, ValueError) as e:
             raise ValueError(f"qmodel.info: cannot be written as JSON ({e})") from None
-        _default_permissions(tmp)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError):
-            raise TinySDError(f"{out}: cannot write the quantized model ({e.strerror or e})") from None
-        raise
     log.info("wrote %s quantized model to %s", qmodel.precision, out)
     return out
 
