@@ -1,0 +1,1 @@
+"""Evaluation helpers: the procedural shapes data set and its detector."""

@@ -1,0 +1,133 @@
+"""Score prompt adherence of a shapes model over prompts drawn from the caption grammar.
+
+Prompts come from `tinysd.eval.shapes.sample_prompt` with a fixed seed (each
+optional part present with probability 0.5); prompt i is generated with seed
+`--seed + i`. Every generated image is read by the deterministic detector and
+each attribute the prompt specified is scored right or wrong.
+
+Image generation is one small function per engine (`--engine`), returning
+`generate(prompts, seeds) -> list of uint8 (H, W, 3) arrays`: `make_generator`,
+diffusers' StableDiffusionPipeline (torch, dev-only, SD tokenizer built from
+`weights/tokenizer/`; also the dev check that the folder loads in diffusers), or
+`make_tinysd_generator`, tinysd's own pipeline. Seeds give the same prompts to
+both engines, but their initial noise differs (torch vs NumPy generators).
+
+    python3 tools/score_adherence.py [--model weights/tinysd-shapes] [-n 200] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from tinysd.eval import shapes  # noqa: E402
+
+TARGETS = {"color": 0.90, "shape": 0.80, "position": 0.80, "background": 0.90}
+
+
+def make_generator(model: Path, steps: int, cfg: float, sampler: str, size: int = 64, batch: int = 25, threads: int = 2):
+    """generate(prompts, seeds) -> list of uint8 (size, size, 3): diffusers StableDiffusionPipeline."""
+    import torch
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, StableDiffusionPipeline
+    from transformers import CLIPTokenizer
+
+    torch.set_num_threads(threads)
+    tok_dir = ROOT / "weights" / "tokenizer"
+    tok = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=77)
+    pipe = StableDiffusionPipeline.from_pretrained(
+        str(model), tokenizer=tok, safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False, torch_dtype=torch.float32)
+    scheds = {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler, "euler_a": EulerAncestralDiscreteScheduler,
+              "dpmpp_2m": DPMSolverMultistepScheduler}
+    pipe.scheduler = scheds[sampler].from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+
+    def generate(prompts: list[str], seeds: list[int]) -> list[np.ndarray]:
+        out = []
+        for i in range(0, len(prompts), batch):
+            gens = [torch.Generator().manual_seed(s) for s in seeds[i:i + batch]]
+            with torch.no_grad():
+                ims = pipe(prompts[i:i + batch], height=size, width=size, num_inference_steps=steps,
+                           guidance_scale=cfg, generator=gens, output_type="np").images  # (B, H, W, 3) in [0, 1]
+            out += [(np.clip(im, 0, 1) * 255).round().astype(np.uint8) for im in ims]
+        return out
+
+    return generate
+
+
+def make_tinysd_generator(model: Path, steps: int, cfg: float, sampler: str, size: int = 64, **_):
+    """generate(prompts, seeds) -> list of uint8 (size, size, 3): tinysd's own float pipeline (no torch)."""
+    from tinysd import Pipeline
+
+    pipe = Pipeline.from_pretrained(str(model))
+
+    def generate(prompts: list[str], seeds: list[int]) -> list[np.ndarray]:
+        return [np.asarray(pipe(p, steps=steps, guidance_scale=cfg, seed=s, sampler=sampler, width=size, height=size).convert("RGB"))
+                for p, s in zip(prompts, seeds)]
+
+    return generate
+
+
+ENGINES = {"diffusers": make_generator, "tinysd": make_tinysd_generator}
+
+
+def prompts_for(n: int, seed: int) -> list[tuple[str, dict]]:
+    rng = np.random.default_rng(seed)
+    return [shapes.sample_prompt(rng, p_optional=0.5) for _ in range(n)]
+
+
+def score_all(images, specs) -> dict:
+    right = {a: 0 for a in shapes.ATTRIBUTES}
+    total = {a: 0 for a in shapes.ATTRIBUTES}
+    all_ok = 0
+    for im, spec in zip(images, specs):
+        s = shapes.score(im, spec)
+        for a, ok in s.items():
+            right[a] += ok
+            total[a] += 1
+        all_ok += all(s.values())
+    acc = {a: right[a] / total[a] for a in shapes.ATTRIBUTES if total[a]}
+    return {"accuracy": acc, "counts": total, "all_correct": all_ok / len(specs), "n": len(specs)}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, default=ROOT / "weights" / "tinysd-shapes")
+    p.add_argument("-n", type=int, default=200)
+    p.add_argument("--prompt-seed", type=int, default=1234)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--cfg", type=float, default=5.0)
+    p.add_argument("--sampler", default="dpmpp_2m", choices=["ddim", "euler", "euler_a", "dpmpp_2m"])
+    p.add_argument("--engine", default="diffusers", choices=sorted(ENGINES))
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    items = prompts_for(args.n, args.prompt_seed)
+    prompts, specs = [c for c, _ in items], [s for _, s in items]
+    seeds = [args.seed + i for i in range(args.n)]
+    t0 = time.time()
+    generate = ENGINES[args.engine](args.model, args.steps, args.cfg, args.sampler)
+    images = generate(prompts, seeds)
+    res = score_all(images, specs)
+    res.update(model=str(args.model), steps=args.steps, cfg=args.cfg, sampler=args.sampler,
+               prompt_seed=args.prompt_seed, seed=args.seed, seconds=round(time.time() - t0, 1),
+               engine={"diffusers": "diffusers StableDiffusionPipeline (float32)",
+                       "tinysd": "tinysd Pipeline (float32 NumPy)"}[args.engine])
+    for a, v in res["accuracy"].items():
+        tgt = TARGETS.get(a)
+        mark = "" if tgt is None else (" (target %.0f%%: %s)" % (100 * tgt, "met" if v >= tgt else "MISSED"))
+        print(f"{a:10s} {100 * v:6.1f}%  over {res['counts'][a]} prompts{mark}")
+    print(f"all specified attributes right: {100 * res['all_correct']:.1f}% of {res['n']}; {res['seconds']} s")
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,545 @@
+"""Train the default model `weights/tinysd-shapes/` (dev-only: torch, diffusers, transformers).
+
+An SD 1.x model in miniature (KL VAE with 8x downsampling, CLIP text transformer
+with the real SD tokenizer, UNet2DConditionModel with cross-attention) trained on
+the procedural shapes of `tinysd.eval.shapes`:
+
+1. stage `vae`: AutoencoderKL on freshly drawn 64x64 images (L1 + L2 + small KL;
+   optionally object pixels weighted `--vae-fg-weight` more, and random 32x32
+   crops (`--vae-crop`) except for the last `--vae-full-steps` steps: the VAE is
+   fully convolutional, so crops cost a quarter of the compute).
+2. stage `latents`: encode a fixed, seeded set of scenes once (posterior mean and
+   std); scaling_factor = 1 / std of the sampled latents, written to the VAE config.
+3. stage `diffusion`: text encoder and UNet jointly, epsilon prediction on SD's
+   scaled-linear schedule (1000 steps, beta 0.00085..0.012), captions re-drawn
+   from each scene's attributes at every step (each optional part kept with
+   probability 0.6) and dropped to "" with probability `--uncond-p` for
+   classifier-free guidance; min-SNR-5 loss weighting, optionally times
+   clamp(1/snr, 1, `--hi-t-weight-max`) to emphasise high noise; EMA of the weights.
+4. stage `export`: fp16 safetensors in diffusers layout, SD 1.5-style scheduler
+   config and model_index.json (no tokenizer/ folder: tinysd uses its shipped
+   tokenizer; pass `tokenizer=` when loading in diffusers).
+
+Every stage checkpoints to `--run-dir` (safetensors + JSON, never pickle) and a
+re-run resumes where it stopped; batches and noise are seeded per step, so a
+resumed run draws the same data as an uninterrupted one. `--max-minutes` stops a
+run cleanly (checkpointing) when the wall-clock budget is spent; time used is
+accumulated across resumes in `state.json` and printed.
+
+    python3 tools/train.py --run-dir tools/runs/main --vae-steps 2300 --vae-batch 32 --vae-crop 32 \
+        --vae-full-steps 300 --vae-fg-weight 9 --n-scenes 8000 --unet-steps 4700 --unet-batch 32 \
+        --unet-lr 1e-3 --hi-t-weight-max 20 --max-minutes 75 --threads 1
+
+(The shipped model's run changed some of these between resumes; its model card
+lists each segment.) A finished stage is skipped on re-run; to train the
+diffusion stage further, delete `diffusion_final.safetensors` from the run dir
+and re-run with a larger `--unet-steps` and `--max-minutes`: it resumes from
+`diffusion_ckpt.safetensors` (weights, optimizer, EMA).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from tinysd.eval import shapes  # noqa: E402
+
+log = logging.getLogger("train")
+
+VAE_CONFIG = dict(
+    in_channels=3, out_channels=3, latent_channels=4,
+    down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+    block_out_channels=[16, 32, 64, 64], layers_per_block=1, norm_num_groups=16,
+    act_fn="silu", sample_size=64,
+)
+TEXT_CONFIG = dict(
+    vocab_size=49408, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+    num_attention_heads=2, max_position_embeddings=77, hidden_act="quick_gelu",
+    layer_norm_eps=1e-5, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+    projection_dim=64,
+)
+UNET_CONFIG = dict(
+    sample_size=8, in_channels=4, out_channels=4,
+    down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    mid_block_type="UNetMidBlock2DCrossAttn",
+    block_out_channels=[32, 64, 64], layers_per_block=1, cross_attention_dim=64,
+    attention_head_dim=2, norm_num_groups=32, act_fn="silu", flip_sin_to_cos=True, freq_shift=0,
+)
+SCHEDULER_CONFIG = {
+    "_class_name": "PNDMScheduler",
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "clip_sample": False,
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "trained_betas": None,
+}
+CAPTION_KEEP_P = 0.6
+
+
+# ---------------------------------------------------------------------------
+# helpers
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def atomic_save(tensors: dict, path: Path, metadata: dict | None = None) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def save_ckpt(path: Path, models: dict, opt: torch.optim.Optimizer, ema: dict | None, step: int) -> None:
+    """Weights, optimizer state and EMA in one safetensors file; param groups in metadata."""
+    t = {}
+    for name, m in models.items():
+        for k, v in m.state_dict().items():
+            t[f"model.{name}.{k}"] = v
+    sd = opt.state_dict()
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            t[f"optim.{idx}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+    if ema:
+        for k, v in ema.items():
+            t[f"ema.{k}"] = v
+    meta = {"step": str(step), "param_groups": json.dumps(sd["param_groups"])}
+    atomic_save(t, path, meta)
+
+
+def load_ckpt(path: Path, models: dict, opt: torch.optim.Optimizer, ema: dict | None) -> int:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    t = load_file(str(path))
+    for name, m in models.items():
+        pre = f"model.{name}."
+        m.load_state_dict({k[len(pre):]: v for k, v in t.items() if k.startswith(pre)})
+    state: dict = {}
+    for k, v in t.items():
+        if k.startswith("optim."):
+            _, idx, key = k.split(".", 2)
+            state.setdefault(int(idx), {})[key] = v
+    opt.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
+    if ema is not None:
+        for k in ema:
+            ema[k].copy_(t[f"ema.{k}"])
+    return int(meta["step"])
+
+
+class Budget:
+    """Wall-clock accounting across resumes (seconds per stage in state.json)."""
+
+    def __init__(self, run_dir: Path, max_minutes: float):
+        self.path = run_dir / "state.json"
+        self.state = json.loads(self.path.read_text()) if self.path.exists() else {"seconds": {}}
+        self.start = time.time()
+        self.base = sum(self.state["seconds"].values())
+        self.limit = max_minutes * 60
+        self.stage_start = time.time()
+        self.stage = None
+
+    def begin(self, stage: str):
+        self.stage, self.stage_start = stage, time.time()
+        self.stage_base = self.state["seconds"].get(stage, 0.0)
+
+    def commit(self):
+        self.state["seconds"][self.stage] = self.stage_base + time.time() - self.stage_start
+        atomic_write_text(self.path, json.dumps(self.state, indent=1))
+
+    def used(self) -> float:
+        return self.base + time.time() - self.start
+
+    def exhausted(self) -> bool:
+        return self.used() >= self.limit
+
+
+def draw_batch(seed: int, step: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """n freshly drawn scenes for one VAE step: images float32 (n, 3, 64, 64) in [-1, 1]
+    and object masks float32 (n, 1, 64, 64) (1 where a pixel differs from the background)."""
+    rng = np.random.default_rng([seed, 1, step])
+    scenes = [shapes.sample_scene(rng) for _ in range(n)]
+    imgs = np.stack([np.asarray(shapes.draw(s)) for s in scenes])  # (n, H, W, 3) uint8
+    bg = np.array([shapes.PALETTE[s.background] for s in scenes], dtype=np.uint8)[:, None, None, :]
+    mask = (imgs != bg).any(-1)[:, None].astype(np.float32)  # (n, 1, H, W)
+    return (imgs.astype(np.float32) / 127.5 - 1.0).transpose(0, 3, 1, 2), mask
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    p = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+def make_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(**VAE_CONFIG)
+
+
+def make_text_encoder():
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG))
+
+
+def make_unet():
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(**UNET_CONFIG)
+
+
+def make_tokenizer(tokenizer_dir: Path):
+    from transformers import CLIPTokenizer
+
+    for name in ("vocab.json", "merges.txt"):
+        if not (tokenizer_dir / name).exists():
+            raise SystemExit(f"{tokenizer_dir / name} is missing (the shipped SD tokenizer vocabulary)")
+    return CLIPTokenizer(str(tokenizer_dir / "vocab.json"), str(tokenizer_dir / "merges.txt"))
+
+
+# ---------------------------------------------------------------------------
+# stages
+
+def stage_vae(args, budget: Budget) -> bool:
+    run = args.run_dir
+    final = run / "vae_final.safetensors"
+    if final.exists():
+        return True
+    torch.manual_seed(args.seed)
+    vae = make_vae()
+    opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
+    ck = run / "vae_ckpt.safetensors"
+    step = load_ckpt(ck, {"vae": vae}, opt, None) if ck.exists() else 0
+    budget.begin("vae")
+    vae.train()
+    t0, last = time.time(), step
+    while step < args.vae_steps:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args.vae_steps, args.vae_lr, 100)
+        xn, mn = draw_batch(args.seed, step, args.vae_batch)
+        x, m = torch.from_numpy(xn), torch.from_numpy(mn)
+        if args.vae_crop and step < args.vae_steps - args.vae_full_steps:
+            # fully convolutional: train on random crops (multiples of 8, aligned to the latent grid)
+            crng = np.random.default_rng([args.seed, 4, step])
+            c = args.vae_crop
+            oy, ox = 8 * crng.integers(0, (64 - c) // 8 + 1, 2)
+            x = x[:, :, oy:oy + c, ox:ox + c].contiguous()  # (B, 3, c, c)
+            m = m[:, :, oy:oy + c, ox:ox + c].contiguous()
+        gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+        post = vae.encode(x).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+        y = vae.decode(z).sample
+        # object pixels weigh 1 + fg_weight (objects are small; the background dominates a plain mean)
+        w = 1.0 + args.vae_fg_weight * m  # (B, 1, H, W)
+        l1 = (w * (y - x).abs()).sum() / (3 * w.sum())
+        l2 = (w * (y - x).pow(2)).sum() / (3 * w.sum())
+        kl = post.kl().mean() / z[0].numel()
+        loss = l1 + l2 + args.kl_weight * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if step % args.log_every == 0 or step == args.vae_steps:
+            dt = time.time() - t0
+            log.info("vae step %d/%d l1 %.4f l2 %.5f kl %.2f lr %.2e | %.2f it/s | budget used %.1f min",
+                     step, args.vae_steps, l1.item(), l2.item(), kl.item(), opt.param_groups[0]["lr"],
+                     (step - last) / dt, budget.used() / 60)
+            t0, last = time.time(), step
+            budget.commit()
+        if step % args.ckpt_every == 0 or budget.exhausted():
+            save_ckpt(ck, {"vae": vae}, opt, None, step)
+            budget.commit()
+            if budget.exhausted():
+                log.info("budget exhausted during vae at step %d; re-run to resume", step)
+                return False
+    atomic_save(vae.state_dict(), final)
+    budget.commit()
+    return True
+
+
+@torch.no_grad()
+def stage_latents(args, budget: Budget) -> bool:
+    run = args.run_dir
+    out = run / "latents.safetensors"
+    if out.exists():
+        return True
+    budget.begin("latents")
+    vae = make_vae()
+    vae.load_state_dict(load_file(str(run / "vae_final.safetensors")))
+    vae.eval()
+    rng = np.random.default_rng([args.seed, 2])
+    scenes = [shapes.sample_scene(rng) for _ in range(args.n_scenes)]
+    means, stds = [], []
+    recon_ok = {a: 0 for a in shapes.ATTRIBUTES}
+    for i in range(0, len(scenes), 256):
+        chunk = scenes[i:i + 256]
+        x = np.stack([np.asarray(shapes.draw(s)) for s in chunk]).astype(np.float32) / 127.5 - 1.0
+        post = vae.encode(torch.from_numpy(x.transpose(0, 3, 1, 2))).latent_dist
+        means.append(post.mean)
+        stds.append(post.std)
+        if i < 1024:  # detector accuracy on reconstructions: the ceiling of the whole model
+            y = vae.decode(post.mean).sample
+            imgs = ((y.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+            for s, im in zip(chunk, imgs):
+                found = shapes.detect(im)
+                for a in shapes.ATTRIBUTES:
+                    recon_ok[a] += found[a] == getattr(s, a)
+    mean, std = torch.cat(means), torch.cat(stds)
+    g = torch.Generator().manual_seed(args.seed)
+    sample = mean + std * torch.randn(mean.shape, generator=g)
+    scaling = float(1.0 / sample.std())
+    n_checked = min(1024, len(scenes))
+    recon = {a: recon_ok[a] / n_checked for a in shapes.ATTRIBUTES}
+    log.info("latents: %d scenes, latent std %.4f -> scaling_factor %.5f; detector on VAE reconstructions: %s",
+             len(scenes), 1 / scaling, scaling, {k: round(v, 4) for k, v in recon.items()})
+    attrs = {
+        "attributes": [s.attributes() for s in scenes],
+        "scaling_factor": scaling,
+        "recon_detector_accuracy": recon,
+    }
+    atomic_write_text(run / "latents.json", json.dumps(attrs))
+    atomic_save({"mean": mean, "std": std}, out)
+    budget.commit()
+    return True
+
+
+class Captions:
+    """Caption -> token ids (int64, 77) cache around transformers' CLIPTokenizer."""
+
+    def __init__(self, tok):
+        self.tok, self.cache = tok, {}
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        rows = []
+        for t in texts:
+            if t not in self.cache:
+                ids = self.tok(t, padding="max_length", max_length=77, truncation=True).input_ids
+                self.cache[t] = torch.tensor(ids, dtype=torch.int64)
+            rows.append(self.cache[t])
+        return torch.stack(rows)  # (B, 77)
+
+
+def random_caption(rng: np.random.Generator, attrs: dict, uncond_p: float) -> str:
+    if rng.random() < uncond_p:
+        return ""
+    spec = {"color": attrs["color"], "shape": attrs["shape"]}
+    for a in ("size", "position", "background"):
+        if rng.random() < CAPTION_KEEP_P:
+            spec[a] = attrs[a]
+    return shapes.caption(spec)
+
+
+def alphas_cumprod() -> torch.Tensor:
+    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+    return torch.cumprod(1 - betas, 0)
+
+
+def stage_diffusion(args, budget: Budget) -> bool:
+    run = args.run_dir
+    final = run / "diffusion_final.safetensors"
+    if final.exists():
+        return True
+    lat = load_file(str(run / "latents.safetensors"))
+    meta = json.loads((run / "latents.json").read_text())
+    scaling, attrs = meta["scaling_factor"], meta["attributes"]
+    captions = Captions(make_tokenizer(args.tokenizer_dir))
+    torch.manual_seed(args.seed + 1)
+    te, unet = make_text_encoder(), make_unet()
+    models = {"text_encoder": te, "unet": unet}
+    params = [p for m in models.values() for p in m.parameters()]
+    opt = torch.optim.AdamW(params, lr=args.unet_lr, weight_decay=0.0)
+    ema = {f"{n}.{k}": v.detach().clone().float() for n, m in models.items() for k, v in m.state_dict().items()}
+    ck = run / "diffusion_ckpt.safetensors"
+    step = load_ckpt(ck, models, opt, ema) if ck.exists() else 0
+    ac = alphas_cumprod()
+    snr = (ac / (1 - ac)).float()
+    sqrt_ac, sqrt_1m = ac.sqrt().float(), (1 - ac).sqrt().float()
+    budget.begin("diffusion")
+    te.train()
+    unet.train()
+    t0, last, run_loss = time.time(), step, 0.0
+    n = lat["mean"].shape[0]
+    while step < args.unet_steps:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args.unet_steps, args.unet_lr, 200)
+        rng = np.random.default_rng([args.seed, 3, step])
+        idx = rng.integers(0, n, args.unet_batch)
+        texts = [random_caption(rng, attrs[i], args.uncond_p) for i in idx]
+        gen = torch.Generator().manual_seed(args.seed * 1_000_003 + 7 + step)
+        ti = torch.from_numpy(idx)
+        z0 = (lat["mean"][ti] + lat["std"][ti] * torch.randn(lat["mean"][ti].shape, generator=gen)) * scaling
+        noise = torch.randn(z0.shape, generator=gen)
+        t = torch.randint(0, 1000, (len(idx),), generator=gen)
+        zt = sqrt_ac[t].view(-1, 1, 1, 1) * z0 + sqrt_1m[t].view(-1, 1, 1, 1) * noise
+        ctx = te(captions(texts)).last_hidden_state  # (B, 77, D)
+        eps = unet(zt, t, ctx).sample
+        w = torch.clamp(snr[t], max=5.0) / snr[t]  # min-SNR-5 weighting for epsilon prediction
+        if args.hi_t_weight_max > 0:
+            # at low SNR weigh the epsilon loss by 1/snr (= the x0 error), capped: the global
+            # layout and colours are decided there and eps-MSE barely sees them
+            w = w * torch.clamp(1.0 / snr[t], min=1.0, max=args.hi_t_weight_max)
+        loss = (w * (eps - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        decay = min(args.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for name, m in models.items():
+                for k, v in m.state_dict().items():
+                    e = ema[f"{name}.{k}"]
+                    if v.dtype.is_floating_point:
+                        e.mul_(decay).add_(v.float(), alpha=1 - decay)
+                    else:
+                        e.copy_(v)
+        run_loss += loss.item()
+        if step % args.log_every == 0 or step == args.unet_steps:
+            dt = time.time() - t0
+            log.info("diffusion step %d/%d loss %.4f lr %.2e | %.2f it/s | budget used %.1f min",
+                     step, args.unet_steps, run_loss / max(1, step - last), opt.param_groups[0]["lr"],
+                     (step - last) / dt, budget.used() / 60)
+            t0, last, run_loss = time.time(), step, 0.0
+            budget.commit()
+        if step % args.ckpt_every == 0 or budget.exhausted():
+            save_ckpt(ck, models, opt, ema, step)
+            budget.commit()
+            if budget.exhausted():
+                log.info("budget exhausted during diffusion at step %d; re-run to resume (or --export-now)", step)
+                return False
+    atomic_save(ema, final, {"step": str(step)})
+    budget.commit()
+    return True
+
+
+def export(args, budget: Budget, ema_source: Path) -> None:
+    """Write the diffusers folder from the EMA weights in `ema_source` (fp16 safetensors)."""
+    from diffusers import AutoencoderKL
+
+    run, out = args.run_dir, args.out
+    meta = json.loads((run / "latents.json").read_text())
+    from safetensors import safe_open
+
+    with safe_open(str(ema_source), "pt") as f:
+        step_meta = f.metadata()
+    t = load_file(str(ema_source))
+    ema = {k[len("ema."):]: v for k, v in t.items() if k.startswith("ema.")} or t
+    te, unet = make_text_encoder(), make_unet()
+    te.load_state_dict({k[len("text_encoder."):]: v for k, v in ema.items() if k.startswith("text_encoder.")})
+    unet.load_state_dict({k[len("unet."):]: v for k, v in ema.items() if k.startswith("unet.")})
+    vae = AutoencoderKL(**VAE_CONFIG, scaling_factor=meta["scaling_factor"])
+    vae.load_state_dict(load_file(str(run / "vae_final.safetensors")))
+    out.mkdir(parents=True, exist_ok=True)
+    for name, m in (("text_encoder", te), ("unet", unet), ("vae", vae)):
+        m.to(torch.float16).save_pretrained(str(out / name), safe_serialization=True)
+    # Weights are stored in fp16 to fit the size budget; the model computes in float32
+    # (transformers would otherwise load the text encoder in the stored dtype).
+    cfg_path = out / "text_encoder" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["dtype"] = "float32"
+    atomic_write_text(cfg_path, json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    (out / "scheduler").mkdir(exist_ok=True)
+    import diffusers
+
+    sched = dict(SCHEDULER_CONFIG, _diffusers_version=diffusers.__version__)
+    atomic_write_text(out / "scheduler" / "scheduler_config.json", json.dumps(sched, indent=2) + "\n")
+    index = {
+        "_class_name": "StableDiffusionPipeline",
+        "_diffusers_version": diffusers.__version__,
+        "feature_extractor": [None, None],
+        "requires_safety_checker": False,
+        "safety_checker": [None, None],
+        "scheduler": ["diffusers", "PNDMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+    atomic_write_text(out / "model_index.json", json.dumps(index, indent=2) + "\n")
+    total = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    info = {
+        "seed": args.seed,
+        "vae_steps": args.vae_steps, "vae_batch": args.vae_batch, "vae_lr": args.vae_lr, "kl_weight": args.kl_weight,
+        "unet_steps_planned": args.unet_steps, "unet_steps_done": int(step_meta["step"]),
+        "unet_batch": args.unet_batch, "unet_lr": args.unet_lr, "uncond_p": args.uncond_p, "ema_decay": args.ema_decay,
+        "n_scenes": args.n_scenes, "scaling_factor": meta["scaling_factor"],
+        "recon_detector_accuracy": meta["recon_detector_accuracy"],
+        "seconds": budget.state["seconds"], "folder_bytes": total,
+        "params": {n: sum(p.numel() for p in m.parameters()) for n, m in (("text_encoder", te), ("unet", unet), ("vae", vae))},
+        "ema_source": ema_source.name,
+    }
+    atomic_write_text(run / "export.json", json.dumps(info, indent=1))
+    log.info("exported %s (%.2f MB): %s", out, total / 1e6, json.dumps(info))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run-dir", type=Path, default=ROOT / "tools" / "runs" / "main")
+    p.add_argument("--out", type=Path, default=ROOT / "weights" / "tinysd-shapes")
+    p.add_argument("--tokenizer-dir", type=Path, default=ROOT / "weights" / "tokenizer")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vae-steps", type=int, default=1200)
+    p.add_argument("--vae-batch", type=int, default=32)
+    p.add_argument("--vae-lr", type=float, default=1e-3)
+    p.add_argument("--vae-fg-weight", type=float, default=0.0, help="extra loss weight of object pixels")
+    p.add_argument("--vae-crop", type=int, default=0, help="train the VAE on random CxC crops (0: full images)")
+    p.add_argument("--vae-full-steps", type=int, default=100, help="last steps on full images when cropping")
+    p.add_argument("--kl-weight", type=float, default=1e-4)
+    p.add_argument("--n-scenes", type=int, default=20000)
+    p.add_argument("--unet-steps", type=int, default=5000)
+    p.add_argument("--unet-batch", type=int, default=64)
+    p.add_argument("--unet-lr", type=float, default=5e-4)
+    p.add_argument("--uncond-p", type=float, default=0.1)
+    p.add_argument("--hi-t-weight-max", type=float, default=0.0,
+                   help="if > 0, multiply the loss weight by clamp(1/snr, 1, this) (emphasise high noise)")
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--max-minutes", type=float, default=75.0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--ckpt-every", type=int, default=250)
+    p.add_argument("--export-now", action="store_true", help="export from the latest diffusion checkpoint's EMA")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
+    torch.set_num_threads(args.threads)
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.run_dir / "args.json", json.dumps({k: str(v) for k, v in vars(args).items()}, indent=1))
+    budget = Budget(args.run_dir, args.max_minutes)
+    log.info("budget: %.1f of %.1f min already used", budget.base / 60, args.max_minutes)
+    if args.export_now:
+        export(args, budget, args.run_dir / "diffusion_ckpt.safetensors")
+        return 0
+    done = stage_vae(args, budget) and stage_latents(args, budget) and stage_diffusion(args, budget)
+    log.info("training budget used: %.1f min (%s)", sum(budget.state["seconds"].values()) / 60,
+             {k: round(v / 60, 1) for k, v in budget.state["seconds"].items()})
+    if not done:
+        return 3
+    export(args, budget, args.run_dir / "diffusion_final.safetensors")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
