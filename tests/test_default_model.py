@@ -1,0 +1,82 @@
+"""The shipped default model (weights/tinysd-shapes) through the same path as a real SD folder.
+
+Prompt adherence is scored by the deterministic detector of tinysd.eval.shapes on
+a fixed set of fully specified prompts (every attribute named) with fixed seeds.
+The issue's targets are asserted as written. Where the shipped model misses a
+target the test is a *strict* xfail carrying the measured number: when a better
+model meets the target the xfail turns into a failure, so the marker must go.
+"""
+import numpy as np
+import pytest
+
+from tinysd import Pipeline
+from tinysd.eval import shapes
+from tinysd.paths import DEFAULT_MODEL_DIR
+
+pytestmark = pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "model_index.json").is_file(),
+                                reason="default model not present in weights/")
+
+N_PROMPTS = 24
+SETTINGS = dict(steps=20, guidance_scale=5.0, sampler="dpmpp_2m")  # as tools/score_adherence.py
+TARGETS = {"color": 0.90, "shape": 0.80, "position": 0.80, "background": 0.90}
+# Measured on this fixed set with the shipped model (tools/score_adherence.py over
+# 200 prompts gives the numbers recorded in weights/tinysd-shapes/README.md).
+MISSED = {
+    "color": "shipped model: 0.58 on this set (target 0.90)",
+    "shape": "shipped model: 0.33 on this set (target 0.80)",
+    "position": "shipped model: 0.17 on this set (target 0.80)",
+    "background": "shipped model: 0.75 on this set (target 0.90)",
+}
+# Chance level of each attribute (uniform guess over its values).
+CHANCE = {"color": 1 / 8, "shape": 1 / 3, "position": 1 / 5, "background": 1 / 10}
+
+
+def fixed_prompts():
+    """N_PROMPTS fully specified prompts, cycling through every colour, shape and position."""
+    rng = np.random.default_rng(2024)
+    out = []
+    for i in range(N_PROMPTS):
+        color = shapes.COLORS[i % len(shapes.COLORS)]
+        given = {
+            "size": shapes.SIZES[i % 2],
+            "color": color,
+            "shape": shapes.SHAPES[i % 3],
+            "position": shapes.POSITIONS[i % 5],
+            "background": str(rng.choice(shapes.backgrounds_for(color))),
+        }
+        out.append((shapes.caption(given), given))
+    return out
+
+
+@pytest.fixture(scope="module")
+def accuracy():
+    pipe = Pipeline.from_pretrained()  # no path: the default model, loaded like any diffusers folder
+    right = dict.fromkeys(TARGETS, 0)
+    for seed, (prompt, attrs) in enumerate(fixed_prompts()):
+        image = pipe(prompt, seed=seed, **SETTINGS)
+        assert image.size == (64, 64)
+        for attr, ok in shapes.score(image, attrs).items():
+            if attr in right:
+                right[attr] += ok
+    return {a: right[a] / N_PROMPTS for a in TARGETS}
+
+
+def test_prompts_cover_the_grammar():
+    specs = [a for _, a in fixed_prompts()]
+    assert {s["color"] for s in specs} == set(shapes.COLORS)
+    assert {s["shape"] for s in specs} == set(shapes.SHAPES)
+    assert {s["position"] for s in specs} == set(shapes.POSITIONS)
+
+
+@pytest.mark.parametrize("attr", [
+    pytest.param(a, marks=pytest.mark.xfail(strict=True, reason=MISSED[a])) if a in MISSED else a
+    for a in TARGETS
+])
+def test_adherence_target(accuracy, attr):
+    assert accuracy[attr] >= TARGETS[attr], f"{attr}: {accuracy[attr]:.2f} < {TARGETS[attr]}"
+
+
+@pytest.mark.parametrize("attr", ["color", "background"])
+def test_follows_prompt_above_chance(accuracy, attr):
+    """A broken pipeline (wrong tokenizer, text encoder or guidance) scores at chance level."""
+    assert accuracy[attr] >= 3 * CHANCE[attr], f"{attr}: {accuracy[attr]:.2f} is near chance ({CHANCE[attr]:.2f})"
