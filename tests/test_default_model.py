@@ -80,3 +80,19 @@ def test_adherence_target(accuracy, attr):
 def test_follows_prompt_above_chance(accuracy, attr):
     """A broken pipeline (wrong tokenizer, text encoder or guidance) scores at chance level."""
     assert accuracy[attr] >= 3 * CHANCE[attr], f"{attr}: {accuracy[attr]:.2f} is near chance ({CHANCE[attr]:.2f})"
+
+
+def test_cli_generate_uses_the_default_model(tmp_path):
+    from click.testing import CliRunner
+
+    from cli import cli
+    from tinysd.png import read_parameters
+
+    out = tmp_path / "circle.png"
+    res = CliRunner().invoke(cli, ["generate", "a red circle on a white background", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    from PIL import Image
+
+    with Image.open(out) as im:
+        assert im.size == (64, 64)  # the default model's native size
+    assert "Size: 64x64" in read_parameters(out)
