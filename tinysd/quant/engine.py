@@ -35,7 +35,7 @@ class IntegerTextEncoder(TextEncoder):
         return super().__call__(ids)
 
 
-def build_integer_networks(qmodel: QuantizedModel, cache_weights: bool = True):
+def build_integer_networks(qmodel: QuantizedModel, cache_weights: bool = False):
     """(text_encoder, unet, vae): tinysd.models wrappers whose interpreters are IntegerInterpreters
     over `qmodel.networks[...]`. cache_weights: keep the exact float32 copies of int8 weights
     that the GEMM kernels use between calls (faster; 4 bytes per weight)."""
@@ -51,7 +51,7 @@ def build_integer_networks(qmodel: QuantizedModel, cache_weights: bool = True):
 
 def _factory(precision: str):
     def factory(loaded=None, qmodel: QuantizedModel | None = None, prompts=None,
-                steps: int = DEFAULT_CALIBRATION_STEPS, method: str = "minmax", cache_weights: bool = True,
+                steps: int = DEFAULT_CALIBRATION_STEPS, method: str = "minmax", cache_weights: bool = False,
                 **calibration):
         if qmodel is None:
             if loaded is None:
