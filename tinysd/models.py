@@ -14,7 +14,6 @@ from typing import Mapping
 
 import numpy as np
 
-from .config import CLIPTextConfig, UNetConfig, VAEConfig
 from .errors import TinySDError
 from .nn.clip import CLIPTextModel
 from .nn.unet import UNet2DConditionModel, timestep_features
@@ -31,52 +30,45 @@ def check_params(model, params: Mapping[str, np.ndarray], network: str) -> None:
             raise TinySDError(f"{network}: parameter {name} has shape {got}, expected {shape}")
 
 
-def _float_interp(params, network):
-    from .interp.float import FloatInterpreter
+class _Network:
+    """A network definition (`model_class(cfg)`) bound to an interpreter."""
 
-    return FloatInterpreter(params, network)
+    network: str
+    model_class: type
 
-
-class TextEncoder:
-    """CLIP text encoder: token ids (B, T) -> float32 (B, T, hidden_size)."""
-
-    network = "text_encoder"
-
-    def __init__(self, model: CLIPTextModel, interp):
+    def __init__(self, model, interp):
         self.model, self.interp = model, interp
 
     @classmethod
-    def from_params(cls, cfg: CLIPTextConfig, params: Mapping[str, np.ndarray]) -> "TextEncoder":
-        model = CLIPTextModel(cfg)
+    def from_params(cls, cfg, params: Mapping[str, np.ndarray]):
+        """The float32 network of config `cfg` over `params` (names and shapes checked)."""
+        from .interp.float import FloatInterpreter
+
+        model = cls.model_class(cfg)
         check_params(model, params, cls.network)
-        return cls(model, _float_interp(params, cls.network))
+        return cls(model, FloatInterpreter(params, cls.network))
 
     @property
-    def config(self) -> CLIPTextConfig:
+    def config(self):
         return self.model.cfg
+
+
+class TextEncoder(_Network):
+    """CLIP text encoder: token ids (B, T) -> float32 (B, T, hidden_size)."""
+
+    network = "text_encoder"
+    model_class = CLIPTextModel
 
     def __call__(self, ids, clip_skip: int | None = None) -> np.ndarray:
         """transformers' `last_hidden_state`; `clip_skip` as in `CLIPTextModel.__call__`."""
         return self.model(self.interp, ids, clip_skip=clip_skip)
 
 
-class UNet:
+class UNet(_Network):
     """Conditional UNet: (sample, t, context[, timestep_cond]) -> float32 model output like `sample`."""
 
     network = "unet"
-
-    def __init__(self, model: UNet2DConditionModel, interp):
-        self.model, self.interp = model, interp
-
-    @classmethod
-    def from_params(cls, cfg: UNetConfig, params: Mapping[str, np.ndarray]) -> "UNet":
-        model = UNet2DConditionModel(cfg)
-        check_params(model, params, cls.network)
-        return cls(model, _float_interp(params, cls.network))
-
-    @property
-    def config(self) -> UNetConfig:
-        return self.model.cfg
+    model_class = UNet2DConditionModel
 
     def __call__(self, sample, t, context, timestep_cond=None) -> np.ndarray:
         """diffusers' `UNet2DConditionModel(sample, t, encoder_hidden_states=context,
@@ -89,23 +81,11 @@ class UNet:
         return self.model(self.interp, sample, feats, context, timestep_cond)
 
 
-class VAE:
+class VAE(_Network):
     """AutoencoderKL: `encode(x)` -> latent mean, `decode(z)` -> image; no scaling inside."""
 
     network = "vae"
-
-    def __init__(self, model: AutoencoderKL, interp):
-        self.model, self.interp = model, interp
-
-    @classmethod
-    def from_params(cls, cfg: VAEConfig, params: Mapping[str, np.ndarray]) -> "VAE":
-        model = AutoencoderKL(cfg)
-        check_params(model, params, cls.network)
-        return cls(model, _float_interp(params, cls.network))
-
-    @property
-    def config(self) -> VAEConfig:
-        return self.model.cfg
+    model_class = AutoencoderKL
 
     @property
     def scaling_factor(self) -> float:

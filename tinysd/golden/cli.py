@@ -16,20 +16,9 @@ from ..schedulers import SAMPLERS
 
 
 def _read_prompts(path: Path) -> list[str]:
-    from ..quant.prompts import parse_prompts
+    from ..quant.prompts import read_prompts
 
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TinySDError(f"--prompts {path}: file not found") from None
-    except UnicodeDecodeError as e:
-        raise TinySDError(f"--prompts {path}: not UTF-8 ({e.reason} at byte {e.start})") from None
-    except OSError as e:
-        raise TinySDError(f"--prompts {path}: cannot read ({e.strerror or e})") from None
-    prompts = parse_prompts(text)
-    if not prompts:
-        raise TinySDError(f"--prompts {path}: no prompts (one per line; '#' lines and blank lines are ignored)")
-    return prompts
+    return read_prompts(path, what="--prompts file")
 
 
 def _sigterm_as_interrupt(signum, frame):

@@ -19,8 +19,8 @@ def parse_prompts(text: str) -> list[str]:
     return [line for line in lines if line and not line.startswith("#")]
 
 
-def read_prompts(path: str | Path | None = None) -> list[str]:
-    """The prompts of a calibration prompt file (None: the shipped default set).
+def read_prompts(path: str | Path | None = None, what: str = "calibration prompt file") -> list[str]:
+    """The prompts of a prompt file (None: the shipped calibration set); `what` names it in errors.
 
     TinySDError naming the file when it is missing, unreadable, not UTF-8 or
     holds no prompt.
@@ -36,11 +36,11 @@ def read_prompts(path: str | Path | None = None) -> list[str]:
         try:
             text = Path(path).read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise TinySDError(f"{path}: calibration prompt file not found") from None
+            raise TinySDError(f"{path}: {what} not found") from None
         except UnicodeDecodeError as e:
-            raise TinySDError(f"{path}: calibration prompt file is not UTF-8 ({e.reason} at byte {e.start})") from None
+            raise TinySDError(f"{path}: {what} is not UTF-8 ({e.reason} at byte {e.start})") from None
         except OSError as e:
-            raise TinySDError(f"{path}: cannot read calibration prompt file ({e.strerror or e})") from None
+            raise TinySDError(f"{path}: cannot read {what} ({e.strerror or e})") from None
     prompts = parse_prompts(text)
     if not prompts:
         raise TinySDError(f"{where}: no prompts (one prompt per line; '#' lines and blank lines are ignored)")
