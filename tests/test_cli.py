@@ -5,28 +5,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-import cli as cli_module
 from tinysd import pipeline as pipeline_module
 from tinysd.png import params_from_text, read_parameters
+from clitools import assert_one_line_error, run
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = Path(__file__).parent / "fixtures" / "tiny-sd"
-
-
-def run(args):
-    return CliRunner().invoke(cli_module.cli, args)
-
-
-def assert_one_line_error(res, *needles):
-    assert res.exit_code == 2, res.output
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1, res.stderr
-    assert lines[0].startswith("tinysd: error: ")
-    assert "Traceback" not in res.output
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 def test_generate_writes_png_with_parameters(tmp_path):

@@ -8,9 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-import cli as cli_module
 from tinysd.png import params_from_text, read_parameters
 from tinysd.quant import folder as folder_module
 from tinysd.quant.calibration import CALL_KINDS
@@ -20,24 +18,10 @@ from tinysd.safetensors_io import write_safetensors
 
 sys.path.insert(0, str(Path(__file__).parent))
 from quantfix import digests, integer_tensors  # noqa: E402
+from clitools import assert_one_line_error, run
 
 TINY = Path(__file__).parent / "fixtures" / "tiny-sd"
 PRECISIONS = ("w8a8", "w8a16")
-
-
-def run(args):
-    return CliRunner().invoke(cli_module.cli, [str(a) for a in args])
-
-
-def assert_one_line_error(res, *needles):
-    assert res.exit_code == 2, res.output
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1, res.stderr
-    assert lines[0].startswith("tinysd: error: ")
-    assert "Traceback" not in res.output
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
