@@ -206,8 +206,8 @@ class Pipeline:
                         **engine_options) -> "Pipeline":
         """A pipeline running the integer networks of a quantized folder (tinysd.quant.folder).
 
-        Weights stay int8 in memory; cache_weights=True also keeps the float32 copies the GEMM
-        kernels use (4 bytes per weight; see docs/performance.md for what it buys).
+        Weights stay int8 in memory; cache_weights=True also keeps the copies the GEMM kernels
+        use (2 bytes per weight for the default int16 method; see docs/performance.md).
         """
         from .quant.engine import build_integer_networks
         from .quant.folder import TOKENIZER_SUBDIR, load_quantized

@@ -4,9 +4,11 @@
 
 For each SD 1.5 GEMM shape M x K x N it times float32 `x @ w` and the exact integer linear
 (int8 weights x uint8 / uint16 activations) with prepared float32 weights: the raw int64
-accumulator (`linear_accumulator`) and the full op with the requantize epilogue (`linear`);
-the int8 x uint16 case both with the hi/lo split in float32 and with float64 BLAS. Ratios are
-exact-time / float32-time (best of --repeat runs). Then requantize throughput (NumPy API and
+accumulator (`linear_accumulator`) and the full op with the requantize epilogue (`linear`),
+for every method of `plan_linear`: "i16" (int16 SIMD, vpdpwssd), "split" (float32 BLAS; hi/lo
+byte planes for uint16) and, for uint16, "f64" (float64 BLAS). The method each dtype uses by
+default is marked with *. Ratios are exact-time / float32-time (best of --repeat runs, all
+variants of a shape timed in alternation). Then requantize throughput (NumPy API and
 the Numba kernel) and, if `tinysd.kernels.softmax` exists, softmax throughput.
 """
 from __future__ import annotations
@@ -26,7 +28,7 @@ os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(tempfile.gettempdir(), "ti
 import numpy as np  # noqa: E402
 
 from tinysd.fixedpoint import quantize_multiplier, requantize  # noqa: E402
-from tinysd.kernels import linear, linear_accumulator, prepare_weight, requantize_tensor  # noqa: E402
+from tinysd.kernels import gemm, linear, linear_accumulator, prepare_weight, requantize_tensor  # noqa: E402
 
 SHAPES = [(4096, 320, 320), (4096, 1280, 320), (1024, 640, 5760), (64, 1280, 11520)]
 
@@ -55,9 +57,23 @@ def best_times_interleaved(fns, repeat):
     return best
 
 
+COLUMNS = [  # (key, activation bits, method, full op?)
+    ("a8_split_acc", 8, "split", False), ("a8_split_lin", 8, "split", True),
+    ("a8_i16_acc", 8, "i16", False), ("a8_i16_lin", 8, "i16", True),
+    ("a16_i16_acc", 16, "i16", False), ("a16_i16_lin", 16, "i16", True),
+    ("a16_split_acc", 16, "split", False), ("a16_split_lin", 16, "split", True),
+    ("a16_f64_lin", 16, "f64", True),
+]
+
+
+def _label(bits, method, lin):
+    star = "*" if method == (gemm.A8_METHOD if bits == 8 else gemm.A16_METHOD) else ""
+    return f"A{bits} {method}{star} {'lin' if lin else 'acc'}"
+
+
 def bench_gemm(shapes, repeat, rng):
-    print(f"{'shape MxKxN':>18} {'f32 ms':>8} | {'A8 acc':>7} {'A8 lin':>7} | {'A16 split acc':>13} "
-          f"{'A16 split lin':>13} | {'A16 f64 lin':>11}   (ratios to f32)")
+    labels = [_label(bits, method, lin) for _, bits, method, lin in COLUMNS]
+    print(f"{'shape MxKxN':>18} {'f32 ms':>8} | " + " ".join(f"{h:>14}" for h in labels) + "   (ratios to f32)")
     for m, k, n in shapes:
         x8 = rng.integers(0, 256, (m, k)).astype(np.uint8)
         x16 = rng.integers(0, 65536, (m, k)).astype(np.uint16)
@@ -67,18 +83,18 @@ def bench_gemm(shapes, repeat, rng):
         mult, shift = quantize_multiplier(np.full(n, 1e-6))
         xf = x8.astype(np.float32)
         wf = np.ascontiguousarray(w.T, dtype=np.float32)  # (K, N)
-        t = best_times_interleaved({
-            "f32": lambda: xf @ wf,
-            "a8_acc": lambda: linear_accumulator(x8, 3, pw, bias),
-            "a8_lin": lambda: linear(x8, 3, pw, bias, mult, shift, 5, 0, 255),
-            "a16_acc": lambda: linear_accumulator(x16, 3, pw, bias, method="split"),
-            "a16_lin": lambda: linear(x16, 3, pw, bias, mult, shift, 5, 0, 65535, 6, method="split"),
-            "a16_f64": lambda: linear(x16, 3, pw, bias, mult, shift, 5, 0, 65535, 6, method="f64"),
-        }, repeat)
+        fns = {"f32": lambda: xf @ wf}
+        for key, bits, method, lin in COLUMNS:
+            x, qmax, acc_shift = (x8, 255, 0) if bits == 8 else (x16, 65535, 6)
+            if lin:
+                fns[key] = (lambda x=x, q=qmax, a=acc_shift, meth=method:
+                            linear(x, 3, pw, bias, mult, shift, 5, 0, q, a, method=meth))
+            else:
+                fns[key] = lambda x=x, meth=method: linear_accumulator(x, 3, pw, bias, method=meth)
+        t = best_times_interleaved(fns, repeat)
         t_f32 = t.pop("f32")
-        r = {key: v / t_f32 for key, v in t.items()}
-        print(f"{m:>6}x{k:>5}x{n:>5} {t_f32 * 1e3:8.1f} | {r['a8_acc']:7.2f} {r['a8_lin']:7.2f} | "
-              f"{r['a16_acc']:13.2f} {r['a16_lin']:13.2f} | {r['a16_f64']:11.2f}")
+        print(f"{m:>6}x{k:>5}x{n:>5} {t_f32 * 1e3:8.1f} | "
+              + " ".join(f"{t[key] / t_f32:14.2f}" for key, *_ in COLUMNS))
 
 
 def bench_requantize(repeat, rng):

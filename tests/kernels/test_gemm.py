@@ -1,9 +1,11 @@
 """Exact GEMM ops (linear, matmul of two activations): bit-equal to the int64 reference (spec §3, §4.2-4.3)."""
+import numba
 import numpy as np
 import pytest
 
 from tinysd.fixedpoint import accumulator_shift, quantize_multiplier
 from tinysd.kernels import (
+    conv2d,
     linear,
     linear_accumulator,
     matmul,
@@ -14,8 +16,9 @@ from tinysd.kernels import (
     set_debug,
     weight_bound,
 )
-from tinysd.kernels.gemm import activation_operand
-from tinysd.kernels.reference import linear_ref, matmul_ref
+from tinysd.kernels import gemm_i16
+from tinysd.kernels.gemm import A8_METHOD, A16_METHOD, activation_operand
+from tinysd.kernels.reference import conv2d_ref, linear_ref, matmul_ref
 
 QMAX = {np.uint8: 255, np.uint16: 65535}
 
@@ -43,27 +46,40 @@ def _problem(rng, lead, k, n, xdt, zp):
 
 
 # --- the exactness bound of every plan ---------------------------------------------------------------
-PLANS = [("linear", np.uint8, None), ("linear", np.uint16, "split"), ("linear", np.uint16, "f64"),
+PLANS = [("linear", np.uint8, "split"), ("linear", np.uint8, "i16"), ("linear", np.uint16, "split"),
+         ("linear", np.uint16, "f64"), ("linear", np.uint16, "i16"),
          ("matmul", np.uint8, np.uint8), ("matmul", np.uint16, np.uint16), ("matmul", np.uint8, np.uint16)]
+METHODS = ["i16", "split", "f64"]
+LIMIT = {np.float32: 2**24, np.float64: 2**53, np.int16: 2**31 - 1}  # exact floats; int32 lanes
 
 
 @pytest.mark.parametrize("kind, a, b", PLANS)
 def test_plan_chunks_satisfy_the_exactness_bound(kind, a, b):
     plan = plan_linear(a, b) if kind == "linear" else plan_matmul(a, b)
-    limit = 2**24 if plan.dtype is np.float32 else 2**53
-    assert plan.chunk * plan.a_bound * plan.b_bound <= limit
-    assert plan.chunk >= 1024 or plan.dtype is np.float64
+    assert plan.chunk * plan.a_bound * plan.b_bound <= LIMIT[plan.dtype]
+    assert plan.chunk >= 1024 or plan.dtype is not np.float32
+    if plan.dtype is np.int16:
+        assert plan.chunk % 2 == 0 and (plan.chunk + 2) * plan.a_bound * plan.b_bound > LIMIT[np.int16]
     # the operand representation really stays within the plan's bound, for every input value and zp
     x = np.arange(np.iinfo(a).max + 1).astype(a)[None, :]  # (1, all values)
     for zp in (0, 1, int(np.iinfo(a).max)):
-        op = activation_operand(x, zp, plan)
+        op = activation_operand(x, zp, plan).astype(np.float64)
         assert np.abs(op).max() <= max(plan.a_bound, plan.b_bound)
         assert np.array_equal(op, np.round(op))  # exact integers
 
 
+def test_default_methods():
+    """Both activation dtypes use the int16 SIMD plan by default where Numba targets AVX2 / AVX-512 VNNI."""
+    assert A8_METHOD == A16_METHOD == ("i16" if gemm_i16.FAST else "split")
+    assert plan_linear(np.uint16) == plan_linear(np.uint16, A16_METHOD)
+    assert plan_linear(np.uint8) == plan_linear(np.uint8, A8_METHOD)
+    with pytest.raises(ValueError, match="method"):
+        plan_linear(np.uint16, "vnni")
+
+
 # --- linear ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("xdt", [np.uint8, np.uint16])
-@pytest.mark.parametrize("method", ["split", "f64"])
+@pytest.mark.parametrize("method", METHODS)
 def test_linear_matches_reference_random(xdt, method):
     rng = np.random.default_rng(10)
     # K = 1100 spans three float32 chunks of 512; leading dims (2, 3) as in (B, T, C)
@@ -78,7 +94,8 @@ def test_linear_matches_reference_random(xdt, method):
 
 
 @pytest.mark.parametrize("xdt", [np.uint8, np.uint16])
-def test_linear_worst_case_accumulators_are_exact(xdt):
+@pytest.mark.parametrize("method", METHODS)
+def test_linear_worst_case_accumulators_are_exact(xdt, method):
     """All-extreme operands: |partial sums| far above 2**24 (and 2**31 for uint16) must stay exact."""
     k, n = 2100, 4
     x = np.full((3, k), QMAX[xdt], xdt)
@@ -91,26 +108,140 @@ def test_linear_worst_case_accumulators_are_exact(xdt):
     for zp in (0, QMAX[xdt]):
         want = (x.astype(np.int64) - zp) @ w.astype(np.int64).T + b.astype(np.int64)
         assert np.abs(want).max() > 2**24
-        np.testing.assert_array_equal(linear_accumulator(x, zp, w, b), want)
+        np.testing.assert_array_equal(linear_accumulator(x, zp, w, b, method=method), want)
         acc_shift = accumulator_shift(weight_bound(w, b, xdt))
         real = QMAX[xdt] / np.abs(want).max() / 2  # outputs span about half the range, some clip
         mult, shift = quantize_multiplier(np.full(n, real) * 2.0**acc_shift)
-        got = linear(x, zp, w, b, mult, shift, 1, 0, QMAX[xdt], acc_shift)
+        got = linear(x, zp, w, b, mult, shift, 1, 0, QMAX[xdt], acc_shift, method=method)
         assert_bit_equal(got, linear_ref(x, zp, w, b, mult, shift, 1, 0, QMAX[xdt], acc_shift))
 
 
-def test_linear_saturating_narrow_matches_reference_and_debug_flag_raises():
+@pytest.mark.parametrize("method", METHODS)
+def test_linear_saturating_narrow_matches_reference_and_debug_flag_raises(method):
     x = np.full((2, 3000), 65535, np.uint16)
     w = np.full((2, 3000), -128, np.int8)  # acc = -128 * 65535 * 3000 < -2**31
     args = (x, 0, w, None, 2**30, 0, 0, 0, 65535)
-    assert_bit_equal(linear(*args, 0), linear_ref(*args, 0))
+    assert_bit_equal(linear(*args, 0, method=method), linear_ref(*args, 0))
     set_debug(True)
     try:
         with pytest.raises(ValueError, match="acc_shift"):
-            linear(*args, 0)
-        linear(*args, accumulator_shift(int(weight_bound(w, None, np.uint16).max())))  # no saturation
+            linear(*args, 0, method=method)
+        linear(*args, accumulator_shift(int(weight_bound(w, None, np.uint16).max())), method=method)  # no saturation
     finally:
         set_debug(False)
+
+
+# --- the int16 SIMD plan ("i16"): edge shapes and values ----------------------------------------------
+def _check_i16_linear(x, zp, w, b, rng):
+    """linear_accumulator and linear (per-channel params incl. left shifts, 3 output ranges) of the
+    i16 plan against the int64 reference; also equal to the float "split" plan."""
+    k = x.shape[-1]
+    want = (x.reshape(-1, k).astype(np.int64) - zp) @ w.astype(np.int64).T  # (M, N)
+    if b is not None:
+        want += b.astype(np.int64)
+    got = linear_accumulator(x, zp, w, b, method="i16")
+    np.testing.assert_array_equal(got.reshape(want.shape), want)
+    n = w.shape[0]
+    qmax = QMAX[x.dtype.type]
+    acc_shift = accumulator_shift(weight_bound(w, b, x.dtype))
+    mult, shift = quantize_multiplier(rng.uniform(0.3, 3.0, n) * qmax / (np.abs(want).max(axis=0) + 1)
+                                      * 2.0**acc_shift)
+    shift = np.asarray(shift).copy()
+    shift[::4] = rng.integers(1, 6, shift[::4].size)  # some left shifts (saturating in requantize)
+    for out_zp, qmin, qmax_o in ((7, 0, qmax), (-3, -32768, 32767), (0, -(2**31), 2**31 - 1)):
+        args = (x, zp, w, b, mult, shift, out_zp, qmin, qmax_o, acc_shift)
+        got = linear(*args, method="i16")
+        assert_bit_equal(got, linear_ref(*args))
+        assert_bit_equal(got, linear(*args, method="split"))
+
+
+@pytest.mark.parametrize("xdt", [np.uint16, np.uint8])
+@pytest.mark.parametrize(
+    "m, k, n",
+    [
+        (1, 1, 1),  # K = 1: one padded pair
+        (1, 700, 3),  # M = 1, K over one int32 block (510), N far below a 16-lane vector
+        (7, 510, 1),  # K exactly one block, N = 1
+        (13, 1021, 70),  # odd K, two blocks, M not a multiple of the 6-row tile, N = 64 + 6
+        (6, 2, 200),  # K = 2, N = 3 panels of 64 + one of 8
+        (40, 1531, 17),  # four blocks (510, 510, 510, 1), N = 16 + 1
+    ],
+)
+def test_linear_i16_edge_shapes_random(xdt, m, k, n):
+    rng = np.random.default_rng(m * 100003 + k * 11 + n)
+    x = rng.integers(0, QMAX[xdt] + 1, (m, k)).astype(xdt)
+    w = rng.integers(-128, 128, (n, k)).astype(np.int8)
+    b = rng.integers(-(2**31), 2**31, n).astype(np.int32)
+    for zp in (0, QMAX[xdt] // 2, QMAX[xdt]):
+        _check_i16_linear(x, zp, w, b, rng)
+    _check_i16_linear(x, 5, w, None, rng)
+
+
+@pytest.mark.parametrize("xdt", [np.uint16, np.uint8])
+def test_linear_i16_extreme_values(xdt):
+    """All-0 and all-max activations, zp at both ends, weights all -128 / all 127 / alternating:
+    every int32 lane of a 510-long block reaches +-510 * 32768 * 128 (just below 2**31)."""
+    rng = np.random.default_rng(3)
+    k, n = 2 * 510 + 3, 5  # two full int32 blocks and a partial one
+    w = np.empty((n, k), np.int8)
+    w[0], w[1], w[2] = -128, 127, 0
+    w[3] = np.where(np.arange(k) % 2, -128, 127)
+    w[4] = rng.integers(-128, 128, k)
+    for fill in (0, QMAX[xdt]):
+        x = np.full((7, k), fill, xdt)
+        x[3, ::2] = QMAX[xdt] - fill  # one mixed row
+        for zp in (0, QMAX[xdt]):
+            _check_i16_linear(x, zp, w, np.array([2**31 - 1, -(2**31), 0, 1, -1], np.int32), rng)
+
+
+def test_linear_i16_int32_lane_bound_is_tight():
+    """x = 0 (x - 32768 = -32768) times w = -128 over one whole block: each lane sums to exactly
+    510 * 2**22 = 2139095040 < 2**31; a wrong block length would wrap and differ from the reference."""
+    x = np.zeros((6, 510 * 4), np.uint16)
+    w = np.full((16, 510 * 4), -128, np.int8)
+    want = np.full((6, 16), 510 * 4 * 32768 * 128, np.int64)
+    np.testing.assert_array_equal(linear_accumulator(x, 32768, w, None, method="i16"), want)
+    assert gemm_i16.block_length(32768) == 510
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_linear_i16_any_thread_count_same_bits(threads):
+    rng = np.random.default_rng(21)
+    x, w, b, mult, shift, acc_shift = _problem(rng, (3, 50), 777, 130, np.uint16, 1234)
+    want = linear_ref(x, 1234, w, b, mult, shift, 9, 0, 65535, acc_shift)
+    previous = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        assert_bit_equal(linear(x, 1234, prepare_weight(w), b, mult, shift, 9, 0, 65535, acc_shift, method="i16"),
+                         want)
+    finally:
+        numba.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("xdt", [np.uint16, np.uint8])
+@pytest.mark.parametrize(
+    "c_in, hw, c_out, kernel, stride, padding",
+    [
+        (5, (9, 7), 19, 3, 2, (1, 0, 2, 1)),  # K = 45 (odd), asymmetric padding, stride 2
+        (3, (6, 6), 3, 3, 1, 1),  # conv_out-like: N = 3
+        (64, (5, 4), 70, 1, 1, 0),  # 1x1
+        (70, (4, 4), 16, 3, 1, 1),  # K = 630: two int32 blocks
+    ],
+)
+def test_conv2d_i16_matches_reference(xdt, c_in, hw, c_out, kernel, stride, padding):
+    """conv2d uses the same plans: the i16 plan (im2col into the padded int16 operand, NCHW
+    epilogue) against the direct-convolution reference, zp at both ends and inside."""
+    rng = np.random.default_rng(c_in * 7 + c_out)
+    x = rng.integers(0, QMAX[xdt] + 1, (2, c_in) + hw).astype(xdt)
+    w = rng.integers(-128, 128, (c_out, c_in, kernel, kernel)).astype(np.int8)
+    b = rng.integers(-(10**6), 10**6, c_out).astype(np.int32)
+    acc_shift = accumulator_shift(weight_bound(w, b, xdt))
+    mult, shift = quantize_multiplier(rng.uniform(0.5, 2.0, c_out) * 2.0 ** (acc_shift - 12))
+    for zp in (0, 1000 % QMAX[xdt], QMAX[xdt]):
+        args = (x, zp, w, b, mult, shift, 3, 0, QMAX[xdt])
+        want = conv2d_ref(*args, stride, padding, acc_shift)
+        assert_bit_equal(conv2d(*args, stride, padding, acc_shift, method="i16"), want)
+        assert_bit_equal(conv2d(x, zp, prepare_weight(w), *args[3:], stride, padding, acc_shift, method="i16"), want)
 
 
 def test_linear_within_one_lsb_of_float():
@@ -210,3 +341,23 @@ def test_matmul_bad_input_names_argument(change, name):
     args.update(change)
     with pytest.raises(ValueError, match=name):
         matmul(**args)
+
+
+@pytest.mark.skipif(not gemm_i16.VNNI, reason="needs a Numba target with AVX-512 VNNI")
+def test_i16_micro_kernel_compiles_to_vpdpwssd():
+    """The speed of the i16 plan rests on LLVM turning the micro-kernel's IR into vpdpwssd (6 x 4 per
+    K pair, zmm); a compiler change that loses the pattern would still be exact but slow."""
+    mk = gemm_i16._mk4
+
+    @numba.njit(cache=False)
+    def one_tile(a, b, c):
+        mk(a, 0, a.shape[1], b, 0, a.shape[1] // 2, c, c.shape[1], 0)
+
+    rng = np.random.default_rng(4)
+    a = rng.integers(-32768, 32768, (gemm_i16.MR, 8)).astype(np.int16)
+    w = rng.integers(-128, 128, (64, 8)).astype(np.int8)
+    c = np.zeros((gemm_i16.MR, 64), np.int64)
+    one_tile(a, gemm_i16.pack_weight(w), c)
+    np.testing.assert_array_equal(c, a.astype(np.int64) @ w.astype(np.int64).T)
+    asm = "\n".join(one_tile.inspect_asm().values())
+    assert asm.count("vpdpwssd") >= gemm_i16.MR * gemm_i16.NV and "zmm" in asm

@@ -27,9 +27,10 @@ that is not a `QTensor` of the network's activation dtype (`TypeError`), so a
 float tensor cannot slip into the integer path. Token ids enter `embedding`
 directly as host integers.
 
-The float32 copies the GEMM kernels make of int8 weights (`prepare_weight`,
-exact: the BLAS fast path of docs/arithmetic.md) are made per call and dropped, so weights
-stay int8 in memory; `cache_weights=True` keeps them per op (4x the weight memory, ~5% faster).
+The copies the GEMM kernels make of int8 weights (`prepare_weight`: int16 pair-packed for the
+default "i16" method, float32 for the BLAS methods of docs/arithmetic.md §3.3) are made per call
+and dropped, so weights stay int8 in memory; `cache_weights=True` keeps them per op (2x or 4x
+the weight memory).
 """
 from __future__ import annotations
 

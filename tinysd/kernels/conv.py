@@ -1,7 +1,8 @@
 """Quantized NCHW conv2d as im2col + the exact GEMM of `gemm.py` (spec §4.1).
 
-The im2col Numba kernel reads the raw input, pads with x_zp and writes the plan's float
-representation in one pass; the epilogue writes the output directly in NCHW.
+The im2col Numba kernels read the raw input, pad with x_zp and write the plan's representation
+(float, columns (c, i, j); or, for the default int16 plan, an NHWC copy then contiguous rows with
+columns (i, j, c)); the epilogue writes the output directly in NCHW.
 """
 from __future__ import annotations
 
@@ -21,15 +22,14 @@ from ..fixedpoint.primitives import ACC_SHIFT_MAX
 from .gemm import (
     CENTRED_BOUND,
     _bias_arg,
-    _epilogue_linear,
     _offset,
     _report_saturation,
     _weight_arg,
     _weight_operand,
     check_reduction,
-    chunked_products,
     im2col_operand,
     plan_linear,
+    weight_product,
 )
 
 
@@ -102,10 +102,9 @@ def conv2d(
     wt, wsum = _weight_operand(w_arg, plan)
     bias_eff = bias + _offset(plan.mode, x_zp) * wsum  # exact zero-point / offset correction
     nb = x_q.shape[0]
-    cols = im2col_operand(x_q, x_zp, kh, kw, stride, padding, ho, wo, plan)  # (nsplit*N*Ho*Wo, C*KH*KW)
-    parts = chunked_products(cols, wt, plan.chunk)  # (C, nsplit*N*Ho*Wo, OUT)
+    cols = im2col_operand(x_q, x_zp, kh, kw, stride, padding, ho, wo, plan)  # rows (n, y, x); K: see im2col_operand
     out = np.empty((nb, n_out, ho * wo), out_dtype(qmin, qmax))  # NCHW, pixels flattened
-    nsat = _epilogue_linear(parts, plan.nsplit, bias_eff, accs, mult, sh, out_zp, qmin, qmax, ho * wo,
-                            out.reshape(-1))
+    nsat = weight_product(plan, cols, nb * ho * wo, wt, n_out, bias_eff, accs, mult, sh, out_zp, qmin, qmax, ho * wo,
+                          out.reshape(-1))
     _report_saturation(nsat, "conv2d")
     return out.reshape(nb, n_out, ho, wo)

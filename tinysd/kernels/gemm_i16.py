@@ -1,0 +1,206 @@
+"""Exact int16 x int16 -> int32 SIMD products for the "i16" GEMM plan (spec §3.3, CPU fast path).
+
+Mirrors the AVX-512 VNNI instruction `vpdpwssd` (and, without VNNI, `vpmaddwd` + `vpaddd`):
+each 32-bit lane holds a pair of int16 values, and one instruction does, for 16 lanes l,
+
+    acc[l] += a[2l] * b[2l] + a[2l+1] * b[2l+1]        (int32, wrapping)
+
+The micro-kernel below is written as that portable LLVM IR pattern (sext, mul, even + odd lanes,
+add); LLVM selects `vpdpwssd zmm` on CPUs with avx512_vnni. It never relies on wrapping:
+
+    Operands: activations a = x - offset with |a| <= A (uint16: x - 32768, A = 32768;
+    uint8: x - 128, A = 128); int8 weights |w| <= 128. A lane accumulates one output's
+    products over a K-block of L values, so every partial sum is an integer of magnitude
+    <= L * A * 128. With L <= block_length(A) = 2 * floor((2**31 - 1) // (A * 128) / 2)
+    (uint16: 510) that is < 2**31: the int32 lane holds the exact sum. Each K-block's
+    int32 result is then added into an int64 tile (exact: |acc| < 2**62 is checked).
+
+Weights are packed once (`pack_weight`) into int16 pairs, panel by panel (`PANEL` = 64 output
+channels, the last panel 16, 32, 48 or 64 wide): word `p * width + c` of a panel holds
+(w[c, 2p], w[c, 2p + 1]), zero beyond N and K. That is 2 bytes per weight (the float32 copy of
+the "split"/"f64" plans is 4). Activations are written as an (Mp, Kp) int16 matrix, Mp a
+multiple of `MR` and Kp even, padded with 0 (`tile_product` reads pairs (a[r, 2p], a[r, 2p+1])).
+"""
+from __future__ import annotations
+
+import llvmlite.binding as llvm
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils, config
+from numba.extending import intrinsic
+
+MR = 6  # activation rows per micro-tile
+NV = 4  # 16-lane vectors of output channels per micro-tile
+PANEL = 16 * NV  # output channels per weight panel
+LANE_MAX = 2**31 - 1  # int32 lane
+W_BOUND = 128  # |int8 weight|
+
+_I16, _I32, _I64 = ir.IntType(16), ir.IntType(32), ir.IntType(64)
+_V16I32, _V32I16, _V32I32, _V16I64 = (ir.VectorType(_I32, 16), ir.VectorType(_I16, 32),
+                                      ir.VectorType(_I32, 32), ir.VectorType(_I64, 16))
+
+
+def target_features() -> set[str]:
+    """The CPU features Numba compiles for (NUMBA_CPU_FEATURES, else the host's unless NUMBA_CPU_NAME is set)."""
+    if config.CPU_FEATURES is not None:
+        feats = config.CPU_FEATURES
+    elif config.CPU_NAME is None:
+        feats = llvm.get_host_cpu_features().flatten()
+    else:
+        feats = ""
+    return {f[1:] for f in feats.split(",") if f.startswith("+")}
+
+
+#: The micro-kernel compiles to `vpdpwssd zmm` with AVX-512 VNNI, to `vpmaddwd` + `vpaddd` with
+#: AVX2. On other targets it is still exact (LLVM lowers the same IR to whatever the CPU has) but
+#: its speed is unmeasured, so the float plans stay the default there (gemm.A16_METHOD).
+VNNI = {"avx512vnni", "avx512bw"} <= target_features()
+FAST = VNNI or "avx2" in target_features()
+
+
+def block_length(a_bound: int) -> int:
+    """Longest even K-block with block * a_bound * 128 <= 2**31 - 1 (int32 lanes stay exact)."""
+    n = LANE_MAX // (a_bound * W_BOUND)
+    return max(2, n - n % 2)
+
+
+def _lanes(values):
+    return ir.Constant(ir.VectorType(_I32, len(values)), [ir.Constant(_I32, v) for v in values])
+
+
+_EVEN, _ODD, _SPLAT0 = _lanes(range(0, 32, 2)), _lanes(range(1, 32, 2)), _lanes([0] * 16)
+
+
+def _dot_pairs(builder, acc, a, b):
+    """acc + (a[2l] b[2l] + a[2l+1] b[2l+1]) per lane l; a, b <16 x i32> holding int16 pairs: vpdpwssd."""
+    ae = builder.sext(builder.bitcast(a, _V32I16), _V32I32)
+    be = builder.sext(builder.bitcast(b, _V32I16), _V32I32)
+    prod = builder.mul(ae, be)  # <32 x i32>, |.| <= 2**22: exact
+    undef = ir.Constant(_V32I32, ir.Undefined)
+    pairs = builder.add(builder.shuffle_vector(prod, undef, _EVEN), builder.shuffle_vector(prod, undef, _ODD))
+    return builder.add(acc, pairs)
+
+
+def _make_micro_kernel(mr, nv):
+    """Intrinsic (a, a_off, lda, b, b_off, npairs, c, ldc, add) -> None for an mr x 16*nv tile:
+
+        s[r, 16v + l] = sum_{p < npairs} a[a_off + r*lda + 2p + i] * b[b_off + p*16*nv + 16v + l, i]
+                        (sum over i in {0, 1}; int32 lanes; r < mr, v < nv, l < 16)
+        c[r, 16v + l] = c[r, 16v + l] + s (add != 0) or s (add == 0), in int64
+
+    a: int16 C-contiguous (offsets in int16 elements); b: int16 packed pairs (offset in pairs);
+    c: int64 C-contiguous (row stride ldc). npairs >= 1 and npairs * 2 <= block_length(A).
+    """
+    width = 16 * nv
+
+    @intrinsic
+    def micro_kernel(typingctx, a, a_off, lda, b, b_off, npairs, c, ldc, add):
+        sig = types.void(a, a_off, lda, b, b_off, npairs, c, ldc, add)
+
+        def codegen(context, builder, signature, args):
+            a_ptr = context.make_array(signature.args[0])(context, builder, args[0]).data  # i16*
+            b_ptr = builder.bitcast(context.make_array(signature.args[3])(context, builder, args[3]).data,
+                                    _I32.as_pointer())  # int16 pairs as i32 words
+            c_ptr = context.make_array(signature.args[6])(context, builder, args[6]).data  # i64*
+            a_off, lda, b_off, npairs, ldc = args[1], args[2], args[4], args[5], args[7]
+            add = builder.icmp_signed("!=", args[8], ir.Constant(args[8].type, 0))
+            zero = ir.Constant(_V16I32, [ir.Constant(_I32, 0)] * 16)
+            accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(nv)] for _ in range(mr)]
+            undef = ir.Constant(_V16I32, ir.Undefined)
+            with cgutils.for_range(builder, npairs) as loop:
+                p = loop.index
+                row = builder.add(b_off, builder.mul(p, ir.Constant(_I64, width)))
+                bv = []
+                for v in range(nv):
+                    ptr = builder.gep(b_ptr, [builder.add(row, ir.Constant(_I64, 16 * v))])
+                    bv.append(builder.load(builder.bitcast(ptr, _V16I32.as_pointer()), align=4))
+                col = builder.add(a_off, builder.mul(p, ir.Constant(_I64, 2)))
+                for r in range(mr):
+                    off = builder.add(col, builder.mul(ir.Constant(_I64, r), lda))
+                    word = builder.load(builder.bitcast(builder.gep(a_ptr, [off]), _I32.as_pointer()), align=2)
+                    bcast = builder.shuffle_vector(builder.insert_element(undef, word, ir.Constant(_I32, 0)),
+                                                   undef, _SPLAT0)
+                    for v in range(nv):
+                        builder.store(_dot_pairs(builder, builder.load(accs[r][v]), bcast, bv[v]), accs[r][v])
+            ptrs = [[builder.bitcast(builder.gep(c_ptr, [builder.add(builder.mul(ir.Constant(_I64, r), ldc),
+                                                                     ir.Constant(_I64, 16 * v))]),
+                                     _V16I64.as_pointer()) for v in range(nv)] for r in range(mr)]
+            with builder.if_else(add) as (then, otherwise):
+                with then:
+                    for r in range(mr):
+                        for v in range(nv):
+                            total = builder.add(builder.load(ptrs[r][v], align=8),
+                                                builder.sext(builder.load(accs[r][v]), _V16I64))
+                            builder.store(total, ptrs[r][v], align=8)
+                with otherwise:
+                    for r in range(mr):
+                        for v in range(nv):
+                            builder.store(builder.sext(builder.load(accs[r][v]), _V16I64), ptrs[r][v], align=8)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return micro_kernel
+
+
+_mk1 = _make_micro_kernel(MR, 1)
+_mk2 = _make_micro_kernel(MR, 2)
+_mk3 = _make_micro_kernel(MR, 3)
+_mk4 = _make_micro_kernel(MR, 4)
+
+
+@njit(cache=True, inline="always")
+def tile_product(a, row0, wpk, panel, width, npairs_total, block_pairs, ctile):
+    """ctile[:MR, :width] = sum_k a[row0 + r, k] * w[PANEL*panel + c, k]   (exact, int64).
+
+    a: (Mp, 2*npairs_total) int16; wpk: packed weights (see module docstring); ctile: (MR, PANEL)
+    int64 (columns >= width untouched). K is processed in blocks of block_pairs pairs.
+    """
+    lda = a.shape[1]
+    base = PANEL * panel * npairs_total  # words before this panel
+    nv = width // 16
+    for p0 in range(0, npairs_total, block_pairs):
+        n = min(block_pairs, npairs_total - p0)
+        a_off = row0 * lda + 2 * p0
+        b_off = base + p0 * width
+        if nv == 4:
+            _mk4(a, a_off, lda, wpk, b_off, n, ctile, PANEL, p0)
+        elif nv == 3:
+            _mk3(a, a_off, lda, wpk, b_off, n, ctile, PANEL, p0)
+        elif nv == 2:
+            _mk2(a, a_off, lda, wpk, b_off, n, ctile, PANEL, p0)
+        else:
+            _mk1(a, a_off, lda, wpk, b_off, n, ctile, PANEL, p0)  # p0 > 0: add to the earlier blocks
+
+
+@njit(cache=True, parallel=True)
+def _pack_kernel(w, npairs, n_pad, out):
+    """out (pairs, laid out per panel) <- w (N, K) int8; zeros beyond N and K."""
+    n_out, k = w.shape
+    n_panels = (n_pad + PANEL - 1) // PANEL
+    for j in prange(n_panels):
+        width = min(PANEL, n_pad - PANEL * j)
+        base = PANEL * j * npairs * 2  # int16 elements before this panel
+        for p in range(npairs):  # writes in order; the panel's weight rows stay in L1 across p
+            row = base + 2 * p * width
+            for c in range(width):
+                o = PANEL * j + c
+                for h in range(2):
+                    kk = 2 * p + h
+                    out[row + 2 * c + h] = w[o, kk] if (o < n_out and kk < k) else 0
+
+
+def pack_weight(w2):
+    """Packed int16 pairs (1-D, `PANEL`-wide panels, see module docstring) of an int8 (N, K) weight."""
+    n, k = w2.shape
+    npairs = (k + 1) // 2
+    n_pad = -(-n // 16) * 16
+    out = np.empty(n_pad * npairs * 2, np.int16)
+    _pack_kernel(np.ascontiguousarray(w2), npairs, n_pad, out)
+    return out
+
+
+def padded_shape(rows: int, k: int) -> tuple[int, int]:
+    """(Mp, Kp): rows rounded up to a multiple of MR, K up to even."""
+    return -(-rows // MR) * MR, k + k % 2
