@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from tinysd.errors import TinySDError
-from tinysd.interp.calibrate import METHODS
+from tinysd.quant.calibration import CALIBRATION_METHODS
 from tinysd.quant.calibration import DEFAULT_CALIBRATION_STEPS
 from tinysd.quant.model import PRECISIONS
 from tinysd.schedulers import SAMPLERS
@@ -133,8 +133,9 @@ cli.add_command(_golden_compare)
               help="Prompt file, one prompt per line ('#' comments). Default: the shipped calibration prompts.")
 @click.option("--calibration-steps", type=int, default=None,
               help=f"Sampler steps per calibration prompt.  [default: {DEFAULT_CALIBRATION_STEPS}]")
-@click.option("--method", type=click.Choice(METHODS), default=None,
-              help="Range estimate of the activations: min-max or percentile.  [default: minmax]")
+@click.option("--method", type=click.Choice(CALIBRATION_METHODS), default=None,
+              help="Range estimate of the activations: minmax, percentile or mse (least squared quantization "
+                   "error per tensor; best for w8a8).  [default: minmax]")
 @click.option("--encodings", "encodings", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Take activation and parameter encodings from this AIMET encodings file (0.6.1 or 1.0.0; tinysd "
                    "tensor names, see docs/quantization.md) instead of calibrating.")

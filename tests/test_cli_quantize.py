@@ -77,6 +77,17 @@ def test_sqnr_on_the_first_calls_only(quantized, prompts, tmp_path):
     assert info["sqnr_db"]["unet"] != full["sqnr_db"]["unet"]  # 1 of the 4 recorded UNet calls
 
 
+def test_mse_method_from_the_cli(quantized, prompts, tmp_path):
+    """--method mse reaches the calibration (its ranges, tested in tests/quant/test_mse.py,
+    differ from min-max ones, and so do the measured SQNRs)."""
+    res = _quantize(tmp_path / "q", "w8a8", prompts, "--method", "mse")
+    assert res.exit_code == 0, res.output
+    info = json.loads((tmp_path / "q" / "quantization.json").read_text())["info"]
+    full = json.loads((_folder(quantized, "w8a8") / "quantization.json").read_text())["info"]
+    assert info["method"] == "mse"
+    assert all(info["sqnr_db"][k] != full["sqnr_db"][k] for k in CALL_KINDS), (info["sqnr_db"], full["sqnr_db"])
+
+
 def test_w8a16_is_more_accurate_than_w8a8(quantized):
     sqnr = {p: json.loads((_folder(quantized, p) / "quantization.json").read_text())["info"]["sqnr_db"]
             for p in PRECISIONS}

@@ -5,8 +5,8 @@
 
 MODEL: a float checkpoint (default: the shipped model, weights/tinysd-shapes, when it exists).
 The model is calibrated once, as `tinysd quantize` does it (the shipped calibration prompts, or
---calibration-prompts, for --calibration-steps sampler steps; euler, cfg 7.5), and quantized to each
-precision; then, per precision:
+--calibration-prompts, for --calibration-steps sampler steps; euler, cfg 7.5; --method minmax, percentile
+or mse, the last searched for each precision's grid), and quantized to each precision; then, per precision:
 
 * evaluation prompts: --prompts prompts drawn from the shapes grammar (tinysd.eval.shapes.sample_prompt,
   rng seed --seed), so they are not the calibration prompts; prompt i uses seed --seed + i;
@@ -19,6 +19,16 @@ precision; then, per precision:
   the float image, 10 log10(255^2 / MSE), mean and minimum over the prompts.
 
 Prints a table (Markdown with --markdown) for docs/quantization.md.
+
+--vae-w8a16 adds a row "w8a8+vae16": the w8a8 text encoder and UNet with the w8a16 VAE (16-bit
+activations in the VAE only; a measurement of that mixed precision, which `tinysd quantize` does not
+offer). It needs both precisions in --precisions.
+
+--layers KIND (text_encoder, unet, vae.decode or vae.encode) also prints, per precision, the SQNR of
+every tensor of that network on its first --layer-calls recorded calls (same inputs for float and
+integer), in execution order: "local" quantizes the float tensor alone with its encoding (what the
+range costs that tensor), "propagated" dequantizes the integer network's own tensor (everything
+before it quantized too), and the range of the encoding against the float min / max seen.
 """
 from __future__ import annotations
 
@@ -40,7 +50,9 @@ from tinysd.checkpoint import load_checkpoint  # noqa: E402
 from tinysd.eval import shapes  # noqa: E402
 from tinysd.paths import DEFAULT_MODEL_DIR, TOKENIZER_DIR  # noqa: E402
 from tinysd.pipeline import Pipeline  # noqa: E402
-from tinysd.quant.calibration import CALL_KINDS, calibrate_model, quantize_model, replay_sqnr  # noqa: E402
+from tinysd.quant.calibration import (  # noqa: E402
+    CALIBRATION_METHODS, CALL_KINDS, calibrate_model, calibrate_observers, quantize_model, ranges_from_observers,
+    replay_sqnr)
 from tinysd.quant.engine import build_integer_networks  # noqa: E402
 from tinysd.quant.prompts import read_prompts  # noqa: E402
 from tinysd.tokenizer import CLIPTokenizer  # noqa: E402
@@ -71,12 +83,73 @@ def float_images(loaded, prompts, steps, seed, calls):
     return [np.asarray(latents_to_images(d)[0]) for d in decoded]
 
 
-def integer_images(loaded, qmodel, prompts, steps, seed):
-    te, unet, vae = build_integer_networks(qmodel)
+def integer_images(loaded, qmodel, prompts, steps, seed, nets=None):
+    """Integer pipeline images of `prompts` (seed + i) and its networks: those of `qmodel`, or `nets`."""
+    te, unet, vae = build_integer_networks(qmodel) if nets is None else nets
     tok = CLIPTokenizer.from_dir(loaded.tokenizer_dir or TOKENIZER_DIR)
     pipe = Pipeline(tok, te, unet, vae, loaded.config, precision=qmodel.precision)
     return [np.asarray(pipe.generate(p, steps=steps, guidance_scale=GUIDANCE, seed=seed + i, sampler=SAMPLER).images[0])
             for i, p in enumerate(prompts)], (te, unet, vae)
+
+
+def _wrappers(loaded, interps):
+    """tinysd.models wrappers (text_encoder, unet, vae) of `loaded`'s graphs over `interps` {network: interp}."""
+    from tinysd.models import VAE, TextEncoder, UNet
+    from tinysd.quant.calibration import model_graphs
+
+    g = model_graphs(loaded.config)
+    return (TextEncoder(g["text_encoder"], interps["text_encoder"]), UNet(g["unet"], interps["unet"]),
+            VAE(g["vae"], interps["vae"]))
+
+
+def layer_sqnr(loaded, qmodel, calls, kind: str, max_calls: int):
+    """[(tensor, op, (enc min, enc max), (float min, float max), local dB, propagated dB)] of network `kind`
+    over its first `max_calls` recorded calls, in execution order (see the module docstring)."""
+    from tinysd.fixedpoint import dequantize, quantize
+    from tinysd.interp.float import FloatInterpreter
+    from tinysd.interp.integer import IntegerInterpreter
+    from tinysd.interp.record import RecordingInterpreter
+    from tinysd.quant.calibration import sqnr_db
+
+    net = "vae" if kind.startswith("vae") else kind
+    qnet = qmodel.networks[net]
+    frec = RecordingInterpreter(FloatInterpreter(loaded.params[net], net))
+    irec = RecordingInterpreter(IntegerInterpreter(qnet))
+    fnets = _wrappers(loaded, {n: frec if n == net else None for n in ("text_encoder", "unet", "vae")})
+    inets = _wrappers(loaded, {n: irec if n == net else None for n in ("text_encoder", "unet", "vae")})
+    pick = {"text_encoder": 0, "unet": 1, "vae.decode": 2, "vae.encode": 2}[kind]
+    acc: dict[str, list] = {}
+    for call in [c for c in calls if c.kind == kind][:max_calls]:
+        frec.clear()
+        irec.clear()
+        for nets, rec in ((fnets, frec), (inets, irec)):
+            w = nets[pick]
+            fn = w.decode if kind == "vae.decode" else w.encode if kind == "vae.encode" else w
+            fn(*call.args, **call.kwargs)
+        for a, b in zip([r for r in frec.records if r.matched], [r for r in irec.records if r.matched]):
+            assert a.tensor == b.tensor, (a.tensor, b.tensor)
+            enc = qnet.activations[b.output.enc]
+            scale, zp, qmax = float(enc.scale[0]), int(enc.zero_point[0]), 2**int(enc.bitwidth) - 1
+            x = a.output.data.astype(np.float64)
+            local = dequantize(quantize(x, scale, zp, 0, qmax), scale, zp)
+            prop = dequantize(b.output.data, scale, b.output.zero_point)
+            d = acc.setdefault(a.tensor, [a.op, (float(enc.min[0]), float(enc.max[0])), [], [], []])
+            d[2].append(x.ravel())
+            d[3].append(local.ravel())
+            d[4].append(prop.ravel())
+    rows = []
+    for tensor, (op, rng, xs, ls, ps) in acc.items():
+        x = np.concatenate(xs)
+        rows.append((tensor, op, rng, (float(x.min()), float(x.max())), sqnr_db(x, np.concatenate(ls)),
+                     sqnr_db(x, np.concatenate(ps))))
+    return rows
+
+
+def print_layers(rows, title: str) -> None:
+    print(f"\n{title}")
+    print(f"{'tensor':64s} {'op':18s} {'encoding range':>21s} {'float range':>21s} {'local':>6s} {'propag.':>7s}")
+    for tensor, op, (lo, hi), (fmin, fmax), loc, prop in rows:
+        print(f"{tensor:64s} {op:18s} [{lo:9.3f},{hi:9.3f}] [{fmin:9.3f},{fmax:9.3f}] {loc:6.1f} {prop:7.1f}")
 
 
 def main(argv=None):
@@ -84,14 +157,22 @@ def main(argv=None):
     ap.add_argument("model", nargs="?", type=Path, default=None,
                     help=f"float checkpoint (default: {DEFAULT_MODEL_DIR} when it exists)")
     ap.add_argument("--precisions", default="w8a8,w8a16")
-    ap.add_argument("--method", default="minmax", choices=("minmax", "percentile"))
+    ap.add_argument("--method", default="minmax", choices=CALIBRATION_METHODS)
     ap.add_argument("--calibration-prompts", type=Path, default=None, help="default: the shipped set")
     ap.add_argument("--calibration-steps", type=int, default=20)
     ap.add_argument("--prompts", type=int, default=8, help="number of evaluation prompts")
     ap.add_argument("--steps", type=int, default=20, help="sampler steps of the evaluation images")
     ap.add_argument("--seed", type=int, default=1000, help="evaluation prompts and image seeds")
     ap.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    ap.add_argument("--layers", choices=CALL_KINDS, default=None,
+                    help="also print the SQNR of every tensor of this network (module docstring)")
+    ap.add_argument("--layer-calls", type=int, default=4, help="recorded calls the --layers table uses")
+    ap.add_argument("--vae-w8a16", action="store_true",
+                    help="add a row: w8a8 text encoder and UNet with the w8a16 VAE (module docstring)")
     args = ap.parse_args(argv)
+    precisions = [p for p in args.precisions.split(",") if p]
+    if args.vae_w8a16 and not {"w8a8", "w8a16"} <= set(precisions):
+        ap.error("--vae-w8a16 needs --precisions w8a8,w8a16")
     model = args.model
     if model is None:
         if not DEFAULT_MODEL_DIR.is_dir():
@@ -110,20 +191,33 @@ def main(argv=None):
     print(f"float reference: {time.perf_counter() - t0:.1f} s", flush=True)
 
     t0 = time.perf_counter()
-    ranges = calibrate_model(loaded, cal_prompts, args.calibration_steps, args.method)
+    observers = calibrate_observers(loaded, cal_prompts, args.calibration_steps, args.method)
     print(f"calibration: {time.perf_counter() - t0:.1f} s", flush=True)
     rows = []
-    for precision in [p for p in args.precisions.split(",") if p]:
+    qmodels = {}
+    runs = precisions + (["w8a8+vae16"] if args.vae_w8a16 else [])
+    for precision in runs:
         t0 = time.perf_counter()
-        qmodel = quantize_model(loaded, precision, ranges)
+        if precision == "w8a8+vae16":
+            qmodel = qmodels["w8a8"]
+            te, unet, _ = build_integer_networks(qmodel)
+            nets = (te, unet, build_integer_networks(qmodels["w8a16"])[2])
+        else:
+            ranges = ranges_from_observers(observers, args.method, precision)
+            qmodel = qmodels[precision] = quantize_model(loaded, precision, ranges)
+            nets = None
         t_q = time.perf_counter() - t0
         t0 = time.perf_counter()
-        images, nets = integer_images(loaded, qmodel, prompts, args.steps, args.seed)
+        images, nets = integer_images(loaded, qmodel, prompts, args.steps, args.seed, nets)
         sqnr = replay_sqnr(calls, nets)
         p = [psnr(a, b) for a, b in zip(images, ref_images)]
         rows.append((precision, sqnr, float(np.mean(p)), float(np.min(p))))
         print(f"{precision}: quantized in {t_q:.1f} s, evaluated in {time.perf_counter() - t0:.1f} s; "
               f"PSNR per image {', '.join(f'{v:.1f}' for v in p)}", flush=True)
+        if args.layers and precision in qmodels:
+            print_layers(layer_sqnr(loaded, qmodel, calls, args.layers, args.layer_calls),
+                         f"{args.layers} {precision} ({args.method}): SQNR dB per tensor, first {args.layer_calls} "
+                         f"evaluation calls")
 
     head = ["precision"] + [f"{k} SQNR dB" for k in CALL_KINDS] + ["image PSNR dB mean", "min"]
     body = [[r[0]] + [f"{r[1].get(k, float('nan')):.1f}" for k in CALL_KINDS] + [f"{r[2]:.1f}", f"{r[3]:.1f}"]

@@ -13,6 +13,14 @@ decoded image (read back from the 8-bit PNG pixels as `x / 127.5 - 1`), so
 that every network, encoder included, gets ranges. Prompt i uses seed
 `seed + i`.
 
+Methods (`CALIBRATION_METHODS`): "minmax" (the exact min and max seen),
+"percentile" (the 99.99th percentiles) and "mse" (the range whose grid
+quantizes the values seen with the least squared error,
+`tinysd.quant.mse`). An MSE range depends on the grid, so "mse" needs the
+precision; `calibrate_observers` + `ranges_from_observers` calibrate once
+and give the ranges of several precisions (the "percentile" and "mse"
+methods share the same histograms).
+
 Pass a list as `record` to keep every float network call (inputs and output,
 `NetworkCall`); `replay_sqnr` runs the same inputs through other (integer)
 networks and reports the SQNR of their outputs against the float ones.
@@ -31,12 +39,17 @@ from ..errors import TinySDError
 from ..fixedpoint import ARITHMETIC_SPEC_VERSION
 from ..interp.calibrate import DEFAULT_PERCENTILE, CalibratingInterpreter
 from .encodings import Encoding
-from .model import NETWORKS, QuantizedModel
+from .model import ACTIVATION_BITS, NETWORKS, PRECISIONS, QuantizedModel
+from .observers import mse_range_of
 from .prepare import encodings_from_ranges, quantize_network
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CALIBRATION_STEPS = 20
+#: Range methods of `calibrate_model`; "mse" ranges depend on the precision.
+CALIBRATION_METHODS = ("minmax", "percentile", "mse")
+# the observer each method records with: "mse" searches the histograms a PercentileObserver counts
+_OBSERVER = {"minmax": "minmax", "percentile": "percentile", "mse": "percentile"}
 #: Keys of `replay_sqnr` results: one per network entry point.
 CALL_KINDS = ("text_encoder", "unet", "vae.decode", "vae.encode")
 
@@ -101,12 +114,21 @@ class _Tap:
         return self._log("vae.decode", self._inner.decode, args, kwargs)
 
 
+def _check_method(method) -> str:
+    if method not in CALIBRATION_METHODS:
+        raise TinySDError(f"calibration method {method!r} is not one of {', '.join(CALIBRATION_METHODS)}")
+    return method
+
+
 def calibrating_networks(loaded, method: str = "minmax", percentile: float = DEFAULT_PERCENTILE):
-    """(text_encoder, unet, vae) runtime wrappers of `loaded` on CalibratingInterpreters."""
+    """(text_encoder, unet, vae) runtime wrappers of `loaded` on CalibratingInterpreters
+    (method "mse" records with percentile observers, whose histograms it searches)."""
     from ..models import VAE, TextEncoder, UNet, check_params
     from ..nn.clip import CLIPTextModel
     from ..nn.unet import UNet2DConditionModel
     from ..nn.vae import AutoencoderKL
+
+    method = _OBSERVER[_check_method(method)]
 
     cfg = loaded.config
     nets = []
@@ -129,16 +151,15 @@ def _check_calibration_args(prompts, steps) -> list[str]:
     return list(prompts)
 
 
-def calibrate_model(loaded, prompts: Sequence[str], steps: int = DEFAULT_CALIBRATION_STEPS, method: str = "minmax",
-                    sampler: str = "euler", seed: int = 0, guidance_scale: float = 7.5, size: int | None = None,
-                    percentile: float = DEFAULT_PERCENTILE, record: list | None = None,
-                    ) -> dict[str, dict[str, tuple[float, float]]]:
-    """Activation ranges of every network from float pipeline runs over `prompts` (module docstring).
+def calibrate_observers(loaded, prompts: Sequence[str], steps: int = DEFAULT_CALIBRATION_STEPS,
+                        method: str = "minmax", sampler: str = "euler", seed: int = 0, guidance_scale: float = 7.5,
+                        size: int | None = None, percentile: float = DEFAULT_PERCENTILE, record: list | None = None,
+                        ) -> dict[str, dict[str, object]]:
+    """The observers of every tensor after float pipeline runs over `prompts` (module docstring).
 
-    loaded: a `tinysd.checkpoint.LoadedModel`. steps, sampler, seed, guidance_scale, size (image
-    width = height in pixels; None: the model's native size): as `Pipeline.generate`. method:
-    "minmax" or "percentile" (`percentile`). record: a list to append every float network call
-    to (`NetworkCall`), or None. Returns {network: {tensor name: (min, max)}}.
+    Arguments as `calibrate_model`. Returns {network: {tensor name: observer}}: MinMaxObservers
+    for "minmax", PercentileObservers for "percentile" and "mse"; `ranges_from_observers` turns
+    them into ranges.
     """
     from ..paths import TOKENIZER_DIR
     from ..pipeline import Pipeline
@@ -157,7 +178,54 @@ def calibrate_model(loaded, prompts: Sequence[str], steps: int = DEFAULT_CALIBRA
         image = pixels.transpose(2, 0, 1)[None] / np.float32(127.5) - np.float32(1.0)  # (1, 3, H, W) in [-1, 1]
         vae_tap.encode(image)
         log.info("calibration prompt %d/%d done (%.1f s)", i + 1, len(prompts), time.perf_counter() - t0)
-    return {net.interp.network: net.interp.ranges() for net in (te, unet, vae)}
+    return {net.interp.network: dict(net.interp.observers) for net in (te, unet, vae)}
+
+
+def ranges_from_observers(observers: Mapping[str, Mapping[str, object]], method: str, precision: str | None = None,
+                          ) -> dict[str, dict[str, tuple[float, float]]]:
+    """{network: {tensor: (min, max)}} (float64) from `calibrate_observers`' result.
+
+    "minmax" / "percentile": each observer's `range()` (precision not needed). "mse": the
+    MSE-optimal range for the activation bits of `precision` (8 for w8a8, 16 for w8a16) of each
+    tensor's histogram (`tinysd.quant.observers.mse_range_of`).
+    """
+    method = _check_method(method)
+    if method == "mse":
+        if precision not in PRECISIONS:
+            raise TinySDError(f"calibration method mse needs a precision ({', '.join(PRECISIONS)}), got {precision!r}")
+        bits = ACTIVATION_BITS[precision]
+    out: dict[str, dict[str, tuple[float, float]]] = {}
+    t0 = time.perf_counter()
+    for net, obs in observers.items():
+        ranges = {}
+        for name, o in obs.items():
+            lo, hi = mse_range_of(o, bits) if method == "mse" else o.range()
+            ranges[name] = (float(lo), float(hi))
+        out[net] = ranges
+    if method == "mse":
+        log.info("mse ranges (%d-bit) of %d tensors: %.1f s", bits, sum(map(len, out.values())),
+                 time.perf_counter() - t0)
+    return out
+
+
+def calibrate_model(loaded, prompts: Sequence[str], steps: int = DEFAULT_CALIBRATION_STEPS, method: str = "minmax",
+                    sampler: str = "euler", seed: int = 0, guidance_scale: float = 7.5, size: int | None = None,
+                    percentile: float = DEFAULT_PERCENTILE, record: list | None = None, precision: str | None = None,
+                    ) -> dict[str, dict[str, tuple[float, float]]]:
+    """Activation ranges of every network from float pipeline runs over `prompts` (module docstring).
+
+    loaded: a `tinysd.checkpoint.LoadedModel`. steps, sampler, seed, guidance_scale, size (image
+    width = height in pixels; None: the model's native size): as `Pipeline.generate`. method:
+    "minmax", "percentile" (`percentile`) or "mse" (needs `precision`, "w8a8" or "w8a16": the
+    ranges are for its activation bits). record: a list to append every float network call
+    to (`NetworkCall`), or None. Returns {network: {tensor name: (min, max)}}.
+    """
+    _check_method(method)
+    if method == "mse" and precision not in PRECISIONS:  # fail before the float runs
+        raise TinySDError(f"calibration method mse needs a precision ({', '.join(PRECISIONS)}), got {precision!r}")
+    observers = calibrate_observers(loaded, prompts, steps, method, sampler=sampler, seed=seed,
+                                    guidance_scale=guidance_scale, size=size, percentile=percentile, record=record)
+    return ranges_from_observers(observers, method, precision)
 
 
 def replay_sqnr(calls: Sequence[NetworkCall], networks, max_calls: int | None = None) -> dict[str, float]:

@@ -61,7 +61,7 @@ def _factory(precision: str):
             prompts = read_prompts() if prompts is None else prompts
             log.info("quantizing to %s on the fly: %d calibration prompts x %d steps (%s)", precision,
                      len(prompts), steps, method)
-            ranges = calibrate_model(loaded, prompts, steps, method, **calibration)
+            ranges = calibrate_model(loaded, prompts, steps, method, precision=precision, **calibration)
             qmodel = quantize_model(loaded, precision, ranges)
         elif qmodel.precision != precision:
             raise TinySDError(f"this quantized model was built for {qmodel.precision}, not {precision}")

@@ -138,6 +138,19 @@ class _TailHistogram:
         upper = np.array([upper_bits], dtype=np.uint32).view(np.float32)[0]
         return float(lower), float(upper)
 
+    def buckets(self):
+        """The non-empty buckets at or above 2**-24 as `tinysd.quant.mse.Buckets` (float64 edges, ascending)."""
+        from .mse import Buckets
+
+        idx = np.flatnonzero(self.counts)
+        if idx.size == 0:
+            return Buckets.empty()
+        keys = (self.lo + idx).astype(np.uint64)
+        lower = (keys << np.uint64(self.shift)).astype(np.uint32).view(np.float32).astype(np.float64)
+        upper_bits = np.minimum((keys + np.uint64(1)) << np.uint64(self.shift), np.uint64(0x7F800000))
+        upper = upper_bits.astype(np.uint32).view(np.float32).astype(np.float64)
+        return Buckets(lower, upper, self.counts[idx].astype(np.float64))
+
     def bounds_of_rank(self, rank: int, descending: bool) -> tuple[float, float]:
         """[lower, upper) magnitude bounds of the `rank`-th (0-based) magnitude, ascending or descending."""
         if not descending and rank < self.small:
@@ -151,7 +164,60 @@ class _TailHistogram:
         return self._edges(self.counts.size - 1 - i if descending else i)
 
 
-class PercentileObserver:
+class HistogramObserver:
+    """Exact counts of all values seen in log-linear buckets, plus their exact min and max.
+
+    The common part of `PercentileObserver` and `MSEObserver`: values are
+    rounded to float32 and counted in one `_TailHistogram` of magnitudes for
+    x < 0 and one for x >= 0 (m = `mantissa_bits`, default 7: 128 buckets per
+    octave, each no wider than 2**-m of the values in it; magnitudes below
+    2**-24 share one bucket). Counts are exact integers, so `update` and
+    `merge` give the same histogram however the data are batched or split.
+    Subclasses define `range()`.
+    """
+
+    def __init__(self, mantissa_bits: int = 7, name: str = "tensor"):
+        if not isinstance(mantissa_bits, int) or not 0 <= mantissa_bits <= 10:
+            raise ValueError(f"mantissa_bits must be an integer in [0, 10], got {mantissa_bits!r}")
+        self.mantissa_bits = mantissa_bits
+        self.name = name
+        self._neg = _TailHistogram(mantissa_bits)  # magnitudes of x < 0
+        self._pos = _TailHistogram(mantissa_bits)  # x >= 0
+        self._minmax = MinMaxObserver(name)
+
+    @property
+    def count(self) -> int:
+        return self._minmax.count
+
+    def update(self, x) -> None:
+        """Observe all values of `x` (any shape, float or integer); non-finite -> TinySDError."""
+        x = _finite_array(x, self.name)
+        if x.size == 0:
+            return
+        with np.errstate(over="ignore"):  # overflow to inf is detected just below
+            x32 = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+        if not (np.isfinite(x32.min()) and np.isfinite(x32.max())):  # float64 beyond float32's range
+            raise TinySDError(f"tensor {self.name!r}: values beyond float32 range during calibration")
+        bits = x32.view(np.uint32)
+        m = self.mantissa_bits
+        key = (bits & np.uint32(0x7FFFFFFF)) >> np.uint32(23 - m)  # bucket of |x|
+        key = np.maximum(key, np.uint32((103 << m) - 1))  # |x| < 2**-24 -> one "small" key
+        key |= (bits >> np.uint32(31)) << np.uint32(8 + m)  # sign bit above the key
+        by_key = np.bincount(key, minlength=2 << (8 + m))  # (2 * 2**(8+m),)
+        self._pos.add_counts(by_key[: 1 << (8 + m)])
+        self._neg.add_counts(by_key[1 << (8 + m):])
+        self._minmax.update(x32)
+
+    def merge(self, other: "HistogramObserver") -> None:
+        """Add everything `other` has seen (exact); both must use the same mantissa_bits."""
+        if other.mantissa_bits != self.mantissa_bits:
+            raise ValueError("cannot merge histogram observers with different mantissa_bits")
+        self._neg.merge(other._neg)
+        self._pos.merge(other._pos)
+        self._minmax.merge(other._minmax)
+
+
+class PercentileObserver(HistogramObserver):
     """Percentile range of all values seen, in bounded memory.
 
     range() returns (lo, hi) estimating the order statistics x_(k_lo) and
@@ -187,45 +253,8 @@ class PercentileObserver:
     def __init__(self, percentile: float = 99.99, mantissa_bits: int = 7, name: str = "tensor"):
         if not 50.0 < percentile <= 100.0:
             raise ValueError(f"percentile must be in (50, 100], got {percentile}")
-        if not isinstance(mantissa_bits, int) or not 0 <= mantissa_bits <= 10:
-            raise ValueError(f"mantissa_bits must be an integer in [0, 10], got {mantissa_bits!r}")
+        super().__init__(mantissa_bits, name)
         self.percentile = float(percentile)
-        self.mantissa_bits = mantissa_bits
-        self.name = name
-        self._neg = _TailHistogram(mantissa_bits)  # magnitudes of x < 0
-        self._pos = _TailHistogram(mantissa_bits)  # x >= 0
-        self._minmax = MinMaxObserver(name)
-
-    @property
-    def count(self) -> int:
-        return self._minmax.count
-
-    def update(self, x) -> None:
-        """Observe all values of `x` (any shape, float or integer); non-finite -> TinySDError."""
-        x = _finite_array(x, self.name)
-        if x.size == 0:
-            return
-        with np.errstate(over="ignore"):  # overflow to inf is detected just below
-            x32 = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
-        if not (np.isfinite(x32.min()) and np.isfinite(x32.max())):  # float64 beyond float32's range
-            raise TinySDError(f"tensor {self.name!r}: values beyond float32 range during calibration")
-        bits = x32.view(np.uint32)
-        m = self.mantissa_bits
-        key = (bits & np.uint32(0x7FFFFFFF)) >> np.uint32(23 - m)  # bucket of |x|
-        key = np.maximum(key, np.uint32((103 << m) - 1))  # |x| < 2**-24 -> one "small" key
-        key |= (bits >> np.uint32(31)) << np.uint32(8 + m)  # sign bit above the key
-        by_key = np.bincount(key, minlength=2 << (8 + m))  # (2 * 2**(8+m),)
-        self._pos.add_counts(by_key[: 1 << (8 + m)])
-        self._neg.add_counts(by_key[1 << (8 + m):])
-        self._minmax.update(x32)
-
-    def merge(self, other: "PercentileObserver") -> None:
-        """Add everything `other` has seen (exact); both must use the same mantissa_bits."""
-        if other.mantissa_bits != self.mantissa_bits:
-            raise ValueError("cannot merge percentile observers with different mantissa_bits")
-        self._neg.merge(other._neg)
-        self._pos.merge(other._pos)
-        self._minmax.merge(other._minmax)
 
     def _bounds_of_rank(self, k: int) -> tuple[float, float]:
         """(lower, upper) real-value bounds of the bucket holding the k-th smallest value."""
@@ -246,6 +275,50 @@ class PercentileObserver:
         lo = max(self._bounds_of_rank(k_lo)[0], mn)
         hi = min(self._bounds_of_rank(k_hi)[1], mx)
         return lo, hi
+
+
+class MSEObserver(HistogramObserver):
+    """The range whose `bits`-bit grid quantizes the values seen with the least squared error.
+
+    Counts values exactly as `PercentileObserver` does (log-linear histogram,
+    `HistogramObserver`); `range(bits)` searches the asymmetric grid
+    (scale s, offset o, range [o s, (o + n) s] with n = 2**bits - 1) that
+    minimises the expected quantize-dequantize error of those counts,
+    rounding error inside the range plus `clip_weight` times clipping error
+    outside it (`tinysd.quant.mse.mse_range`: the idea of AIMET's
+    "tf_enhanced" / SQNR scheme, with an exact error model and a finer
+    search). Unlike min-max and percentile ranges, the best range depends on
+    the bitwidth: 8-bit grids are coarse, so clipping a few outliers pays;
+    16-bit grids are fine, so the search clips far less. `bits` given at
+    construction is the default of `range()`.
+    """
+
+    def __init__(self, bits: int = 8, clip_weight: float = 1.0, mantissa_bits: int = 7, name: str = "tensor"):
+        if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 16:
+            raise ValueError(f"bits must be an integer in [2, 16], got {bits!r}")
+        if not clip_weight > 0:
+            raise ValueError(f"clip_weight must be > 0, got {clip_weight!r}")
+        super().__init__(mantissa_bits, name)
+        self.bits = bits
+        self.clip_weight = float(clip_weight)
+
+    def range(self, bits: int | None = None) -> tuple[float, float]:
+        """(lo, hi), float64: the MSE-optimal range for a `bits`-bit grid (default: the constructor's)."""
+        return mse_range_of(self, self.bits if bits is None else bits, self.clip_weight)
+
+
+def mse_range_of(observer: HistogramObserver, bits: int, clip_weight: float = 1.0) -> tuple[float, float]:
+    """The MSE-optimal `bits`-bit range of everything `observer` (any HistogramObserver, e.g. a
+    PercentileObserver) has counted: `tinysd.quant.mse.mse_range` on its buckets, the outermost
+    bucket of each sign ending at the exact min / max seen. TinySDError when nothing was seen."""
+    from .mse import mse_range
+
+    if observer.count == 0:
+        raise TinySDError(f"tensor {observer.name!r}: no values observed during calibration")
+    mn, mx = observer._minmax.range()
+    neg = observer._neg.buckets().capped(max(-mn, 0.0))
+    pos = observer._pos.buckets().capped(max(mx, 0.0))
+    return mse_range(neg, pos, mn, mx, bits, clip_weight)
 
 
 def encoding_from_range(min_value, max_value, bits: int, symmetric: bool = False, axis: int | None = None) -> Encoding:

@@ -122,16 +122,16 @@ def quantize_checkpoint(model, out_dir, precision: str, prompts_file=None, steps
     """Quantize the float checkpoint `model` to a folder `out_dir` (the steps of the module docstring).
 
     precision: "w8a8" or "w8a16". prompts_file: calibration prompts (None: the shipped set).
-    steps: sampler steps per prompt (None: DEFAULT_CALIBRATION_STEPS). method: "minmax" (default)
-    or "percentile"; not with `encodings_file`, whose encodings replace calibration (the prompts
-    then only give the SQNR data). sqnr_calls: replay only the first N recorded calls of each
+    steps: sampler steps per prompt (None: DEFAULT_CALIBRATION_STEPS). method: "minmax" (default),
+    "percentile" or "mse" (ranges searched for `precision`'s grid); not with `encodings_file`, whose
+    encodings replace calibration (the prompts then only give the SQNR data). sqnr_calls: replay only the first N recorded calls of each
     network for the SQNR (None: all; the integer replay costs as much as the calibration run in
     integer arithmetic). Returns (out path, {call kind: SQNR dB}); the SQNR and the calibration
     settings are recorded in the folder's quantization.json ("info").
     """
     from ..checkpoint import load_checkpoint
-    from ..interp.calibrate import METHODS
-    from .calibration import DEFAULT_CALIBRATION_STEPS, calibrate_model, quantize_model, replay_sqnr
+    from .calibration import (CALIBRATION_METHODS, DEFAULT_CALIBRATION_STEPS, calibrate_model, quantize_model,
+                              replay_sqnr)
     from .engine import build_integer_networks
     from .folder import check_output_dir, is_quantized_folder, save_quantized
     from .prompts import read_prompts
@@ -141,8 +141,8 @@ def quantize_checkpoint(model, out_dir, precision: str, prompts_file=None, steps
     if encodings_file is not None and method is not None:
         raise TinySDError("--method does not apply with --encodings (the file's encodings replace calibration)")
     method = method or "minmax"
-    if method not in METHODS:
-        raise TinySDError(f"method {method!r} is not one of {', '.join(METHODS)}")
+    if method not in CALIBRATION_METHODS:
+        raise TinySDError(f"method {method!r} is not one of {', '.join(CALIBRATION_METHODS)}")
     steps = DEFAULT_CALIBRATION_STEPS if steps is None else steps
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise TinySDError(f"calibration steps must be an integer >= 1 (got {steps!r})")
@@ -161,7 +161,8 @@ def quantize_checkpoint(model, out_dir, precision: str, prompts_file=None, steps
     loaded = load_checkpoint(model)
     calls: list = []
     ranges = calibrate_model(loaded, prompts, steps, method, sampler=CALIBRATION_SAMPLER, seed=CALIBRATION_SEED,
-                             guidance_scale=CALIBRATION_GUIDANCE, record=calls)
+                             guidance_scale=CALIBRATION_GUIDANCE, record=calls,
+                             precision=None if file_encodings is not None else precision)
     if file_encodings is not None:
         qmodel = external_encodings(loaded, encodings_file, precision, file_encodings)
     else:
