@@ -156,3 +156,23 @@ def test_shape_of_ideal_silhouettes(shape):
         sc = S.Scene("small", "red", shape, "in the center", "white", 32.0, 32.0, r)
         img = np.asarray(S.draw(sc))
         assert S.shape_of((img == np.array(S.PALETTE["red"], np.uint8)).all(-1)) == shape
+
+
+def _grid(size: int = 32):
+    return np.mgrid[:size, :size] + 0.5 - size / 2  # pixel centres (y, x) around the middle
+
+
+@pytest.mark.parametrize("radius", [5.5, 6.5, 8.5, 12.5])
+def test_shape_of_tells_blurred_circles_from_rounded_squares(radius):
+    """Blur (as in VAE decodes) grows a circle by a ring and rounds a square's corners; the
+    corner feature keeps both readings (the fill of the box, 0.83..0.88 for these pixelated
+    grown circles, read most of them as squares)."""
+    yy, xx = _grid()
+    grown = xx**2 + yy**2 <= (radius + 1.0) ** 2  # a circle with one more ring of object pixels
+    assert S.shape_of(grown) == "circle"
+    # a square of half-side `radius` whose corners are rounded with 15 % of its side:
+    # the points within `rr` of the inner square of half-side radius - rr
+    rr = 0.3 * radius
+    dy = np.maximum(np.abs(yy) - (radius - rr), 0)
+    dx = np.maximum(np.abs(xx) - (radius - rr), 0)
+    assert S.shape_of(dx**2 + dy**2 <= rr**2) == "square"

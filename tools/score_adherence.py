@@ -31,7 +31,8 @@ from tinysd.eval import shapes  # noqa: E402
 TARGETS = {"color": 0.90, "shape": 0.80, "position": 0.80, "background": 0.90}
 
 
-def make_generator(model: Path, steps: int, cfg: float, sampler: str, size: int = 64, batch: int = 25, threads: int = 2):
+def make_generator(model: Path, steps: int, cfg: float, sampler: str, size: int = 64, batch: int = 25, threads: int = 2,
+                   device: str = "cpu"):
     """generate(prompts, seeds) -> list of uint8 (size, size, 3): diffusers StableDiffusionPipeline."""
     import torch
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, StableDiffusionPipeline
@@ -47,6 +48,7 @@ def make_generator(model: Path, steps: int, cfg: float, sampler: str, size: int 
               "dpmpp_2m": DPMSolverMultistepScheduler}
     pipe.scheduler = scheds[sampler].from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
+    pipe.to(device)
 
     def generate(prompts: list[str], seeds: list[int]) -> list[np.ndarray]:
         out = []
@@ -61,7 +63,7 @@ def make_generator(model: Path, steps: int, cfg: float, sampler: str, size: int 
     return generate
 
 
-def make_tinysd_generator(model: Path, steps: int, cfg: float, sampler: str, size: int = 64, **_):
+def make_tinysd_generator(model: Path, steps: int, cfg: float, sampler: str, size: int = 64, device: str = "cpu", **_):
     """generate(prompts, seeds) -> list of uint8 (size, size, 3): tinysd's own float pipeline (no torch)."""
     from tinysd import Pipeline
 
@@ -107,12 +109,13 @@ def main(argv=None):
     p.add_argument("--sampler", default="dpmpp_2m", choices=["ddim", "euler", "euler_a", "dpmpp_2m"])
     p.add_argument("--engine", default="diffusers", choices=sorted(ENGINES))
     p.add_argument("--json", type=Path)
+    p.add_argument("--device", default="cpu", help="torch device for --engine diffusers")
     args = p.parse_args(argv)
     items = prompts_for(args.n, args.prompt_seed)
     prompts, specs = [c for c, _ in items], [s for _, s in items]
     seeds = [args.seed + i for i in range(args.n)]
     t0 = time.time()
-    generate = ENGINES[args.engine](args.model, args.steps, args.cfg, args.sampler)
+    generate = ENGINES[args.engine](args.model, args.steps, args.cfg, args.sampler, device=args.device)
     images = generate(prompts, seeds)
     res = score_all(images, specs)
     res.update(model=str(args.model), steps=args.steps, cfg=args.cfg, sampler=args.sampler,

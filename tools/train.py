@@ -13,28 +13,39 @@ the procedural shapes of `tinysd.eval.shapes`:
 3. stage `diffusion`: text encoder and UNet jointly, epsilon prediction on SD's
    scaled-linear schedule (1000 steps, beta 0.00085..0.012), captions re-drawn
    from each scene's attributes at every step (each optional part kept with
-   probability 0.6) and dropped to "" with probability `--uncond-p` for
-   classifier-free guidance; min-SNR-5 loss weighting, optionally times
+   probability `--caption-keep-p`) and dropped to "" with probability `--uncond-p`
+   for classifier-free guidance; min-SNR-5 loss weighting, optionally times
    clamp(1/snr, 1, `--hi-t-weight-max`) to emphasise high noise; EMA of the weights.
-4. stage `export`: fp16 safetensors in diffusers layout, SD 1.5-style scheduler
-   config and model_index.json (no tokenizer/ folder: tinysd uses its shipped
-   tokenizer; pass `tokenizer=` when loading in diffusers).
+   `--init-from MODEL` starts it from an exported model's text encoder and UNet
+   (a fine-tuning run with its own schedule).
+4. stage `decoder` (`--decoder-steps` > 0): the VAE decoder alone fine-tuned on full
+   images with the encoder frozen, so the latents and the diffusion model stay valid
+   (`--stage decoder` runs only this stage, from the run dir's vae_final.safetensors).
+5. stage `export`: fp16 safetensors in diffusers layout (the fine-tuned decoder if
+   there is one), SD 1.5-style scheduler config and model_index.json (no tokenizer/
+   folder: tinysd uses its shipped tokenizer; pass `tokenizer=` when loading in diffusers).
 
 Every stage checkpoints to `--run-dir` (safetensors + JSON, never pickle) and a
 re-run resumes where it stopped; batches and noise are seeded per step, so a
-resumed run draws the same data as an uninterrupted one. `--max-minutes` stops a
-run cleanly (checkpointing) when the wall-clock budget is spent; time used is
-accumulated across resumes in `state.json` and printed.
+resumed run draws the same data as an uninterrupted one (noise is drawn on the CPU
+whatever `--device`). `--max-minutes` stops a run cleanly (checkpointing) when the
+wall-clock budget is spent; wall-clock and process CPU time are accumulated across
+resumes in `state.json` and printed.
 
-    python3 tools/train.py --run-dir tools/runs/main --vae-steps 2300 --vae-batch 32 --vae-crop 32 \
-        --vae-full-steps 300 --vae-fg-weight 9 --n-scenes 8000 --unet-steps 4700 --unet-batch 32 \
-        --unet-lr 1e-3 --hi-t-weight-max 20 --max-minutes 75 --threads 1
+The shipped model's recipe (its model card lists where each part ran and for how long):
 
-(The shipped model's run changed some of these between resumes; its model card
-lists each segment.) A finished stage is skipped on re-run; to train the
-diffusion stage further, delete `diffusion_final.safetensors` from the run dir
-and re-run with a larger `--unet-steps` and `--max-minutes`: it resumes from
-`diffusion_ckpt.safetensors` (weights, optimizer, EMA).
+    python3 tools/train.py --run-dir tools/runs/base --out tools/runs/base/model \
+        --vae-steps 5000 --vae-batch 32 --vae-crop 32 --vae-full-steps 600 --vae-fg-weight 9 \
+        --n-scenes 16000 --unet-steps 4000 --unet-batch 128 --unet-lr 1e-3 --hi-t-weight-max 20 \
+        --caption-keep-p 0.8
+    python3 tools/train.py --run-dir tools/runs/ft --init-from tools/runs/base/model \
+        --vae-steps 5000 --n-scenes 16000 --unet-steps 2500 --unet-batch 64 --unet-lr 3e-4 \
+        --hi-t-weight-max 20 --caption-keep-p 0.8 --decoder-steps 1400 --decoder-lr 3e-4 --vae-fg-weight 9
+    # (copy tools/runs/base/vae_final.safetensors into tools/runs/ft first: the VAE is trained once)
+
+A finished stage is skipped on re-run; to train the diffusion stage further, delete
+`diffusion_final.safetensors` from the run dir and re-run with a larger `--unet-steps`
+and `--max-minutes`: it resumes from `diffusion_ckpt.safetensors` (weights, optimizer, EMA).
 """
 from __future__ import annotations
 
@@ -92,7 +103,6 @@ SCHEDULER_CONFIG = {
     "timestep_spacing": "leading",
     "trained_betas": None,
 }
-CAPTION_KEEP_P = 0.6
 
 
 # ---------------------------------------------------------------------------
@@ -149,23 +159,27 @@ def load_ckpt(path: Path, models: dict, opt: torch.optim.Optimizer, ema: dict | 
 
 
 class Budget:
-    """Wall-clock accounting across resumes (seconds per stage in state.json)."""
+    """Time accounting across resumes, per stage in state.json: wall-clock seconds (`seconds`,
+    what `--max-minutes` limits) and this process's CPU seconds summed over its threads
+    (`cpu_seconds`; on a shared machine wall time also counts other jobs' load)."""
 
     def __init__(self, run_dir: Path, max_minutes: float):
         self.path = run_dir / "state.json"
         self.state = json.loads(self.path.read_text()) if self.path.exists() else {"seconds": {}}
+        self.state.setdefault("cpu_seconds", {})
         self.start = time.time()
         self.base = sum(self.state["seconds"].values())
         self.limit = max_minutes * 60
-        self.stage_start = time.time()
         self.stage = None
 
     def begin(self, stage: str):
-        self.stage, self.stage_start = stage, time.time()
+        self.stage, self.stage_start, self.stage_cpu_start = stage, time.time(), time.process_time()
         self.stage_base = self.state["seconds"].get(stage, 0.0)
+        self.stage_cpu_base = self.state["cpu_seconds"].get(stage, 0.0)
 
     def commit(self):
         self.state["seconds"][self.stage] = self.stage_base + time.time() - self.stage_start
+        self.state["cpu_seconds"][self.stage] = self.stage_cpu_base + time.process_time() - self.stage_cpu_start
         atomic_write_text(self.path, json.dumps(self.state, indent=1))
 
     def used(self) -> float:
@@ -229,7 +243,7 @@ def stage_vae(args, budget: Budget) -> bool:
     if final.exists():
         return True
     torch.manual_seed(args.seed)
-    vae = make_vae()
+    vae = make_vae().to(args.device)
     opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     ck = run / "vae_ckpt.safetensors"
     step = load_ckpt(ck, {"vae": vae}, opt, None) if ck.exists() else 0
@@ -249,8 +263,9 @@ def stage_vae(args, budget: Budget) -> bool:
             x = x[:, :, oy:oy + c, ox:ox + c].contiguous()  # (B, 3, c, c)
             m = m[:, :, oy:oy + c, ox:ox + c].contiguous()
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+        x, m = x.to(args.device), m.to(args.device)
         post = vae.encode(x).latent_dist
-        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen).to(args.device)
         y = vae.decode(z).sample
         # object pixels weigh 1 + fg_weight (objects are small; the background dominates a plain mean)
         w = 1.0 + args.vae_fg_weight * m  # (B, 1, H, W)
@@ -281,6 +296,62 @@ def stage_vae(args, budget: Budget) -> bool:
     return True
 
 
+def stage_decoder(args, budget: Budget) -> bool:
+    """Fine-tune the VAE decoder alone (`--decoder-steps`, full images, encoder frozen) into
+    `vae_decoder_final.safetensors`: latents and the diffusion model stay valid, only the
+    decoding of them gets sharper (as SD's fine-tuned "ft-MSE" decoders were made)."""
+    run = args.run_dir
+    final = run / "vae_decoder_final.safetensors"
+    if args.decoder_steps <= 0 or final.exists():
+        return True
+    torch.manual_seed(args.seed + 2)
+    vae = make_vae()
+    vae.load_state_dict(load_file(str(run / "vae_final.safetensors")))
+    vae.to(args.device)
+    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    opt = torch.optim.AdamW(params, lr=args.decoder_lr, weight_decay=0.0)
+    ck = run / "vae_decoder_ckpt.safetensors"
+    step = load_ckpt(ck, {"vae": vae}, opt, None) if ck.exists() else 0
+    budget.begin("decoder")
+    vae.eval()
+    vae.decoder.train()
+    t0, last = time.time(), step
+    while step < args.decoder_steps:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args.decoder_steps, args.decoder_lr, 50)
+        xn, mn = draw_batch(args.seed + 5, step, args.vae_batch)
+        x, m = torch.from_numpy(xn).to(args.device), torch.from_numpy(mn).to(args.device)
+        gen = torch.Generator().manual_seed(args.seed * 1_000_003 + 11 + step)
+        with torch.no_grad():
+            post = vae.encode(x).latent_dist
+            z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen).to(args.device)
+        y = vae.decode(z).sample
+        w = 1.0 + args.vae_fg_weight * m  # (B, 1, H, W)
+        l1 = (w * (y - x).abs()).sum() / (3 * w.sum())
+        l2 = (w * (y - x).pow(2)).sum() / (3 * w.sum())
+        loss = l1 + l2
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        if step % args.log_every == 0 or step == args.decoder_steps:
+            log.info("decoder step %d/%d l1 %.4f l2 %.5f lr %.2e | %.2f it/s | budget used %.1f min", step,
+                     args.decoder_steps, l1.item(), l2.item(), opt.param_groups[0]["lr"],
+                     (step - last) / (time.time() - t0), budget.used() / 60)
+            t0, last = time.time(), step
+            budget.commit()
+        if step % args.ckpt_every == 0 or budget.exhausted():
+            save_ckpt(ck, {"vae": vae}, opt, None, step)
+            budget.commit()
+            if budget.exhausted():
+                log.info("budget exhausted during decoder at step %d; re-run to resume", step)
+                return False
+    atomic_save(vae.state_dict(), final)
+    budget.commit()
+    return True
+
+
 @torch.no_grad()
 def stage_latents(args, budget: Budget) -> bool:
     run = args.run_dir
@@ -290,7 +361,7 @@ def stage_latents(args, budget: Budget) -> bool:
     budget.begin("latents")
     vae = make_vae()
     vae.load_state_dict(load_file(str(run / "vae_final.safetensors")))
-    vae.eval()
+    vae.to(args.device).eval()
     rng = np.random.default_rng([args.seed, 2])
     scenes = [shapes.sample_scene(rng) for _ in range(args.n_scenes)]
     means, stds = [], []
@@ -298,12 +369,12 @@ def stage_latents(args, budget: Budget) -> bool:
     for i in range(0, len(scenes), 256):
         chunk = scenes[i:i + 256]
         x = np.stack([np.asarray(shapes.draw(s)) for s in chunk]).astype(np.float32) / 127.5 - 1.0
-        post = vae.encode(torch.from_numpy(x.transpose(0, 3, 1, 2))).latent_dist
-        means.append(post.mean)
-        stds.append(post.std)
+        post = vae.encode(torch.from_numpy(x.transpose(0, 3, 1, 2)).to(args.device)).latent_dist
+        means.append(post.mean.cpu())
+        stds.append(post.std.cpu())
         if i < 1024:  # detector accuracy on reconstructions: the ceiling of the whole model
             y = vae.decode(post.mean).sample
-            imgs = ((y.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+            imgs = ((y.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
             for s, im in zip(chunk, imgs):
                 found = shapes.detect(im)
                 for a in shapes.ATTRIBUTES:
@@ -343,12 +414,12 @@ class Captions:
         return torch.stack(rows)  # (B, 77)
 
 
-def random_caption(rng: np.random.Generator, attrs: dict, uncond_p: float) -> str:
+def random_caption(rng: np.random.Generator, attrs: dict, uncond_p: float, keep_p: float) -> str:
     if rng.random() < uncond_p:
         return ""
     spec = {"color": attrs["color"], "shape": attrs["shape"]}
     for a in ("size", "position", "background"):
-        if rng.random() < CAPTION_KEEP_P:
+        if rng.random() < keep_p:
             spec[a] = attrs[a]
     return shapes.caption(spec)
 
@@ -368,16 +439,28 @@ def stage_diffusion(args, budget: Budget) -> bool:
     scaling, attrs = meta["scaling_factor"], meta["attributes"]
     captions = Captions(make_tokenizer(args.tokenizer_dir))
     torch.manual_seed(args.seed + 1)
-    te, unet = make_text_encoder(), make_unet()
+    te, unet = make_text_encoder().to(args.device), make_unet().to(args.device)
     models = {"text_encoder": te, "unet": unet}
     params = [p for m in models.values() for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=args.unet_lr, weight_decay=0.0)
     ema = {f"{n}.{k}": v.detach().clone().float() for n, m in models.items() for k, v in m.state_dict().items()}
     ck = run / "diffusion_ckpt.safetensors"
-    step = load_ckpt(ck, models, opt, ema) if ck.exists() else 0
+    if ck.exists():
+        step = load_ckpt(ck, models, opt, ema)
+    else:
+        step = 0
+        if args.init_from:  # fine-tune an exported model: its weights start the run and its EMA
+            for name, m in models.items():
+                m.load_state_dict({k: v.float() for k, v in load_file(str(next((args.init_from / name).glob("*.safetensors")))).items()})
+            ema.update({f"{n}.{k}": v.detach().clone().float() for n, m in models.items() for k, v in m.state_dict().items()})
+    # EMA of the float tensors (state_dict views share storage with the live parameters,
+    # which the optimizer updates in place; integer buffers never change)
+    live = {f"{n}.{k}": v for n, m in models.items() for k, v in m.state_dict().items()}
+    ema_f = [ema[k] for k, v in live.items() if v.dtype.is_floating_point]
+    live_f = [v for v in live.values() if v.dtype.is_floating_point]
     ac = alphas_cumprod()
-    snr = (ac / (1 - ac)).float()
-    sqrt_ac, sqrt_1m = ac.sqrt().float(), (1 - ac).sqrt().float()
+    snr = (ac / (1 - ac)).float().to(args.device)
+    sqrt_ac, sqrt_1m = ac.sqrt().float().to(args.device), (1 - ac).sqrt().float().to(args.device)
     budget.begin("diffusion")
     te.train()
     unet.train()
@@ -388,14 +471,15 @@ def stage_diffusion(args, budget: Budget) -> bool:
             g["lr"] = lr_at(step, args.unet_steps, args.unet_lr, 200)
         rng = np.random.default_rng([args.seed, 3, step])
         idx = rng.integers(0, n, args.unet_batch)
-        texts = [random_caption(rng, attrs[i], args.uncond_p) for i in idx]
+        texts = [random_caption(rng, attrs[i], args.uncond_p, args.caption_keep_p) for i in idx]
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + 7 + step)
         ti = torch.from_numpy(idx)
         z0 = (lat["mean"][ti] + lat["std"][ti] * torch.randn(lat["mean"][ti].shape, generator=gen)) * scaling
         noise = torch.randn(z0.shape, generator=gen)
         t = torch.randint(0, 1000, (len(idx),), generator=gen)
+        z0, noise, t = z0.to(args.device), noise.to(args.device), t.to(args.device)
         zt = sqrt_ac[t].view(-1, 1, 1, 1) * z0 + sqrt_1m[t].view(-1, 1, 1, 1) * noise
-        ctx = te(captions(texts)).last_hidden_state  # (B, 77, D)
+        ctx = te(captions(texts).to(args.device)).last_hidden_state  # (B, 77, D)
         eps = unet(zt, t, ctx).sample
         w = torch.clamp(snr[t], max=5.0) / snr[t]  # min-SNR-5 weighting for epsilon prediction
         if args.hi_t_weight_max > 0:
@@ -410,13 +494,8 @@ def stage_diffusion(args, budget: Budget) -> bool:
         step += 1
         decay = min(args.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
-            for name, m in models.items():
-                for k, v in m.state_dict().items():
-                    e = ema[f"{name}.{k}"]
-                    if v.dtype.is_floating_point:
-                        e.mul_(decay).add_(v.float(), alpha=1 - decay)
-                    else:
-                        e.copy_(v)
+            torch._foreach_mul_(ema_f, decay)
+            torch._foreach_add_(ema_f, live_f, alpha=1 - decay)
         run_loss += loss.item()
         if step % args.log_every == 0 or step == args.unet_steps:
             dt = time.time() - t0
@@ -452,7 +531,8 @@ def export(args, budget: Budget, ema_source: Path) -> None:
     te.load_state_dict({k[len("text_encoder."):]: v for k, v in ema.items() if k.startswith("text_encoder.")})
     unet.load_state_dict({k[len("unet."):]: v for k, v in ema.items() if k.startswith("unet.")})
     vae = AutoencoderKL(**VAE_CONFIG, scaling_factor=meta["scaling_factor"])
-    vae.load_state_dict(load_file(str(run / "vae_final.safetensors")))
+    decoder_ft = run / "vae_decoder_final.safetensors"
+    vae.load_state_dict(load_file(str(decoder_ft if decoder_ft.exists() else run / "vae_final.safetensors")))
     out.mkdir(parents=True, exist_ok=True)
     for name, m in (("text_encoder", te), ("unet", unet), ("vae", vae)):
         m.to(torch.float16).save_pretrained(str(out / name), safe_serialization=True)
@@ -488,7 +568,7 @@ def export(args, budget: Budget, ema_source: Path) -> None:
         "unet_batch": args.unet_batch, "unet_lr": args.unet_lr, "uncond_p": args.uncond_p, "ema_decay": args.ema_decay,
         "n_scenes": args.n_scenes, "scaling_factor": meta["scaling_factor"],
         "recon_detector_accuracy": meta["recon_detector_accuracy"],
-        "seconds": budget.state["seconds"], "folder_bytes": total,
+        "seconds": budget.state["seconds"], "cpu_seconds": budget.state["cpu_seconds"], "folder_bytes": total,
         "params": {n: sum(p.numel() for p in m.parameters()) for n, m in (("text_encoder", te), ("unet", unet), ("vae", vae))},
         "ema_source": ema_source.name,
     }
@@ -509,16 +589,24 @@ def main(argv=None):
     p.add_argument("--vae-crop", type=int, default=0, help="train the VAE on random CxC crops (0: full images)")
     p.add_argument("--vae-full-steps", type=int, default=100, help="last steps on full images when cropping")
     p.add_argument("--kl-weight", type=float, default=1e-4)
+    p.add_argument("--decoder-steps", type=int, default=0, help="decoder-only fine-tuning steps after diffusion")
+    p.add_argument("--decoder-lr", type=float, default=3e-4)
+    p.add_argument("--stage", choices=["all", "decoder"], default="all",
+                   help="'decoder': run only the decoder fine-tuning (needs vae_final.safetensors)")
     p.add_argument("--n-scenes", type=int, default=20000)
     p.add_argument("--unet-steps", type=int, default=5000)
     p.add_argument("--unet-batch", type=int, default=64)
     p.add_argument("--unet-lr", type=float, default=5e-4)
     p.add_argument("--uncond-p", type=float, default=0.1)
+    p.add_argument("--caption-keep-p", type=float, default=0.6,
+                   help="probability that each optional caption part (size, position, background) is kept")
     p.add_argument("--hi-t-weight-max", type=float, default=0.0,
                    help="if > 0, multiply the loss weight by clamp(1/snr, 1, this) (emphasise high noise)")
     p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--init-from", type=Path, help="exported model folder whose text encoder and UNet start the diffusion stage")
     p.add_argument("--max-minutes", type=float, default=75.0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="torch device (the shipped model is trained on cpu)")
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--ckpt-every", type=int, default=250)
     p.add_argument("--export-now", action="store_true", help="export from the latest diffusion checkpoint's EMA")
@@ -529,12 +617,16 @@ def main(argv=None):
     atomic_write_text(args.run_dir / "args.json", json.dumps({k: str(v) for k, v in vars(args).items()}, indent=1))
     budget = Budget(args.run_dir, args.max_minutes)
     log.info("budget: %.1f of %.1f min already used", budget.base / 60, args.max_minutes)
+    if args.stage == "decoder":
+        return 0 if stage_decoder(args, budget) else 3
     if args.export_now:
         export(args, budget, args.run_dir / "diffusion_ckpt.safetensors")
         return 0
-    done = stage_vae(args, budget) and stage_latents(args, budget) and stage_diffusion(args, budget)
-    log.info("training budget used: %.1f min (%s)", sum(budget.state["seconds"].values()) / 60,
-             {k: round(v / 60, 1) for k, v in budget.state["seconds"].items()})
+    done = (stage_vae(args, budget) and stage_latents(args, budget) and stage_diffusion(args, budget)
+            and stage_decoder(args, budget))
+    for key, what in (("seconds", "wall-clock"), ("cpu_seconds", "CPU (all threads)")):
+        log.info("training budget used, %s: %.1f min (%s)", what, sum(budget.state[key].values()) / 60,
+                 {k: round(v / 60, 1) for k, v in budget.state[key].items()})
     if not done:
         return 3
     export(args, budget, args.run_dir / "diffusion_final.safetensors")

@@ -57,16 +57,17 @@ POSITIONS = ("on the left", "on the right", "at the top", "at the bottom", "in t
 BACKGROUNDS = COLORS + ("gray",)
 ATTRIBUTES = ("size", "color", "shape", "position", "background")
 
-SMALL_R = (4, 7)  # px, inclusive range of half-extent for "small"
-LARGE_R = (10, 13)  # px, for "large"
-SIZE_THRESHOLD = 17.0  # px: detected extent < threshold -> small (small <= 14, large >= 20 when drawn)
+SMALL_R = (6, 8)  # px, inclusive range of half-extent for "small"
+LARGE_R = (11, 14)  # px, for "large"
+SIZE_THRESHOLD = 19.5  # px: detected extent < threshold -> small (small <= 17, large >= 22 when drawn)
 OFFSET_RANGE = (11, 17)  # px from the centre along the named axis
 SIDE_JITTER = 4  # px across the named axis
 CENTER_JITTER = 2  # px for "in the center"
 CENTER_FRACTION = 0.1  # detector: centre region half-width, fraction of the image size
 MIN_OBJECT_PIXELS = 12  # detector: fewer object pixels than this -> no object found
 TAPER_THRESHOLD = 0.7  # detector: top/bottom row-width ratio below this -> triangle (ideal 1/3 vs 1)
-FILL_THRESHOLD = 0.83  # detector: box fill at or above this -> square (ideal 1.0), else circle (pi/4); see shape_of
+CORNER_FRACTION = 0.25  # detector: side of the box-corner squares, fraction of the box's shorter side
+CORNER_THRESHOLD = 0.66  # detector: corner occupancy at or above this -> square (ideal 1.0), else circle (0.315); see shape_of
 
 
 def backgrounds_for(color: str) -> tuple[str, ...]:
@@ -218,31 +219,35 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 
 
 def shape_of(mask: np.ndarray) -> str:
-    """Shape of a one-object boolean (H, W) silhouette, from its row-width profile.
+    """Shape of a one-object boolean (H, W) silhouette, from its row-width profile and its corners.
 
     Rows of the bounding box (min..max row with a mask pixel) are measured by their
     pixel count w(y). With `taper` = mean w over the rows in 10..40% of the box height
     divided by the mean over 60..90% (an upright triangle: about 1/3; circle and
-    square: about 1): "triangle" if taper < `TAPER_THRESHOLD`. Otherwise with
-    `fill` = pixel count / (box width * box height) (circle pi/4 = 0.785, square 1):
-    "square" if fill >= `FILL_THRESHOLD`, else "circle".
+    square: about 1): "triangle" if taper < `TAPER_THRESHOLD`. Otherwise, with
+    `corners` = the fraction of mask pixels in the four c x c squares at the box's
+    corners (c = max(1, round(`CORNER_FRACTION` * shorter box side))): "square" if
+    corners >= `CORNER_THRESHOLD`, else "circle".
 
-    On sharp drawn images both features sit near their ideal values. The fill
-    threshold (0.83, below the ideal midpoint 0.89) was set from the fill values of
-    VAE reconstructions of drawn images (seed 99, 200 scenes), where blur rounds a
-    square's corners (large squares 0.80..0.94) while circles stay at 0.66..0.81;
-    it was not fitted to the diffusion model's outputs.
+    Ideal values: a square fills its corners (1.0); a circle covers 0.315 of each
+    corner square of side a quarter of its diameter. The threshold 0.66 is the
+    midpoint. (An earlier feature, the fill of the whole box, pi/4 for a circle vs 1
+    for a square, read half of the VAE reconstructions of drawn 12..17 px circles as
+    squares: blur adds a ring of object pixels that raises the fill but leaves the
+    corners empty.)
     """
     ys, xs = np.nonzero(mask)
     y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    widths = mask[y0:y1, x0:x1].sum(1).astype(np.float64)  # (box height,)
+    box = mask[y0:y1, x0:x1]
+    widths = box.sum(1).astype(np.float64)  # (box height,)
     n = len(widths)
     top = widths[int(0.1 * n):max(int(0.4 * n), int(0.1 * n) + 1)].mean()
     bot = widths[int(0.6 * n):max(int(0.9 * n), int(0.6 * n) + 1)].mean()
     if top / max(bot, 1e-9) < TAPER_THRESHOLD:
         return "triangle"
-    fill = mask.sum() / float((x1 - x0) * (y1 - y0))
-    return "square" if fill >= FILL_THRESHOLD else "circle"
+    c = max(1, int(round(CORNER_FRACTION * min(box.shape))))
+    corners = (box[:c, :c].sum() + box[:c, -c:].sum() + box[-c:, :c].sum() + box[-c:, -c:].sum()) / (4.0 * c * c)
+    return "square" if corners >= CORNER_THRESHOLD else "circle"
 
 
 def position_of(cx: float, cy: float, size: int) -> str:
