@@ -11,6 +11,9 @@ diffusers' StableDiffusionPipeline (torch, dev-only, SD tokenizer built from
 `weights/tokenizer/`; also the dev check that the folder loads in diffusers), or
 `make_tinysd_generator`, tinysd's own pipeline. Seeds give the same prompts to
 both engines, but their initial noise differs (torch vs NumPy generators).
+`--engine tinysd --precision w8a8|w8a16` scores tinysd's integer engine (the model
+quantized on the fly with the shipped calibration prompts, as `tinysd generate
+--precision` does).
 
     python3 tools/score_adherence.py [--model weights/tinysd-shapes] [-n 200] [--json out.json]
 """
@@ -32,7 +35,7 @@ TARGETS = {"color": 0.90, "shape": 0.80, "position": 0.80, "background": 0.90}
 
 
 def make_generator(model: Path, steps: int, cfg: float, sampler: str, size: int = 64, batch: int = 25, threads: int = 2,
-                   device: str = "cpu"):
+                   device: str = "cpu", **_):
     """generate(prompts, seeds) -> list of uint8 (size, size, 3): diffusers StableDiffusionPipeline."""
     import torch
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, StableDiffusionPipeline
@@ -63,11 +66,13 @@ def make_generator(model: Path, steps: int, cfg: float, sampler: str, size: int 
     return generate
 
 
-def make_tinysd_generator(model: Path, steps: int, cfg: float, sampler: str, size: int = 64, device: str = "cpu", **_):
-    """generate(prompts, seeds) -> list of uint8 (size, size, 3): tinysd's own float pipeline (no torch)."""
+def make_tinysd_generator(model: Path, steps: int, cfg: float, sampler: str, size: int = 64, precision: str | None = None,
+                          **_):
+    """generate(prompts, seeds) -> list of uint8 (size, size, 3): tinysd's own pipeline (no torch); float, or
+    the integer networks of `precision` (w8a8, w8a16: quantized on the fly with the default calibration)."""
     from tinysd import Pipeline
 
-    pipe = Pipeline.from_pretrained(str(model))
+    pipe = Pipeline.from_pretrained(str(model), precision=precision)
 
     def generate(prompts: list[str], seeds: list[int]) -> list[np.ndarray]:
         return [np.asarray(pipe(p, steps=steps, guidance_scale=cfg, seed=s, sampler=sampler, width=size, height=size).convert("RGB"))
@@ -110,18 +115,23 @@ def main(argv=None):
     p.add_argument("--engine", default="diffusers", choices=sorted(ENGINES))
     p.add_argument("--json", type=Path)
     p.add_argument("--device", default="cpu", help="torch device for --engine diffusers")
+    p.add_argument("--precision", default=None, choices=["w8a8", "w8a16"],
+                   help="--engine tinysd only: score the integer engine (quantized on the fly)")
     args = p.parse_args(argv)
     items = prompts_for(args.n, args.prompt_seed)
     prompts, specs = [c for c, _ in items], [s for _, s in items]
     seeds = [args.seed + i for i in range(args.n)]
     t0 = time.time()
-    generate = ENGINES[args.engine](args.model, args.steps, args.cfg, args.sampler, device=args.device)
+    if args.precision and args.engine != "tinysd":
+        p.error("--precision needs --engine tinysd")
+    generate = ENGINES[args.engine](args.model, args.steps, args.cfg, args.sampler, device=args.device,
+                                    precision=args.precision)
     images = generate(prompts, seeds)
     res = score_all(images, specs)
     res.update(model=str(args.model), steps=args.steps, cfg=args.cfg, sampler=args.sampler,
                prompt_seed=args.prompt_seed, seed=args.seed, seconds=round(time.time() - t0, 1),
                engine={"diffusers": "diffusers StableDiffusionPipeline (float32)",
-                       "tinysd": "tinysd Pipeline (float32 NumPy)"}[args.engine])
+                       "tinysd": f"tinysd Pipeline ({args.precision or 'float32 NumPy'})"}[args.engine])
     for a, v in res["accuracy"].items():
         tgt = TARGETS.get(a)
         mark = "" if tgt is None else (" (target %.0f%%: %s)" % (100 * tgt, "met" if v >= tgt else "MISSED"))
