@@ -200,6 +200,13 @@ def draw_batch(seed: int, step: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     return (imgs.astype(np.float32) / 127.5 - 1.0).transpose(0, 3, 1, 2), mask
 
 
+def recon_losses(y, x, m, fg_weight: float):
+    """Weighted mean L1 and L2 of reconstruction y against x (B, 3, H, W); object pixels (mask m,
+    (B, 1, H, W)) weigh 1 + fg_weight (objects are small; the background dominates a plain mean)."""
+    w = 1.0 + fg_weight * m  # (B, 1, H, W)
+    return (w * (y - x).abs()).sum() / (3 * w.sum()), (w * (y - x).pow(2)).sum() / (3 * w.sum())
+
+
 def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
     if step < warmup:
         return peak * (step + 1) / warmup
@@ -267,10 +274,7 @@ def stage_vae(args, budget: Budget) -> bool:
         post = vae.encode(x).latent_dist
         z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen).to(args.device)
         y = vae.decode(z).sample
-        # object pixels weigh 1 + fg_weight (objects are small; the background dominates a plain mean)
-        w = 1.0 + args.vae_fg_weight * m  # (B, 1, H, W)
-        l1 = (w * (y - x).abs()).sum() / (3 * w.sum())
-        l2 = (w * (y - x).pow(2)).sum() / (3 * w.sum())
+        l1, l2 = recon_losses(y, x, m, args.vae_fg_weight)
         kl = post.kl().mean() / z[0].numel()
         loss = l1 + l2 + args.kl_weight * kl
         opt.zero_grad(set_to_none=True)
@@ -326,9 +330,7 @@ def stage_decoder(args, budget: Budget) -> bool:
             post = vae.encode(x).latent_dist
             z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen).to(args.device)
         y = vae.decode(z).sample
-        w = 1.0 + args.vae_fg_weight * m  # (B, 1, H, W)
-        l1 = (w * (y - x).abs()).sum() / (3 * w.sum())
-        l2 = (w * (y - x).pow(2)).sum() / (3 * w.sum())
+        l1, l2 = recon_losses(y, x, m, args.vae_fg_weight)
         loss = l1 + l2
         opt.zero_grad(set_to_none=True)
         loss.backward()
