@@ -189,6 +189,18 @@ class Budget:
         return self.used() >= self.limit
 
 
+def checkpoint_or_stop(args, budget: Budget, ck: Path, models: dict, opt, ema: dict | None, step: int) -> bool:
+    """Checkpoint every `--ckpt-every` steps and when the budget is spent; False: stop (budget spent)."""
+    if step % args.ckpt_every and not budget.exhausted():
+        return True
+    save_ckpt(ck, models, opt, ema, step)
+    budget.commit()
+    if budget.exhausted():
+        log.info("budget exhausted during %s at step %d; re-run to resume (or --export-now)", budget.stage, step)
+        return False
+    return True
+
+
 def draw_batch(seed: int, step: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     """n freshly drawn scenes for one VAE step: images float32 (n, 3, 64, 64) in [-1, 1]
     and object masks float32 (n, 1, 64, 64) (1 where a pixel differs from the background)."""
@@ -289,12 +301,8 @@ def stage_vae(args, budget: Budget) -> bool:
                      (step - last) / dt, budget.used() / 60)
             t0, last = time.time(), step
             budget.commit()
-        if step % args.ckpt_every == 0 or budget.exhausted():
-            save_ckpt(ck, {"vae": vae}, opt, None, step)
-            budget.commit()
-            if budget.exhausted():
-                log.info("budget exhausted during vae at step %d; re-run to resume", step)
-                return False
+        if not checkpoint_or_stop(args, budget, ck, {"vae": vae}, opt, None, step):
+            return False
     atomic_save(vae.state_dict(), final)
     budget.commit()
     return True
@@ -343,12 +351,8 @@ def stage_decoder(args, budget: Budget) -> bool:
                      (step - last) / (time.time() - t0), budget.used() / 60)
             t0, last = time.time(), step
             budget.commit()
-        if step % args.ckpt_every == 0 or budget.exhausted():
-            save_ckpt(ck, {"vae": vae}, opt, None, step)
-            budget.commit()
-            if budget.exhausted():
-                log.info("budget exhausted during decoder at step %d; re-run to resume", step)
-                return False
+        if not checkpoint_or_stop(args, budget, ck, {"vae": vae}, opt, None, step):
+            return False
     atomic_save(vae.state_dict(), final)
     budget.commit()
     return True
@@ -506,12 +510,8 @@ def stage_diffusion(args, budget: Budget) -> bool:
                      (step - last) / dt, budget.used() / 60)
             t0, last, run_loss = time.time(), step, 0.0
             budget.commit()
-        if step % args.ckpt_every == 0 or budget.exhausted():
-            save_ckpt(ck, models, opt, ema, step)
-            budget.commit()
-            if budget.exhausted():
-                log.info("budget exhausted during diffusion at step %d; re-run to resume (or --export-now)", step)
-                return False
+        if not checkpoint_or_stop(args, budget, ck, models, opt, ema, step):
+            return False
     atomic_save(ema, final, {"step": str(step)})
     budget.commit()
     return True
