@@ -569,6 +569,8 @@ def export(args, budget: Budget, ema_source: Path) -> None:
         "unet_steps_planned": args.unet_steps, "unet_steps_done": int(step_meta["step"]),
         "unet_batch": args.unet_batch, "unet_lr": args.unet_lr, "uncond_p": args.uncond_p, "ema_decay": args.ema_decay,
         "n_scenes": args.n_scenes, "scaling_factor": meta["scaling_factor"],
+        "caption_keep_p": args.caption_keep_p, "init_from": str(args.init_from) if args.init_from else None,
+        "decoder_finetuned": (run / "vae_decoder_final.safetensors").exists(),
         "recon_detector_accuracy": meta["recon_detector_accuracy"],
         "seconds": budget.state["seconds"], "cpu_seconds": budget.state["cpu_seconds"], "folder_bytes": total,
         "params": {n: sum(p.numel() for p in m.parameters()) for n, m in (("text_encoder", te), ("unet", unet), ("vae", vae))},
