@@ -14,7 +14,6 @@ import click
 from tinysd.errors import TinySDError
 from tinysd.quant.calibration import CALIBRATION_METHODS
 from tinysd.quant.calibration import DEFAULT_CALIBRATION_STEPS
-from tinysd.quant.model import PRECISIONS
 from tinysd.schedulers import SAMPLERS
 
 log = logging.getLogger("tinysd.cli")
@@ -46,6 +45,16 @@ class TinySDGroup(click.Group):
 
 def _one_line(msg: str) -> str:
     return " ".join(msg.split())
+
+
+def _model_precision(ctx, param, value):
+    """--precision of `quantize`: a model precision in canonical form ("w8a8", "w8a8,vae=w8a16")."""
+    from tinysd.quant.model import canonical_precision
+
+    try:
+        return canonical_precision(value)
+    except TinySDError as e:
+        raise click.BadParameter(str(e), ctx=ctx, param=param) from None
 
 
 def _setup_logging(verbose: int) -> None:
@@ -86,8 +95,8 @@ def cli(verbose):
               help="CLIP layers to skip at the end (diffusers' clip_skip; A1111's 'Clip skip' is this + 1).")
 @click.option("--batch", "batch", type=int, default=1, show_default=True, help="Number of images (seeds seed..seed+N-1).")
 @click.option("--precision", default=None,
-              help="Network precision: fp32, or w8a8 / w8a16 integer networks (a float model is then quantized on "
-                   "the fly with the default calibration prompts). Default: fp32 for a float model, the folder's own "
+              help="Network precision: fp32, or w8a8 / w8a16 integer networks, or per network such as "
+                   "w8a8,vae=w8a16 (a float model is then quantized on the fly with the default calibration prompts). Default: fp32 for a float model, the folder's own "
                    "precision for a quantized model folder.")
 def generate(prompt, output, model, negative_prompt, steps, cfg, seed, sampler, karras, width, height, clip_skip, batch, precision):
     """Generate an image from PROMPT and write it as a PNG with A1111-style parameters."""
@@ -127,8 +136,9 @@ cli.add_command(_golden_compare)
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "output", type=click.Path(path_type=Path), required=True,
               help="Quantized model folder to write (its parent must exist; written atomically).")
-@click.option("--precision", type=click.Choice(PRECISIONS), required=True,
-              help="w8a8: int8 weights, uint8 activations; w8a16: int8 weights, uint16 activations.")
+@click.option("--precision", required=True, callback=_model_precision,
+              help="w8a8: int8 weights, uint8 activations; w8a16: int8 weights, uint16 activations; per network: "
+                   "w8a8,vae=w8a16 (text encoder and UNet w8a8, VAE w8a16; any of text_encoder, unet, vae).")
 @click.option("--calibration-prompts", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Prompt file, one prompt per line ('#' comments). Default: the shipped calibration prompts.")
 @click.option("--calibration-steps", type=int, default=None,

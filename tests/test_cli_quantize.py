@@ -166,6 +166,87 @@ def test_encodings_round_trip_through_aimet_0_6_1(quantized, prompts, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
+# a precision per network
+# ---------------------------------------------------------------------------------------------
+MIXED = "w8a8,vae=w8a16"
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory, prompts):
+    """A folder quantized with --precision vae=... written out of canonical order."""
+    out = tmp_path_factory.mktemp("mixed") / "mixed"
+    res = _quantize(out, "w8a8,vae=w8a16,unet=w8a8", prompts)
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_per_network_precision_is_each_network_of_the_uniform_ones(quantized, mixed):
+    """Calibration does not depend on the precision (min-max), so each network of the mixed folder is,
+    array for array, the same network of the uniform folder of its precision; the folder records the
+    canonical precision and each network's activation bitwidth, and its encodings say 8 / 16 bits."""
+    doc = json.loads((mixed / "quantization.json").read_text())
+    assert doc["precision"] == MIXED
+    assert doc["activation_bitwidth"] == {"text_encoder": 8, "unet": 8, "vae": 16}
+    m = load_quantized(mixed)
+    assert m.precision == MIXED and {n: q.precision for n, q in m.networks.items()} == {
+        "text_encoder": "w8a8", "unet": "w8a8", "vae": "w8a16"}
+    uniform = {p: load_quantized(_folder(quantized, p)) for p in PRECISIONS}
+    for net, q in m.networks.items():
+        u = uniform[q.precision].networks[net]
+        assert q.arrays.keys() == u.arrays.keys()
+        for k in q.arrays:
+            assert q.arrays[k].dtype == u.arrays[k].dtype and q.arrays[k].tobytes() == u.arrays[k].tobytes(), (net, k)
+    act, _, _ = load_encodings(mixed / "encodings.json")
+    assert {e.bitwidth for n, e in act.items() if n.startswith("vae.")} == {16}
+    assert {e.bitwidth for n, e in act.items() if not n.startswith("vae.")} == {8}
+    sqnr = {p: json.loads((_folder(quantized, p) / "quantization.json").read_text())["info"]["sqnr_db"]
+            for p in PRECISIONS}
+    assert doc["info"]["sqnr_db"]["unet"] == sqnr["w8a8"]["unet"]
+    assert doc["info"]["sqnr_db"]["vae.decode"] == sqnr["w8a16"]["vae.decode"]
+
+
+def test_generate_with_a_per_network_precision(mixed, tmp_path, monkeypatch):
+    """The mixed folder runs (asking for its precision in any order of overrides), refuses another
+    precision, and a float model is quantized on the fly to it."""
+    from tinysd.quant import prompts as prompts_module
+
+    a, b, c = tmp_path / "a.png", tmp_path / "b.png", tmp_path / "c.png"
+    args = ["--steps", "2", "--seed", "3"]
+    assert run(["generate", "a red circle", "--model", mixed, *args, "-o", a]).exit_code == 0
+    res = run(["generate", "a red circle", "--model", mixed, "--precision", "w8a8,unet=w8a8,vae=w8a16", *args, "-o", b])
+    assert res.exit_code == 0, res.output
+    assert a.read_bytes() == b.read_bytes()
+    res = run(["generate", "a red circle", "--model", mixed, "--precision", "w8a8", *args, "-o", tmp_path / "x.png"])
+    assert_one_line_error(res, "built for precision w8a8,vae=w8a16, not w8a8")
+    from tinysd.quant import engine
+
+    built = []
+    real_build = engine.build_integer_networks
+
+    def spy(qmodel, **kw):
+        built.append((qmodel.precision, {n: q.precision for n, q in qmodel.networks.items()}))
+        return real_build(qmodel, **kw)
+
+    monkeypatch.setattr(prompts_module, "read_prompts", lambda path=None: prompts_module.parse_prompts("a red circle"))
+    monkeypatch.setattr(engine, "build_integer_networks", spy)
+    res = run(["generate", "a red circle", "--model", TINY, "--precision", "w8a8,vae=w8a16", "--steps", "1", "-o", c])
+    assert res.exit_code == 0, res.output
+    assert built == [(MIXED, {"text_encoder": "w8a8", "unet": "w8a8", "vae": "w8a16"})]
+
+
+def test_per_network_encodings_round_trip(mixed, prompts, tmp_path):
+    res = _quantize(tmp_path / "again", MIXED, prompts, "--encodings", mixed / "encodings.json")
+    assert res.exit_code == 0, res.output
+    _assert_same_integer_model(mixed, tmp_path / "again")
+    res = _quantize(tmp_path / "w8", "w8a8", prompts, "--encodings", mixed / "encodings.json")
+    assert_one_line_error(res, "encodings.json", "are 16-bit", "precision w8a8 needs 8-bit activations", "vae.")
+    res = _quantize(tmp_path / "w16", "w8a16,vae=w8a8", prompts, "--encodings", mixed / "encodings.json")
+    assert_one_line_error(res, "precision w8a16,vae=w8a8 needs 8-bit activations in vae and 16-bit activations in "
+                               "text_encoder, unet")
+    assert sorted(os.listdir(tmp_path)) == ["again"]
+
+
+# ---------------------------------------------------------------------------------------------
 # bad input: one line, exit status 2, nothing written
 # ---------------------------------------------------------------------------------------------
 def _edited(src, dst, change):
@@ -244,6 +325,8 @@ def test_bad_quantize_options(quantized, prompts, tmp_path):
          ["calibration steps"]),
         (["quantize", TINY, "-o", tmp_path / "o", "--precision", "w8a8", "--sqnr-calls", "0"], ["SQNR calls"]),
         (["quantize", TINY, "-o", tmp_path / "o", "--precision", "w4a4"], ["--precision", "w4a4"]),
+        (["quantize", TINY, "-o", tmp_path / "o", "--precision", "w8a8,vae=w4a4"], ["--precision", "'vae=w4a4'"]),
+        (["quantize", TINY, "-o", tmp_path / "o", "--precision", "w8a8,vae=w8a16,vae=w8a8"], ["'vae' is given twice"]),
         (["quantize", TINY, "-o", tmp_path / "o", "--precision", "w8a8", "--method", "median"], ["--method", "median"]),
         (["quantize", TINY, "-o", tmp_path / "o"], ["--precision"]),
     ]

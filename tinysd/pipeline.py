@@ -84,13 +84,18 @@ def precisions() -> tuple[str, ...]:
 
 
 def engine_for(precision: str) -> EngineFactory:
-    """The engine factory of `precision`; TinySDError for an unknown one."""
+    """The engine factory of `precision`: a registered name, or a per-network integer precision
+    such as "w8a8,vae=w8a16" (`tinysd.quant.model.network_precisions`); TinySDError otherwise."""
     if precision not in _ENGINES:
         _register_builtin()
-    try:
+    if precision in _ENGINES:
         return _ENGINES[precision]
-    except KeyError:
-        raise TinySDError(f"precision {precision!r} is not available (available: {', '.join(_ENGINES)})") from None
+    if isinstance(precision, str) and "," in precision:
+        from .quant.engine import factory_for
+
+        return factory_for(precision)
+    raise TinySDError(f"precision {precision!r} is not available (available: {', '.join(_ENGINES)}, "
+                      f"or per network, e.g. w8a8,vae=w8a16)")
 
 
 def default_model_path() -> Path:
@@ -192,6 +197,10 @@ class Pipeline:
             return cls._from_quantized(path, precision, **engine_options)
         precision = precision or "fp32"
         factory = engine_for(precision)
+        if "," in precision:
+            from .quant.model import canonical_precision
+
+            precision = canonical_precision(precision)
         t0 = time.perf_counter()
         loaded = load_checkpoint(path)
         tokenizer = CLIPTokenizer.from_dir(loaded.tokenizer_dir or TOKENIZER_DIR)

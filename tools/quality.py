@@ -1,6 +1,6 @@
 """Quality of the integer engine against float: per-network SQNR and final-image PSNR, same seeds.
 
-    python3 tools/quality.py [MODEL] [--precisions w8a8,w8a16] [--method minmax] [--calibration-steps 20]
+    python3 tools/quality.py [MODEL] [--precisions w8a8 w8a16 w8a8,vae=w8a16] [--method minmax] [--calibration-steps 20]
                              [--prompts 8] [--steps 20] [--seed 1000] [--markdown]
 
 MODEL: a float checkpoint (default: the shipped model, weights/tinysd-shapes, when it exists).
@@ -20,9 +20,8 @@ or mse, the last searched for each precision's grid), and quantized to each prec
 
 Prints a table (Markdown with --markdown) for docs/quantization.md.
 
---vae-w8a16 adds a row "w8a8+vae16": the w8a8 text encoder and UNet with the w8a16 VAE (16-bit
-activations in the VAE only; a measurement of that mixed precision, which `tinysd quantize` does not
-offer). It needs both precisions in --precisions.
+--precisions takes model precisions, per-network ones too ("w8a8,vae=w8a16": the w8a8 text encoder
+and UNet with a w8a16 VAE).
 
 --layers KIND (text_encoder, unet, vae.decode or vae.encode) also prints, per precision, the SQNR of
 every tensor of that network on its first --layer-calls recorded calls (same inputs for float and
@@ -83,9 +82,9 @@ def float_images(loaded, prompts, steps, seed, calls):
     return [np.asarray(latents_to_images(d)[0]) for d in decoded]
 
 
-def integer_images(loaded, qmodel, prompts, steps, seed, nets=None):
-    """Integer pipeline images of `prompts` (seed + i) and its networks: those of `qmodel`, or `nets`."""
-    te, unet, vae = build_integer_networks(qmodel) if nets is None else nets
+def integer_images(loaded, qmodel, prompts, steps, seed):
+    """Integer pipeline images of `prompts` (seed + i), and the networks of `qmodel` that made them."""
+    te, unet, vae = build_integer_networks(qmodel)
     tok = CLIPTokenizer.from_dir(loaded.tokenizer_dir or TOKENIZER_DIR)
     pipe = Pipeline(tok, te, unet, vae, loaded.config, precision=qmodel.precision)
     return [np.asarray(pipe.generate(p, steps=steps, guidance_scale=GUIDANCE, seed=seed + i, sampler=SAMPLER).images[0])
@@ -156,7 +155,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("model", nargs="?", type=Path, default=None,
                     help=f"float checkpoint (default: {DEFAULT_MODEL_DIR} when it exists)")
-    ap.add_argument("--precisions", default="w8a8,w8a16")
+    ap.add_argument("--precisions", nargs="+", default=["w8a8", "w8a16"])
     ap.add_argument("--method", default="minmax", choices=CALIBRATION_METHODS)
     ap.add_argument("--calibration-prompts", type=Path, default=None, help="default: the shipped set")
     ap.add_argument("--calibration-steps", type=int, default=20)
@@ -167,12 +166,8 @@ def main(argv=None):
     ap.add_argument("--layers", choices=CALL_KINDS, default=None,
                     help="also print the SQNR of every tensor of this network (module docstring)")
     ap.add_argument("--layer-calls", type=int, default=4, help="recorded calls the --layers table uses")
-    ap.add_argument("--vae-w8a16", action="store_true",
-                    help="add a row: w8a8 text encoder and UNet with the w8a16 VAE (module docstring)")
     args = ap.parse_args(argv)
-    precisions = [p for p in args.precisions.split(",") if p]
-    if args.vae_w8a16 and not {"w8a8", "w8a16"} <= set(precisions):
-        ap.error("--vae-w8a16 needs --precisions w8a8,w8a16")
+    precisions = args.precisions
     model = args.model
     if model is None:
         if not DEFAULT_MODEL_DIR.is_dir():
@@ -194,27 +189,19 @@ def main(argv=None):
     observers = calibrate_observers(loaded, cal_prompts, args.calibration_steps, args.method)
     print(f"calibration: {time.perf_counter() - t0:.1f} s", flush=True)
     rows = []
-    qmodels = {}
-    runs = precisions + (["w8a8+vae16"] if args.vae_w8a16 else [])
-    for precision in runs:
+    for precision in precisions:
         t0 = time.perf_counter()
-        if precision == "w8a8+vae16":
-            qmodel = qmodels["w8a8"]
-            te, unet, _ = build_integer_networks(qmodel)
-            nets = (te, unet, build_integer_networks(qmodels["w8a16"])[2])
-        else:
-            ranges = ranges_from_observers(observers, args.method, precision)
-            qmodel = qmodels[precision] = quantize_model(loaded, precision, ranges)
-            nets = None
+        ranges = ranges_from_observers(observers, args.method, precision)
+        qmodel = quantize_model(loaded, precision, ranges)
         t_q = time.perf_counter() - t0
         t0 = time.perf_counter()
-        images, nets = integer_images(loaded, qmodel, prompts, args.steps, args.seed, nets)
+        images, nets = integer_images(loaded, qmodel, prompts, args.steps, args.seed)
         sqnr = replay_sqnr(calls, nets)
         p = [psnr(a, b) for a, b in zip(images, ref_images)]
         rows.append((precision, sqnr, float(np.mean(p)), float(np.min(p))))
         print(f"{precision}: quantized in {t_q:.1f} s, evaluated in {time.perf_counter() - t0:.1f} s; "
               f"PSNR per image {', '.join(f'{v:.1f}' for v in p)}", flush=True)
-        if args.layers and precision in qmodels:
+        if args.layers:
             print_layers(layer_sqnr(loaded, qmodel, calls, args.layers, args.layer_calls),
                          f"{args.layers} {precision} ({args.method}): SQNR dB per tensor, first {args.layer_calls} "
                          f"evaluation calls")

@@ -11,7 +11,7 @@ diffusers' StableDiffusionPipeline (torch, dev-only, SD tokenizer built from
 `weights/tokenizer/`; also the dev check that the folder loads in diffusers), or
 `make_tinysd_generator`, tinysd's own pipeline. Seeds give the same prompts to
 both engines, but their initial noise differs (torch vs NumPy generators).
-`--engine tinysd --precision w8a8|w8a16` scores tinysd's integer engine (the model
+`--engine tinysd --precision w8a8|w8a16|w8a8,vae=w8a16` scores tinysd's integer engine (the model
 quantized on the fly with the shipped calibration prompts, as `tinysd generate
 --precision` does).
 
@@ -69,7 +69,7 @@ def make_generator(model: Path, steps: int, cfg: float, sampler: str, size: int 
 def make_tinysd_generator(model: Path, steps: int, cfg: float, sampler: str, size: int = 64, precision: str | None = None,
                           **_):
     """generate(prompts, seeds) -> list of uint8 (size, size, 3): tinysd's own pipeline (no torch); float, or
-    the integer networks of `precision` (w8a8, w8a16: quantized on the fly with the default calibration)."""
+    the integer networks of `precision` (w8a8, w8a16, per network w8a8,vae=w8a16: quantized on the fly with the default calibration)."""
     from tinysd import Pipeline
 
     pipe = Pipeline.from_pretrained(str(model), precision=precision)
@@ -93,14 +93,17 @@ def score_all(images, specs) -> dict:
     right = {a: 0 for a in shapes.ATTRIBUTES}
     total = {a: 0 for a in shapes.ATTRIBUTES}
     all_ok = 0
+    records = []
     for im, spec in zip(images, specs):
         s = shapes.score(im, spec)
         for a, ok in s.items():
             right[a] += ok
             total[a] += 1
         all_ok += all(s.values())
+        records.append({"asked": spec, "detected": shapes.detect(im)})
     acc = {a: right[a] / total[a] for a in shapes.ATTRIBUTES if total[a]}
-    return {"accuracy": acc, "counts": total, "all_correct": all_ok / len(specs), "n": len(specs)}
+    return {"accuracy": acc, "counts": total, "all_correct": all_ok / len(specs), "n": len(specs),
+            "records": records}
 
 
 def main(argv=None):
@@ -115,7 +118,7 @@ def main(argv=None):
     p.add_argument("--engine", default="diffusers", choices=sorted(ENGINES))
     p.add_argument("--json", type=Path)
     p.add_argument("--device", default="cpu", help="torch device for --engine diffusers")
-    p.add_argument("--precision", default=None, choices=["w8a8", "w8a16"],
+    p.add_argument("--precision", default=None,
                    help="--engine tinysd only: score the integer engine (quantized on the fly)")
     args = p.parse_args(argv)
     items = prompts_for(args.n, args.prompt_seed)

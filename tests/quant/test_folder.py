@@ -17,7 +17,7 @@ from tinysd.quant import folder as folder_module
 from tinysd.quant.calibration import calibrate_model, quantize_model
 from tinysd.quant.encodings import load_encodings
 from tinysd.quant.folder import is_quantized_folder, load_quantized, save_quantized
-from tinysd.quant.model import NETWORKS
+from tinysd.quant.model import NETWORKS, canonical_precision, network_precisions
 from tinysd.quant.prompts import read_prompts
 from tinysd.safetensors_io import SafetensorsFile, write_safetensors
 
@@ -240,6 +240,11 @@ CORRUPTIONS = {
                      ["quantization.json", "'9.9'", repr(ARITHMETIC_SPEC_VERSION)]),
     "unknown precision": (lambda q: _edit_json(q / "quantization.json", lambda d: d.update(precision="w4a4")),
                           ["quantization.json", "w4a4"]),
+    "precision the encodings disagree with": (
+        lambda q: _edit_json(q / "quantization.json", lambda d: d.update(precision="w8a8,vae=w8a16")),
+        ["encodings.json", "activation tensor 'vae.", "8-bit encoding", "w8a8,vae=w8a16", "16-bit activations there"]),
+    "non-canonical precision": (lambda q: _edit_json(q / "quantization.json", lambda d: d.update(precision="w8a8,vae=w8a8")),
+                                ["quantization.json", "'w8a8,vae=w8a8'", "canonical"]),
     "format version": (lambda q: _edit_json(q / "quantization.json", lambda d: d.update(format_version=7)),
                        ["quantization.json", "format version 7"]),
     "missing header": (lambda q: (q / "quantization.json").unlink(), ["quantization.json", "missing"]),
@@ -261,6 +266,31 @@ def test_damaged_folder_is_one_line_error(copy, case):
     with pytest.raises(TinySDError) as e:
         Pipeline.from_pretrained(copy)
     one_line_error(e, *needles)
+
+
+@pytest.mark.parametrize("spec, per_network, canonical", [
+    ("w8a8", ("w8a8", "w8a8", "w8a8"), "w8a8"),
+    ("w8a16,vae=w8a16", ("w8a16", "w8a16", "w8a16"), "w8a16"),
+    ("w8a8,vae=w8a16", ("w8a8", "w8a8", "w8a16"), "w8a8,vae=w8a16"),
+    ("w8a16,vae=w8a8,text_encoder=w8a8", ("w8a8", "w8a16", "w8a8"), "w8a16,text_encoder=w8a8,vae=w8a8"),
+    ("w8a8,unet=w8a16", ("w8a8", "w8a16", "w8a8"), "w8a16,text_encoder=w8a8,vae=w8a8"),
+])
+def test_model_precisions(spec, per_network, canonical):
+    """A model precision: one for all networks, then overrides; the canonical form is the UNet's, then the
+    networks differing from it in NETWORKS order."""
+    assert network_precisions(spec) == dict(zip(NETWORKS, per_network))
+    assert canonical_precision(spec) == canonical and canonical_precision(canonical) == canonical
+
+
+@pytest.mark.parametrize("spec, needle", [
+    ("w4a4", "expected w8a8, w8a16"), ("", "expected"), ("vae=w8a16", "expected"), ("w8a8,vae", "'vae' is not NETWORK="),
+    ("w8a8,decoder=w8a16", "'decoder=w8a16'"), ("w8a8,vae=w8a4", "'vae=w8a4'"), ("w8a8,vae=w8a8,vae=w8a16", "twice"),
+    ("w8a8,", "'' is not"),
+])
+def test_bad_model_precision(spec, needle):
+    with pytest.raises(TinySDError) as e:
+        network_precisions(spec)
+    one_line_error(e, repr(spec), needle)
 
 
 def test_precision_mismatch(saved):

@@ -39,7 +39,7 @@ from ..errors import TinySDError
 from ..fixedpoint import ARITHMETIC_SPEC_VERSION
 from ..interp.calibrate import DEFAULT_PERCENTILE, CalibratingInterpreter
 from .encodings import Encoding
-from .model import ACTIVATION_BITS, NETWORKS, PRECISIONS, QuantizedModel
+from .model import ACTIVATION_BITS, NETWORKS, QuantizedModel, canonical_precision, network_precisions
 from .observers import mse_range_of
 from .prepare import encodings_from_ranges, quantize_network
 
@@ -186,26 +186,30 @@ def ranges_from_observers(observers: Mapping[str, Mapping[str, object]], method:
     """{network: {tensor: (min, max)}} (float64) from `calibrate_observers`' result.
 
     "minmax" / "percentile": each observer's `range()` (precision not needed). "mse": the
-    MSE-optimal range for the activation bits of `precision` (8 for w8a8, 16 for w8a16) of each
-    tensor's histogram (`tinysd.quant.observers.mse_range_of`).
+    MSE-optimal range for the activation bits of each network's precision in `precision` (8 for
+    w8a8, 16 for w8a16) of each tensor's histogram (`tinysd.quant.observers.mse_range_of`).
     """
     method = _check_method(method)
-    if method == "mse":
-        if precision not in PRECISIONS:
-            raise TinySDError(f"calibration method mse needs a precision ({', '.join(PRECISIONS)}), got {precision!r}")
-        bits = ACTIVATION_BITS[precision]
+    bits = _mse_bits(precision) if method == "mse" else {}
     out: dict[str, dict[str, tuple[float, float]]] = {}
     t0 = time.perf_counter()
     for net, obs in observers.items():
         ranges = {}
         for name, o in obs.items():
-            lo, hi = mse_range_of(o, bits) if method == "mse" else o.range()
+            lo, hi = mse_range_of(o, bits[net]) if method == "mse" else o.range()
             ranges[name] = (float(lo), float(hi))
         out[net] = ranges
     if method == "mse":
-        log.info("mse ranges (%d-bit) of %d tensors: %.1f s", bits, sum(map(len, out.values())),
+        log.info("mse ranges (%s) of %d tensors: %.1f s", precision, sum(map(len, out.values())),
                  time.perf_counter() - t0)
     return out
+
+
+def _mse_bits(precision) -> dict[str, int]:
+    """{network: activation bits} of `precision`, which the "mse" method needs."""
+    if precision is None:
+        raise TinySDError("calibration method mse needs a precision (its ranges depend on the grid)")
+    return {net: ACTIVATION_BITS[p] for net, p in network_precisions(precision).items()}
 
 
 def calibrate_model(loaded, prompts: Sequence[str], steps: int = DEFAULT_CALIBRATION_STEPS, method: str = "minmax",
@@ -217,12 +221,12 @@ def calibrate_model(loaded, prompts: Sequence[str], steps: int = DEFAULT_CALIBRA
     loaded: a `tinysd.checkpoint.LoadedModel`. steps, sampler, seed, guidance_scale, size (image
     width = height in pixels; None: the model's native size): as `Pipeline.generate`. method:
     "minmax", "percentile" (`percentile`) or "mse" (needs `precision`, "w8a8" or "w8a16": the
-    ranges are for its activation bits). record: a list to append every float network call
+    ranges are for its activation bits; a per-network precision such as "w8a8,vae=w8a16" too). record: a list to append every float network call
     to (`NetworkCall`), or None. Returns {network: {tensor name: (min, max)}}.
     """
     _check_method(method)
-    if method == "mse" and precision not in PRECISIONS:  # fail before the float runs
-        raise TinySDError(f"calibration method mse needs a precision ({', '.join(PRECISIONS)}), got {precision!r}")
+    if method == "mse":
+        _mse_bits(precision)  # fail before the float runs
     observers = calibrate_observers(loaded, prompts, steps, method, sampler=sampler, seed=seed,
                                     guidance_scale=guidance_scale, size=size, percentile=percentile, record=record)
     return ranges_from_observers(observers, method, precision)
@@ -278,7 +282,8 @@ def model_graphs(config) -> dict[str, object]:
 
 def quantize_model(loaded, precision: str, ranges_or_encodings: Mapping, param_encodings: Mapping | None = None,
                    ) -> QuantizedModel:
-    """A `QuantizedModel` of all three networks.
+    """A `QuantizedModel` of all three networks, each at its precision in `precision` (a model
+    precision: "w8a8", "w8a16" or per network, "w8a8,vae=w8a16").
 
     ranges_or_encodings: activation ranges {tensor: (min, max)} (from `calibrate_model`) or
     encodings {tensor: Encoding} (e.g. `load_encodings(file)[0]`), nested by network or flat
@@ -287,6 +292,8 @@ def quantize_model(loaded, precision: str, ranges_or_encodings: Mapping, param_e
     """
     acts = _per_network(ranges_or_encodings, "activation encodings")
     params = _per_network(param_encodings, "parameter encodings") if param_encodings is not None else None
+    per_net = network_precisions(precision)
+    precision = canonical_precision(precision)
     graphs = model_graphs(loaded.config)
     networks = {}
     for net in NETWORKS:
@@ -298,9 +305,9 @@ def quantize_model(loaded, precision: str, ranges_or_encodings: Mapping, param_e
         elif any(isinstance(v, Encoding) for v in given.values()):
             raise TinySDError(f"{net}: activation encodings mix ranges and Encoding objects")
         else:
-            encs = encodings_from_ranges(given, precision)
+            encs = encodings_from_ranges(given, per_net[net])
         net_params = None if params is None else params.get(net, {})
-        networks[net] = quantize_network(graphs[net], loaded.params[net], net, precision, encs, net_params)
+        networks[net] = quantize_network(graphs[net], loaded.params[net], net, per_net[net], encs, net_params)
     info = {"precision": precision, "arithmetic_spec_version": ARITHMETIC_SPEC_VERSION, "tinysd_version": __version__,
             "param_encodings": "given" if params is not None else "per-channel from weights"}
     return QuantizedModel(config=loaded.config, precision=precision, networks=networks, info=info)

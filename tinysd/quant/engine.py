@@ -3,7 +3,8 @@
     te, unet, vae = build_integer_networks(qmodel)        # tinysd.models wrappers, integer inside
 
 Importing this module registers the precisions "w8a8" and "w8a16" with the
-pipeline (`tinysd.pipeline.register_precision`). Their factory takes either a
+pipeline (`tinysd.pipeline.register_precision`); `factory_for` makes the
+factory of a per-network precision ("w8a8,vae=w8a16"). A factory takes either a
 ready `QuantizedModel` (`qmodel=`, e.g. read from a quantized folder) or
 quantizes the float `LoadedModel` on the fly: calibration over `prompts`
 (default: the shipped set) for `steps` sampler steps with `method`, then
@@ -19,7 +20,7 @@ from ..errors import TinySDError
 from ..interp.integer import IntegerInterpreter
 from ..models import VAE, TextEncoder, UNet
 from .calibration import DEFAULT_CALIBRATION_STEPS, calibrate_model, model_graphs, quantize_model
-from .model import PRECISIONS, QuantizedModel
+from .model import PRECISIONS, QuantizedModel, canonical_precision
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,10 @@ def build_integer_networks(qmodel: QuantizedModel, cache_weights: bool = False):
             VAE(graphs["vae"], interp["vae"]))
 
 
-def _factory(precision: str):
+def factory_for(precision: str):
+    """The engine factory of model precision `precision` (TinySDError if it is not one)."""
+    precision = canonical_precision(precision)
+
     def factory(loaded=None, qmodel: QuantizedModel | None = None, prompts=None,
                 steps: int = DEFAULT_CALIBRATION_STEPS, method: str = "minmax", cache_weights: bool = False,
                 **calibration):
@@ -76,7 +80,7 @@ def register() -> None:
     from ..pipeline import register_precision
 
     for p in PRECISIONS:
-        register_precision(p, _factory(p))
+        register_precision(p, factory_for(p))
 
 
 register()

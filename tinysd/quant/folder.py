@@ -56,7 +56,7 @@ from .encodings import (
     load_encodings,
     save_encodings,
 )
-from .model import ACTIVATION_BITS, NETWORKS, PRECISIONS, QuantizedModel, QuantizedNetwork
+from .model import ACTIVATION_BITS, NETWORKS, QuantizedModel, QuantizedNetwork, canonical_precision, network_precisions
 
 log = logging.getLogger(__name__)
 
@@ -130,21 +130,26 @@ def check_output_dir(out_dir: str | Path, overwrite: bool = False) -> Path:
 
 def _check_model(qmodel: QuantizedModel) -> None:
     """ValueError naming what is inconsistent in an in-memory QuantizedModel (a programming error)."""
-    if qmodel.precision not in PRECISIONS:
-        raise ValueError(f"qmodel.precision: {qmodel.precision!r} is not one of {PRECISIONS}")
+    try:
+        per_net = network_precisions(qmodel.precision)
+    except TinySDError as e:
+        raise ValueError(f"qmodel.precision: {e}") from None
+    if qmodel.precision != canonical_precision(qmodel.precision):
+        raise ValueError(f"qmodel.precision: {qmodel.precision!r} is not canonical")
     if set(qmodel.networks) != set(NETWORKS):
         raise ValueError(f"qmodel.networks: expected {NETWORKS}, got {tuple(qmodel.networks)}")
-    bits = ACTIVATION_BITS[qmodel.precision]
     for key, net in qmodel.networks.items():
-        if net.network != key or net.precision != qmodel.precision:
-            raise ValueError(f"qmodel.networks[{key!r}]: network {net.network!r}, precision {net.precision!r}")
+        if net.network != key or net.precision != per_net[key]:
+            raise ValueError(f"qmodel.networks[{key!r}]: network {net.network!r}, precision {net.precision!r} "
+                             f"in a {qmodel.precision} model")
         for role, encs in (("activation", net.activations), ("param", net.params)):
             for name in encs:
                 if not name.startswith(f"{key}."):
                     raise ValueError(f"qmodel.networks[{key!r}]: {role} encoding {name!r} lacks the '{key}.' prefix")
+        bits = ACTIVATION_BITS[net.precision]
         for name, enc in net.activations.items():
             if enc.bitwidth != bits:
-                raise ValueError(f"{name}: {enc.bitwidth}-bit activation encoding in a {qmodel.precision} model")
+                raise ValueError(f"{name}: {enc.bitwidth}-bit activation encoding in a {net.precision} network")
 
 
 def _quant_scheme(info: Mapping[str, Any]) -> str:
@@ -192,7 +197,7 @@ def save_quantized(qmodel: QuantizedModel, out_dir: str | Path, overwrite: bool 
             (tmp / sub).mkdir()
             _write_json(tmp / sub / "config.json", component_config(network, getattr(qmodel.config, network)))
             write_safetensors(tmp / sub / ARRAYS_FILE, net.arrays,
-                              metadata={"format": FORMAT, "network": network, "precision": qmodel.precision})
+                              metadata={"format": FORMAT, "network": network, "precision": net.precision})
             networks[network] = {
                 "config": f"{sub}/config.json",
                 "arrays": f"{sub}/{ARRAYS_FILE}",
@@ -212,7 +217,7 @@ def save_quantized(qmodel: QuantizedModel, out_dir: str | Path, overwrite: bool 
             "tinysd_version": __version__,
             "arithmetic_spec_version": ARITHMETIC_SPEC_VERSION,
             "precision": qmodel.precision,
-            "activation_bitwidth": ACTIVATION_BITS[qmodel.precision],
+            "activation_bitwidth": {n: ACTIVATION_BITS[qmodel.networks[n].precision] for n in NETWORKS},
             "encodings": {"file": ENCODINGS_FILE, "version": "1.0.0", "sha256": file_sha256(tmp / ENCODINGS_FILE)},
             "networks": networks,
             "info": qmodel.info,
@@ -260,20 +265,25 @@ def read_header(path: str | Path) -> dict:
     if spec != ARITHMETIC_SPEC_VERSION:
         raise TinySDError(f"{marker}: built for arithmetic spec version {spec!r}, but this engine implements "
                           f"version {ARITHMETIC_SPEC_VERSION!r}; quantize the float model again with this tinysd")
-    precision = doc.get("precision")
-    if precision not in PRECISIONS:
-        raise TinySDError(f"{marker}: precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    try:
+        if doc.get("precision") != canonical_precision(doc.get("precision")):
+            raise TinySDError(f"precision {doc.get('precision')!r} is not in canonical form")
+    except TinySDError as e:
+        raise TinySDError(f"{marker}: {e}") from None
     if doc.get("tinysd_version") != __version__:
         log.info("%s: written by tinysd %s (this is %s)", marker, doc.get("tinysd_version"), __version__)
     return doc
 
 
 def check_precision(path: str | Path, folder_precision: str, requested: str | None) -> None:
-    """TinySDError naming both precisions when `requested` is given and differs from the folder's."""
-    if requested is None or requested == folder_precision:
-        return
-    how = (f"quantize the float model again with --precision {requested}" if requested in PRECISIONS
-           else f"run the float model for {requested}")
+    """TinySDError naming both precisions when `requested` is given and differs from the folder's
+    (per-network precisions are compared in canonical form)."""
+    try:
+        if requested is None or canonical_precision(requested) == folder_precision:
+            return
+        how = f"quantize the float model again with --precision {requested}"
+    except TinySDError:
+        how = f"run the float model for {requested}"
     raise TinySDError(f"{path}: this quantized model was built for precision {folder_precision}, not {requested}; "
                       f"run it at {folder_precision}, or {how}")
 
@@ -373,11 +383,13 @@ def load_quantized(path: str | Path, precision: str | None = None) -> QuantizedM
     if not enc_path.is_file():
         raise TinySDError(f"{enc_path}: missing (encodings)")
     act, par, _ = load_encodings(enc_path)
-    bits = ACTIVATION_BITS[folder_precision]
+    per_net = network_precisions(folder_precision)
     for name, enc in act.items():
-        if enc.bitwidth != bits:
+        net_precision = per_net.get(name.split(".", 1)[0])
+        if net_precision is not None and enc.bitwidth != ACTIVATION_BITS[net_precision]:
             raise TinySDError(f"{enc_path}: activation tensor {name!r} has a {enc.bitwidth}-bit encoding, "
-                              f"but the folder is {folder_precision} ({bits}-bit activations)")
+                              f"but the folder is {folder_precision} ({ACTIVATION_BITS[net_precision]}-bit "
+                              f"activations there)")
     if file_sha256(enc_path) != _field(enc_entry, "sha256", str, marker):
         raise TinySDError(f"{enc_path}: corrupt (SHA-256 differs from the one recorded in {MARKER})")
     act_by, par_by = _split_encodings(enc_path, "activation", act), _split_encodings(enc_path, "param", par)
@@ -385,7 +397,7 @@ def load_quantized(path: str | Path, precision: str | None = None) -> QuantizedM
     nets = {}
     for network in NETWORKS:
         arrays = _load_arrays(root, network, networks[network])
-        nets[network] = QuantizedNetwork(network=network, precision=folder_precision, arrays=arrays,
+        nets[network] = QuantizedNetwork(network=network, precision=per_net[network], arrays=arrays,
                                          activations=act_by[network], params=par_by[network])
     log.info("loaded %s quantized model from %s", folder_precision, root)
     return QuantizedModel(config=config, precision=folder_precision, networks=nets, info=info)

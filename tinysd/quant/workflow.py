@@ -20,7 +20,7 @@ from typing import Mapping
 
 from ..errors import TinySDError
 from .encodings import Encoding, load_encodings
-from .model import ACTIVATION_BITS, NETWORKS, PRECISIONS
+from .model import ACTIVATION_BITS, NETWORKS, canonical_precision, network_precisions
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +57,21 @@ def tinysd_tensor_names(loaded) -> tuple[set[str], set[str]]:
 
 
 def check_bitwidths(path, precision: str, act: Mapping[str, Encoding], params: Mapping[str, Encoding]) -> None:
-    """TinySDError unless every activation encoding has the precision's bitwidth, every `.bias` 32 bits
-    and every other parameter 8 bits (first offender and count named)."""
-    bits = ACTIVATION_BITS[precision]
-    bad = [n for n, e in act.items() if e.bitwidth != bits]
+    """TinySDError unless every activation encoding has the bitwidth of its network's precision in
+    `precision`, every `.bias` 32 bits and every other parameter 8 bits (first offender and count named)."""
+    per_net = network_precisions(precision)
+    bits_of = {net: ACTIVATION_BITS[p] for net, p in per_net.items()}
+    bad = [n for n, e in act.items() if e.bitwidth != bits_of.get(n.split(".", 1)[0], e.bitwidth)]
     if bad:
         found = sorted({act[n].bitwidth for n in bad})
         other = [p for p, b in ACTIVATION_BITS.items() if b in found]
-        hint = f" (a {other[0]} file?)" if other else ""
+        hint = f" (a {other[0]} file?)" if other and len(set(per_net.values())) == 1 else ""
+        need = f"{bits_of['unet']}-bit activations"
+        if len(set(bits_of.values())) > 1:
+            need = " and ".join(f"{b}-bit activations in {', '.join(n for n in NETWORKS if bits_of[n] == b)}"
+                                for b in sorted(set(bits_of.values())))
         raise TinySDError(f"{path}: {len(bad)} activation encoding(s) are {'/'.join(map(str, found))}-bit, but "
-                          f"precision {precision} needs {bits}-bit activations{hint}: {_listing(bad)}")
+                          f"precision {precision} needs {need}{hint}: {_listing(bad)}")
     want = lambda n: 32 if n.endswith(".bias") else 8  # noqa: E731
     bad = [n for n, e in params.items() if e.bitwidth != want(n)]
     if bad:
@@ -121,7 +126,7 @@ def quantize_checkpoint(model, out_dir, precision: str, prompts_file=None, steps
                         sqnr_calls: int | None = None):
     """Quantize the float checkpoint `model` to a folder `out_dir` (the steps of the module docstring).
 
-    precision: "w8a8" or "w8a16". prompts_file: calibration prompts (None: the shipped set).
+    precision: "w8a8", "w8a16" or per network ("w8a8,vae=w8a16"). prompts_file: calibration prompts (None: the shipped set).
     steps: sampler steps per prompt (None: DEFAULT_CALIBRATION_STEPS). method: "minmax" (default),
     "percentile" or "mse" (ranges searched for `precision`'s grid); not with `encodings_file`, whose
     encodings replace calibration (the prompts then only give the SQNR data). sqnr_calls: replay only the first N recorded calls of each
@@ -136,8 +141,7 @@ def quantize_checkpoint(model, out_dir, precision: str, prompts_file=None, steps
     from .folder import check_output_dir, is_quantized_folder, save_quantized
     from .prompts import read_prompts
 
-    if precision not in PRECISIONS:
-        raise TinySDError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    precision = canonical_precision(precision)
     if encodings_file is not None and method is not None:
         raise TinySDError("--method does not apply with --encodings (the file's encodings replace calibration)")
     method = method or "minmax"
