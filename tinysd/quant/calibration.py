@@ -220,9 +220,9 @@ def calibrate_model(loaded, prompts: Sequence[str], steps: int = DEFAULT_CALIBRA
 
     loaded: a `tinysd.checkpoint.LoadedModel`. steps, sampler, seed, guidance_scale, size (image
     width = height in pixels; None: the model's native size): as `Pipeline.generate`. method:
-    "minmax", "percentile" (`percentile`) or "mse" (needs `precision`, "w8a8" or "w8a16": the
-    ranges are for its activation bits; a per-network precision such as "w8a8,vae=w8a16" too). record: a list to append every float network call
-    to (`NetworkCall`), or None. Returns {network: {tensor name: (min, max)}}.
+    "minmax", "percentile" (`percentile`) or "mse" (needs `precision`, "w8a8", "w8a16" or per
+    network, "w8a8,vae=w8a16": the ranges are for each network's activation bits). record: a
+    list to append every float network call to (`NetworkCall`), or None. Returns {network: {tensor name: (min, max)}}.
     """
     _check_method(method)
     if method == "mse":
