@@ -38,10 +38,15 @@ The shipped model's recipe (its model card lists where each part ran and for how
         --vae-steps 5000 --vae-batch 32 --vae-crop 32 --vae-full-steps 600 --vae-fg-weight 9 \
         --n-scenes 16000 --unet-steps 4000 --unet-batch 128 --unet-lr 1e-3 --hi-t-weight-max 20 \
         --caption-keep-p 0.8
-    python3 tools/train.py --run-dir tools/runs/ft --init-from tools/runs/base/model \
+    python3 tools/train.py --run-dir tools/runs/ft --out tools/runs/ft/model --init-from tools/runs/base/model \
         --vae-steps 5000 --n-scenes 16000 --unet-steps 2500 --unet-batch 64 --unet-lr 3e-4 \
         --hi-t-weight-max 20 --caption-keep-p 0.8 --decoder-steps 1400 --decoder-lr 3e-4 --vae-fg-weight 9
     # (copy tools/runs/base/vae_final.safetensors into tools/runs/ft first: the VAE is trained once)
+    python3 tools/train.py --run-dir tools/runs/ft2 --init-from tools/runs/ft/model \
+        --vae-steps 5000 --n-scenes 16000 --unet-steps 4000 --unet-batch 64 --unet-lr 2e-4 \
+        --hi-t-weight-max 20 --caption-keep-p 0.8 --decoder-steps 1400 --decoder-lr 3e-4 --vae-fg-weight 9
+    # (copy vae_final, latents.* and vae_decoder_final.safetensors from tools/runs/ft into tools/runs/ft2
+    #  first: the second fine-tuning reuses the VAE, its latents and the fine-tuned decoder)
 
 A finished stage is skipped on re-run; to train the diffusion stage further, delete
 `diffusion_final.safetensors` from the run dir and re-run with a larger `--unet-steps`
