@@ -167,7 +167,6 @@ def main(argv=None):
                     help="also print the SQNR of every tensor of this network (module docstring)")
     ap.add_argument("--layer-calls", type=int, default=4, help="recorded calls the --layers table uses")
     args = ap.parse_args(argv)
-    precisions = args.precisions
     model = args.model
     if model is None:
         if not DEFAULT_MODEL_DIR.is_dir():
@@ -189,7 +188,7 @@ def main(argv=None):
     observers = calibrate_observers(loaded, cal_prompts, args.calibration_steps, args.method)
     print(f"calibration: {time.perf_counter() - t0:.1f} s", flush=True)
     rows = []
-    for precision in precisions:
+    for precision in args.precisions:
         t0 = time.perf_counter()
         ranges = ranges_from_observers(observers, args.method, precision)
         qmodel = quantize_model(loaded, precision, ranges)

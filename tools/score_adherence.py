@@ -16,6 +16,9 @@ quantized on the fly with the shipped calibration prompts, as `tinysd generate
 --precision` does).
 
     python3 tools/score_adherence.py [--model weights/tinysd-shapes] [-n 200] [--json out.json]
+
+`--json` writes the scores and, per prompt, the attributes asked for and what the detector read
+(`records`), for breakdowns such as shape by size.
 """
 from __future__ import annotations
 
