@@ -163,8 +163,12 @@ def quantize(model, output, precision, calibration_prompts, calibration_steps, m
     out, sqnr = quantize_checkpoint(model, output, precision, prompts_file=calibration_prompts,
                                     steps=calibration_steps, method=method, encodings_file=encodings,
                                     overwrite=overwrite, sqnr_calls=sqnr_calls)
+    from tinysd.quant.model import network_precisions
+
+    per_network = network_precisions(precision)
     for kind, db in sqnr.items():
-        click.echo(f"{kind:<13} SQNR {db:7.2f} dB  (integer {precision} vs float, calibration data)")
+        click.echo(f"{kind:<13} SQNR {db:7.2f} dB  (integer {per_network[kind.split('.')[0]]} vs float, "
+                   f"calibration data)")
     click.echo(f"wrote {out} ({precision})", err=True)
 
 

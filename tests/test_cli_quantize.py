@@ -173,10 +173,14 @@ MIXED = "w8a8,vae=w8a16"
 
 @pytest.fixture(scope="module")
 def mixed(tmp_path_factory, prompts):
-    """A folder quantized with --precision vae=... written out of canonical order."""
+    """A folder quantized with a per-network precision written out of canonical order; each network's
+    SQNR line names that network's precision."""
     out = tmp_path_factory.mktemp("mixed") / "mixed"
     res = _quantize(out, "w8a8,vae=w8a16,unet=w8a8", prompts)
     assert res.exit_code == 0, res.output
+    said = {line.split()[0]: line.split("(integer ")[1].split()[0] for line in res.stdout.strip().splitlines()}
+    assert said == {"text_encoder": "w8a8", "unet": "w8a8", "vae.decode": "w8a16", "vae.encode": "w8a16"}
+    assert f"wrote {out} ({MIXED})" in res.stderr
     return out
 
 
