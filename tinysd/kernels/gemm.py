@@ -197,16 +197,22 @@ def activation_operand(x2d, zp, plan):
     return out
 
 
+@njit(cache=True, inline="always")
+def _output_pixel(r, ho, wo):
+    """(n, oy, ox) of im2col row r: rows are the output pixels of (N, Ho, Wo) in row-major order."""
+    n = r // (ho * wo)
+    p = r - n * ho * wo
+    oy = p // wo
+    return n, oy, p - oy * wo
+
+
 @njit(cache=True, parallel=True)
 def _im2col_kernel(x, zp, mode, kh, kw, sh, sw, top, left, ho, wo, out):
     """out[(n, y, x), (c, i, j)] = representation of xpad[n, c, y*sh+i, x*sw+j] (xpad: x padded with zp)."""
     nb, c, h, w = x.shape
     rows = nb * ho * wo
     for r in prange(rows):
-        n = r // (ho * wo)
-        p = r - n * ho * wo
-        oy = p // wo
-        ox = p - oy * wo
+        n, oy, ox = _output_pixel(r, ho, wo)
         col = 0
         for ci in range(c):
             for i in range(kh):
@@ -248,10 +254,7 @@ def _im2col_nhwc_kernel(xp, kh, kw, sh, sw, ho, wo, out):
     """out[(n, y, x), (i, j, c)] = xp[n, y*sh + i, x*sw + j, c] for the rows of N*Ho*Wo pixels."""
     c = xp.shape[3]
     for r in prange(xp.shape[0] * ho * wo):
-        n = r // (ho * wo)
-        p = r - n * ho * wo
-        oy = p // wo
-        ox = p - oy * wo
+        n, oy, ox = _output_pixel(r, ho, wo)
         col = 0
         for i in range(kh):
             for j in range(kw):

@@ -266,10 +266,11 @@ def read_header(path: str | Path) -> dict:
         raise TinySDError(f"{marker}: built for arithmetic spec version {spec!r}, but this engine implements "
                           f"version {ARITHMETIC_SPEC_VERSION!r}; quantize the float model again with this tinysd")
     try:
-        if doc.get("precision") != canonical_precision(doc.get("precision")):
-            raise TinySDError(f"precision {doc.get('precision')!r} is not in canonical form")
+        canonical = canonical_precision(doc.get("precision"))
     except TinySDError as e:
         raise TinySDError(f"{marker}: {e}") from None
+    if doc["precision"] != canonical:
+        raise TinySDError(f"{marker}: precision {doc['precision']!r} is not in canonical form ({canonical!r})")
     if doc.get("tinysd_version") != __version__:
         log.info("%s: written by tinysd %s (this is %s)", marker, doc.get("tinysd_version"), __version__)
     return doc
