@@ -19,8 +19,9 @@ pytestmark = pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "model_index.json").is_
 N_PROMPTS = 24
 SETTINGS = dict(steps=20, guidance_scale=5.0, sampler="dpmpp_2m")  # as tools/score_adherence.py
 TARGETS = {"color": 0.90, "shape": 0.80, "position": 0.80, "background": 0.90}
-# Measured on this fixed set with the shipped model (tools/score_adherence.py over
-# 200 prompts gives the numbers recorded in weights/tinysd-shapes/README.md).
+# Measured on this fixed set with the shipped model. Half of its squares are asked to be
+# small, the model's weak spot; over 1000 prompts of the grammar's mix tools/score_adherence.py
+# measures shape at 81.6 % (weights/tinysd-shapes/README.md).
 MISSED = {
     "shape": "shipped model: 0.75 on this set (target 0.80)",
 }
@@ -73,10 +74,13 @@ def test_adherence_target(accuracy, attr):
     assert accuracy[attr] >= TARGETS[attr], f"{attr}: {accuracy[attr]:.2f} < {TARGETS[attr]}"
 
 
-@pytest.mark.parametrize("attr", ["color", "background"])
+@pytest.mark.parametrize("attr", list(TARGETS))
 def test_follows_prompt_above_chance(accuracy, attr):
-    """A broken pipeline (wrong tokenizer, text encoder or guidance) scores at chance level."""
-    assert accuracy[attr] >= 3 * CHANCE[attr], f"{attr}: {accuracy[attr]:.2f} is near chance ({CHANCE[attr]:.2f})"
+    """A broken pipeline (wrong tokenizer, text encoder or guidance) scores at chance level.
+    This also guards shape, whose target test is an xfail, against a regression: the floor is
+    3x chance, 2x for shape (chance 1/3)."""
+    floor = (2 if attr == "shape" else 3) * CHANCE[attr]
+    assert accuracy[attr] >= floor, f"{attr}: {accuracy[attr]:.2f} is near chance ({CHANCE[attr]:.2f})"
 
 
 def test_cli_generate_uses_the_default_model(tmp_path):
