@@ -1,6 +1,7 @@
 """Does quantization-aware fine-tuning rescue the VAE decoder at uint8? (docs/quantization.md §10)
 
     python3 tools/decoder_qat.py [MODEL] [--steps 600] [--lr 1e-3] [--eval-every 150] [--save OUT.safetensors]
+    python3 tools/decoder_qat.py --vae-weights RUN/vae_final.safetensors --vae-norm-groups G --steps 0
 
 Dev-only (torch, diffusers). The decoder of MODEL's VAE (default: the shipped model) is fine-tuned
 with every activation the integer decoder quantizes fake-quantized to uint8: the latent input and
@@ -13,7 +14,12 @@ tools/train.py (drawn scenes, frozen encoder, sampled latents, the same weighted
 Every --eval-every steps it prints the decoded-image PSNR of the fake-quantized decoder against the
 same decoder in float, with ranges set to the global min / max over 64 calibration scenes, as
 min-max calibration would set them, on 24 other scenes: the quantity of the fake-quantization
-table of tools/decoder_8bit.py (which the integer decoder matches to about 0.02 dB).
+table of tools/decoder_8bit.py (which the integer decoder matches to about 0.02 dB), and the
+float decoder's PSNR against the drawn images.
+
+`--vae-weights` measures a VAE state dict of tools/train.py's configuration instead (a run dir's
+`vae_final.safetensors`, e.g. from `train.py --stage vae --vae-norm-groups G`); `--steps 0` only
+measures.
 """
 from __future__ import annotations
 
@@ -70,7 +76,7 @@ def attach(vae, fq: FakeQuant) -> int:
 
 def main(argv=None) -> int:
     from diffusers import AutoencoderKL
-    from safetensors.torch import save_file
+    from safetensors.torch import load_file, save_file
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("model", nargs="?", type=Path, default=ROOT / "weights" / "tinysd-shapes")
@@ -80,10 +86,17 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-every", type=int, default=150)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--save", type=Path, help="write the fine-tuned VAE's state dict here")
+    ap.add_argument("--vae-weights", type=Path, help="a VAE state dict of tools/train.py's configuration instead of MODEL")
+    ap.add_argument("--vae-norm-groups", type=int, default=16, help="its GroupNorm groups (with --vae-weights)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    vae = AutoencoderKL.from_pretrained(str(args.model / "vae"), dtype=torch.float32).eval()
+    if args.vae_weights:
+        vae = train.make_vae(args)
+        vae.load_state_dict(load_file(str(args.vae_weights)))
+    else:
+        vae = AutoencoderKL.from_pretrained(str(args.model / "vae"), dtype=torch.float32)
+    vae.eval()
     fq = FakeQuant()
     print(f"fake-quantized sites: {attach(vae, fq)}")
 
@@ -91,18 +104,23 @@ def main(argv=None) -> int:
         fq.site = 0
         return vae.decode(z).sample
 
-    @torch.no_grad()
-    def latents(seed: int, n: int) -> torch.Tensor:
-        x, _ = train.draw_batch(seed, 0, n)
-        return vae.encode(torch.from_numpy(x)).latent_dist.mean
+    def to_uint8(y):
+        return ((y.clamp(-1, 1) + 1) * 127.5).round()
 
-    z_cal, z_eval = latents(111, 64), latents(112, 24)
+    def psnr(a, b):  # per image
+        return 10 * torch.log10(255.0**2 / (a - b).pow(2).flatten(1).mean(1).clamp(min=1e-12))
+
+    x_cal, _ = train.draw_batch(111, 0, 64)
+    x_eval, _ = train.draw_batch(112, 0, 24)
+    with torch.no_grad():
+        z_cal, z_eval = (vae.encode(torch.from_numpy(x)).latent_dist.mean for x in (x_cal, x_eval))
+    drawn = to_uint8(torch.from_numpy(x_eval))
 
     @torch.no_grad()
     def evaluate(step: int) -> None:
         vae.decoder.eval()
         fq.enabled = False
-        ref = ((decode(z_eval).clamp(-1, 1) + 1) * 127.5).round()
+        ref = to_uint8(decode(z_eval))
         fq.enabled, saved = True, (fq.lo, fq.hi)
         lo, hi = {}, {}
         for i in range(0, len(z_cal), 16):  # global min / max over the calibration scenes
@@ -111,10 +129,9 @@ def main(argv=None) -> int:
             lo = {k: torch.minimum(lo.get(k, v), v) for k, v in fq.lo.items()}
             hi = {k: torch.maximum(hi.get(k, v), v) for k, v in fq.hi.items()}
         fq.lo, fq.hi, fq.observe = lo, hi, False
-        out = ((decode(z_eval).clamp(-1, 1) + 1) * 127.5).round()
-        mse = (out - ref).pow(2).flatten(1).mean(1)
-        psnr = 10 * torch.log10(255.0**2 / mse.clamp(min=1e-12))
-        print(f"step {step:5d}: uint8 decoder PSNR mean {psnr.mean():.2f} dB, min {psnr.min():.2f}", flush=True)
+        p = psnr(to_uint8(decode(z_eval)), ref)
+        print(f"step {step:5d}: uint8 decoder PSNR mean {p.mean():.2f} dB, min {p.min():.2f} "
+              f"(float decoder against the drawn images: {psnr(ref, drawn).mean():.2f} dB)", flush=True)
         (fq.lo, fq.hi), fq.observe = saved, True
         vae.decoder.train()
 

@@ -27,6 +27,10 @@ the procedural shapes of `tinysd.eval.shapes`:
    there is one), SD 1.5-style scheduler config and model_index.json (no tokenizer/
    folder: tinysd uses its shipped tokenizer; pass `tokenizer=` when loading in diffusers).
 
+GroupNorm groups: `--vae-norm-groups` (default 16) and `--unet-norm-groups` (default 32), the
+shipped model's, which leave one channel per group at full resolution; SD's own ratios are 4 and
+more per group, and with them the VAE survives 8-bit activations (docs/quantization.md §10).
+
 Every stage checkpoints to `--run-dir` (safetensors + JSON, never pickle) and a
 re-run resumes where it stopped; batches and noise are seeded per step, so a
 resumed run draws the same data as an uninterrupted one (noise is drawn on the CPU
@@ -79,7 +83,7 @@ log = logging.getLogger("train")
 VAE_CONFIG = dict(
     in_channels=3, out_channels=3, latent_channels=4,
     down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-    block_out_channels=[16, 32, 64, 64], layers_per_block=1, norm_num_groups=16,
+    block_out_channels=[16, 32, 64, 64], layers_per_block=1,
     act_fn="silu", sample_size=64,
 )
 TEXT_CONFIG = dict(
@@ -94,7 +98,7 @@ UNET_CONFIG = dict(
     up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
     mid_block_type="UNetMidBlock2DCrossAttn",
     block_out_channels=[32, 64, 64], layers_per_block=1, cross_attention_dim=64,
-    attention_head_dim=2, norm_num_groups=32, act_fn="silu", flip_sin_to_cos=True, freq_shift=0,
+    attention_head_dim=2, act_fn="silu", flip_sin_to_cos=True, freq_shift=0,
 )
 SCHEDULER_CONFIG = {
     "_class_name": "PNDMScheduler",
@@ -233,10 +237,11 @@ def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
 
 
-def make_vae():
+def make_vae(args, **extra):
+    """AutoencoderKL of VAE_CONFIG with `--vae-norm-groups` GroupNorm groups."""
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL(**VAE_CONFIG)
+    return AutoencoderKL(**VAE_CONFIG, norm_num_groups=args.vae_norm_groups, **extra)
 
 
 def make_text_encoder():
@@ -245,10 +250,11 @@ def make_text_encoder():
     return CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG))
 
 
-def make_unet():
+def make_unet(args):
+    """UNet2DConditionModel of UNET_CONFIG with `--unet-norm-groups` GroupNorm groups."""
     from diffusers import UNet2DConditionModel
 
-    return UNet2DConditionModel(**UNET_CONFIG)
+    return UNet2DConditionModel(**UNET_CONFIG, norm_num_groups=args.unet_norm_groups)
 
 
 def make_tokenizer(tokenizer_dir: Path):
@@ -269,7 +275,7 @@ def stage_vae(args, budget: Budget) -> bool:
     if final.exists():
         return True
     torch.manual_seed(args.seed)
-    vae = make_vae().to(args.device)
+    vae = make_vae(args).to(args.device)
     opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     ck = run / "vae_ckpt.safetensors"
     step = load_ckpt(ck, {"vae": vae}, opt, None) if ck.exists() else 0
@@ -324,7 +330,7 @@ def stage_decoder(args, budget: Budget) -> bool:
     if args.decoder_steps <= 0 or final.exists():
         return True
     torch.manual_seed(args.seed + 2)
-    vae = make_vae()
+    vae = make_vae(args)
     vae.load_state_dict(load_file(str(run / "vae_final.safetensors")))
     vae.to(args.device)
     params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
@@ -372,7 +378,7 @@ def stage_latents(args, budget: Budget) -> bool:
     if out.exists():
         return True
     budget.begin("latents")
-    vae = make_vae()
+    vae = make_vae(args)
     vae.load_state_dict(load_file(str(run / "vae_final.safetensors")))
     vae.to(args.device).eval()
     rng = np.random.default_rng([args.seed, 2])
@@ -479,7 +485,7 @@ def stage_diffusion(args, budget: Budget) -> bool:
     scaling, attrs = meta["scaling_factor"], meta["attributes"]
     captions = Captions(make_tokenizer(args.tokenizer_dir))
     torch.manual_seed(args.seed + 1)
-    te, unet = make_text_encoder().to(args.device), make_unet().to(args.device)
+    te, unet = make_text_encoder().to(args.device), make_unet(args).to(args.device)
     models = {"text_encoder": te, "unet": unet}
     params = [p for m in models.values() for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=args.unet_lr, weight_decay=0.0)
@@ -569,10 +575,10 @@ def export(args, budget: Budget, ema_source: Path) -> None:
         step_meta = f.metadata()
     t = load_file(str(ema_source))
     ema = {k[len("ema."):]: v for k, v in t.items() if k.startswith("ema.")} or t
-    te, unet = make_text_encoder(), make_unet()
+    te, unet = make_text_encoder(), make_unet(args)
     te.load_state_dict({k[len("text_encoder."):]: v for k, v in ema.items() if k.startswith("text_encoder.")})
     unet.load_state_dict({k[len("unet."):]: v for k, v in ema.items() if k.startswith("unet.")})
-    vae = AutoencoderKL(**VAE_CONFIG, scaling_factor=meta["scaling_factor"])
+    vae = make_vae(args, scaling_factor=meta["scaling_factor"])
     decoder_ft = run / "vae_decoder_final.safetensors"
     vae.load_state_dict(load_file(str(decoder_ft if decoder_ft.exists() else run / "vae_final.safetensors")))
     out.mkdir(parents=True, exist_ok=True)
@@ -635,8 +641,11 @@ def main(argv=None):
     p.add_argument("--kl-weight", type=float, default=1e-4)
     p.add_argument("--decoder-steps", type=int, default=0, help="decoder-only fine-tuning steps after diffusion")
     p.add_argument("--decoder-lr", type=float, default=3e-4)
-    p.add_argument("--stage", choices=["all", "decoder"], default="all",
-                   help="'decoder': run only the decoder fine-tuning (needs vae_final.safetensors)")
+    p.add_argument("--vae-norm-groups", type=int, default=16,
+                   help="GroupNorm groups of the VAE (the shipped model: 16, one channel per group at full resolution)")
+    p.add_argument("--unet-norm-groups", type=int, default=32, help="GroupNorm groups of the UNet")
+    p.add_argument("--stage", choices=["all", "vae", "decoder"], default="all",
+                   help="'vae': run only the VAE stage; 'decoder': only the decoder fine-tuning (needs vae_final.safetensors)")
     p.add_argument("--n-scenes", type=int, default=20000)
     p.add_argument("--unet-steps", type=int, default=5000)
     p.add_argument("--unet-batch", type=int, default=64)
@@ -667,6 +676,8 @@ def main(argv=None):
     atomic_write_text(args.run_dir / "args.json", json.dumps({k: str(v) for k, v in vars(args).items()}, indent=1))
     budget = Budget(args.run_dir, args.max_minutes)
     log.info("budget: %.1f of %.1f min already used", budget.base / 60, args.max_minutes)
+    if args.stage == "vae":
+        return 0 if stage_vae(args, budget) else 3
     if args.stage == "decoder":
         return 0 if stage_decoder(args, budget) else 3
     if args.export_now:
