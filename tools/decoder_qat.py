@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--save", type=Path, help="write the fine-tuned VAE's state dict here")
     ap.add_argument("--vae-weights", type=Path, help="a VAE state dict of tools/train.py's configuration instead of MODEL")
-    ap.add_argument("--vae-norm-groups", type=int, default=16, help="its GroupNorm groups (with --vae-weights)")
+    ap.add_argument("--vae-norm-groups", type=int, default=4, help="its GroupNorm groups (with --vae-weights)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -27,9 +27,9 @@ the procedural shapes of `tinysd.eval.shapes`:
    there is one), SD 1.5-style scheduler config and model_index.json (no tokenizer/
    folder: tinysd uses its shipped tokenizer; pass `tokenizer=` when loading in diffusers).
 
-GroupNorm groups: `--vae-norm-groups` (default 16) and `--unet-norm-groups` (default 32), the
-shipped model's, which leave one channel per group at full resolution; SD's own ratios are 4 and
-more per group, and with them the VAE survives 8-bit activations (docs/quantization.md §10).
+GroupNorm groups (`--vae-norm-groups` 4, `--unet-norm-groups` 8): at least 4 channels per group,
+as in SD. With one channel per group (16 and 32, the previous default model's) the VAE decoder does
+not survive 8-bit activations (docs/quantization.md §10) and both networks train more slowly.
 
 Every stage checkpoints to `--run-dir` (safetensors + JSON, never pickle) and a
 re-run resumes where it stopped; batches and noise are seeded per step, so a
@@ -38,21 +38,11 @@ whatever `--device`). `--max-minutes` stops a run cleanly (checkpointing) when t
 wall-clock budget is spent; wall-clock and process CPU time are accumulated across
 resumes in `state.json` and printed.
 
-The shipped model's recipe (its model card lists where each part ran and for how long):
+The defaults are the shipped model's recipe (its model card has the timings): one run, VAE
+(4000 steps, 32x32 crops then 600 on full images), latents of 16000 scenes, then text encoder
+and UNet for 8000 steps of 128, no decoder fine-tuning:
 
-    python3 tools/train.py --run-dir tools/runs/base --out tools/runs/base/model \
-        --vae-steps 5000 --vae-batch 32 --vae-crop 32 --vae-full-steps 600 --vae-fg-weight 9 \
-        --n-scenes 16000 --unet-steps 4000 --unet-batch 128 --unet-lr 1e-3 --hi-t-weight-max 20 \
-        --caption-keep-p 0.8
-    python3 tools/train.py --run-dir tools/runs/ft --out tools/runs/ft/model --init-from tools/runs/base/model \
-        --vae-steps 5000 --n-scenes 16000 --unet-steps 2500 --unet-batch 64 --unet-lr 3e-4 \
-        --hi-t-weight-max 20 --caption-keep-p 0.8 --decoder-steps 1400 --decoder-lr 3e-4 --vae-fg-weight 9
-    # (copy tools/runs/base/vae_final.safetensors into tools/runs/ft first: the VAE is trained once)
-    python3 tools/train.py --run-dir tools/runs/ft2 --init-from tools/runs/ft/model \
-        --vae-steps 5000 --n-scenes 16000 --unet-steps 4000 --unet-batch 64 --unet-lr 2e-4 \
-        --hi-t-weight-max 20 --caption-keep-p 0.8 --decoder-steps 1400 --decoder-lr 3e-4 --vae-fg-weight 9
-    # (copy vae_final, latents.* and vae_decoder_final.safetensors from tools/runs/ft into tools/runs/ft2
-    #  first: the second fine-tuning reuses the VAE, its latents and the fine-tuned decoder)
+    python3 tools/train.py --run-dir tools/runs/main --out weights/tinysd-shapes
 
 A finished stage is skipped on re-run; to train the diffusion stage further, delete
 `diffusion_final.safetensors` from the run dir and re-run with a larger `--unet-steps`
@@ -632,28 +622,28 @@ def main(argv=None):
     p.add_argument("--out", type=Path, default=ROOT / "weights" / "tinysd-shapes")
     p.add_argument("--tokenizer-dir", type=Path, default=ROOT / "weights" / "tokenizer")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--vae-steps", type=int, default=1200)
+    p.add_argument("--vae-steps", type=int, default=4000)
     p.add_argument("--vae-batch", type=int, default=32)
     p.add_argument("--vae-lr", type=float, default=1e-3)
-    p.add_argument("--vae-fg-weight", type=float, default=0.0, help="extra loss weight of object pixels")
-    p.add_argument("--vae-crop", type=int, default=0, help="train the VAE on random CxC crops (0: full images)")
-    p.add_argument("--vae-full-steps", type=int, default=100, help="last steps on full images when cropping")
+    p.add_argument("--vae-fg-weight", type=float, default=9.0, help="extra loss weight of object pixels")
+    p.add_argument("--vae-crop", type=int, default=32, help="train the VAE on random CxC crops (0: full images)")
+    p.add_argument("--vae-full-steps", type=int, default=600, help="last steps on full images when cropping")
     p.add_argument("--kl-weight", type=float, default=1e-4)
     p.add_argument("--decoder-steps", type=int, default=0, help="decoder-only fine-tuning steps after diffusion")
     p.add_argument("--decoder-lr", type=float, default=3e-4)
-    p.add_argument("--vae-norm-groups", type=int, default=16,
-                   help="GroupNorm groups of the VAE (the shipped model: 16, one channel per group at full resolution)")
-    p.add_argument("--unet-norm-groups", type=int, default=32, help="GroupNorm groups of the UNet")
+    p.add_argument("--vae-norm-groups", type=int, default=4,
+                   help="GroupNorm groups of the VAE (4: 4 channels per group at full resolution, as in SD)")
+    p.add_argument("--unet-norm-groups", type=int, default=8, help="GroupNorm groups of the UNet")
     p.add_argument("--stage", choices=["all", "vae", "decoder"], default="all",
                    help="'vae': run only the VAE stage; 'decoder': only the decoder fine-tuning (needs vae_final.safetensors)")
-    p.add_argument("--n-scenes", type=int, default=20000)
-    p.add_argument("--unet-steps", type=int, default=5000)
-    p.add_argument("--unet-batch", type=int, default=64)
-    p.add_argument("--unet-lr", type=float, default=5e-4)
+    p.add_argument("--n-scenes", type=int, default=16000)
+    p.add_argument("--unet-steps", type=int, default=8000)
+    p.add_argument("--unet-batch", type=int, default=128)
+    p.add_argument("--unet-lr", type=float, default=1e-3)
     p.add_argument("--uncond-p", type=float, default=0.1)
-    p.add_argument("--caption-keep-p", type=float, default=0.6,
+    p.add_argument("--caption-keep-p", type=float, default=0.8,
                    help="probability that each optional caption part (size, position, background) is kept")
-    p.add_argument("--hi-t-weight-max", type=float, default=0.0,
+    p.add_argument("--hi-t-weight-max", type=float, default=20.0,
                    help="if > 0, multiply the loss weight by clamp(1/snr, 1, this) (emphasise high noise)")
     p.add_argument("--small-square-boost", type=float, default=1.0,
                    help="diffusion batches draw small-square scenes this many times as often as the others")
@@ -663,7 +653,7 @@ def main(argv=None):
                    help="extra diffusion-loss weight of the latent pixels under the object")
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--init-from", type=Path, help="exported model folder whose text encoder and UNet start the diffusion stage")
-    p.add_argument("--max-minutes", type=float, default=75.0)
+    p.add_argument("--max-minutes", type=float, default=120.0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="torch device (the shipped model is trained on cpu)")
     p.add_argument("--log-every", type=int, default=50)
