@@ -1,7 +1,7 @@
 """Helpers for tests of the click app: run it in-process and check the one-line error contract."""
 from click.testing import CliRunner
 
-import cli as cli_module
+from tinysd import cli as cli_module
 
 
 def run(args):

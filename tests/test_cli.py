@@ -93,10 +93,10 @@ def test_help():
 
 
 def test_subprocess_exit_status(tmp_path):
-    """A real process: `python -m cli` exits 2 with one line on stderr and writes nothing."""
+    """A real process: `python -m tinysd` exits 2 with one line on stderr and writes nothing."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     out = tmp_path / "o.png"
-    p = subprocess.run([sys.executable, "-m", "cli", "generate", "x", "--model", str(TINY), "--width", "12", "-o", str(out)],
+    p = subprocess.run([sys.executable, "-m", "tinysd", "generate", "x", "--model", str(TINY), "--width", "12", "-o", str(out)],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 2
     assert p.stderr.strip().splitlines() == ["tinysd: error: width must be a positive multiple of 8 (got 12)"]

@@ -69,7 +69,7 @@ def test_adherence_target(accuracy, attr):
 def test_cli_generate_uses_the_default_model(tmp_path):
     from click.testing import CliRunner
 
-    from cli import cli
+    from tinysd.cli import cli
     from tinysd.png import read_parameters
 
     out = tmp_path / "circle.png"

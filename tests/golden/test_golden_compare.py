@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from golden_helpers import write_synthetic
 
-import cli as cli_module
+from tinysd import cli as cli_module
 from tinysd.golden import GoldenFolder, compare
 
 CASE = "p000/net/step000"

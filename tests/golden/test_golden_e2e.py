@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import cli as cli_module
+from tinysd import cli as cli_module
 from tinysd.golden import GoldenFolder, load_manifest
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,0 +1,4 @@
+"""`python -m tinysd ...`: the tinysd command line."""
+from .cli import main
+
+main()

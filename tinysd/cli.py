@@ -1,0 +1,183 @@
+"""The `tinysd` command line (a thin click app: parse, call the library, report).
+
+Run as `tinysd` (the installed command), `python -m tinysd`, or `python cli.py` from a checkout.
+
+Every user error (a TinySDError from the library or a click usage error) is
+printed as one line on stderr and exits with status 2; nothing is written.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import TinySDError
+from .quant.calibration import CALIBRATION_METHODS
+from .quant.calibration import DEFAULT_CALIBRATION_STEPS
+from .schedulers import SAMPLERS
+
+log = logging.getLogger("tinysd.cli")
+
+
+
+class TinySDGroup(click.Group):
+    """A click group whose errors are one line on stderr and exit status 2."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            rv = super().main(args=args, prog_name=prog_name or "tinysd", complete_var=complete_var,
+                              standalone_mode=False, **extra)
+        except click.exceptions.Exit as e:
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo("tinysd: aborted", err=True)
+            sys.exit(130)
+        except click.ClickException as e:
+            click.echo(f"tinysd: error: {_one_line(e.format_message())}", err=True)
+            sys.exit(2)
+        except TinySDError as e:
+            click.echo(f"tinysd: error: {_one_line(str(e))}", err=True)
+            sys.exit(2)
+        if isinstance(rv, int) and standalone_mode:
+            sys.exit(rv)
+        return rv
+
+
+def _one_line(msg: str) -> str:
+    return " ".join(msg.split())
+
+
+def _model_precision(ctx, param, value):
+    """--precision of `quantize`: a model precision in canonical form ("w8a8", "w8a8,vae=w8a16")."""
+    from .quant.model import canonical_precision
+
+    try:
+        return canonical_precision(value)
+    except TinySDError as e:
+        raise click.BadParameter(str(e), ctx=ctx, param=param) from None
+
+
+def _setup_logging(verbose: int) -> None:
+    """Log records of the `tinysd` loggers go to stderr as `tinysd: message` (warnings; -v info, -vv debug)."""
+    root = logging.getLogger("tinysd")
+    root.handlers[:] = [h for h in root.handlers if not getattr(h, "_tinysd_cli", False)]
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("tinysd: %(message)s"))
+    handler._tinysd_cli = True
+    root.addHandler(handler)
+    root.setLevel(logging.NOTSET if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG)
+
+
+@click.group(cls=TinySDGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output on stderr (-v info, -vv debug).")
+def cli(verbose):
+    """tinysd: a from-scratch Stable Diffusion 1.x engine."""
+    _setup_logging(verbose)
+
+
+@cli.command()
+@click.argument("prompt")
+@click.option("-o", "--output", "output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="PNG file to write (with --batch N > 1: OUT-0.png ... OUT-{N-1}.png).")
+@click.option("--model", type=click.Path(path_type=Path), default=None,
+              help="Checkpoint: a diffusers folder or an SD 1.x .safetensors file. "
+                   "Default: the shipped model (weights/tinysd-shapes/), at its native size.")
+@click.option("--negative-prompt", "--negative", "negative_prompt", default="", show_default=True, help="Negative prompt.")
+@click.option("--steps", type=int, default=20, show_default=True, help="Sampling steps.")
+@click.option("--cfg", "cfg", type=float, default=7.5, show_default=True,
+              help="Classifier-free guidance scale (<= 1 turns guidance off).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed; image i of a batch uses seed + i.")
+@click.option("--sampler", type=click.Choice(SAMPLERS), default="euler", show_default=True, help="Sampler.")
+@click.option("--karras", is_flag=True, help="Karras sigmas (euler, euler_a, dpmpp_2m).")
+@click.option("--width", type=int, default=None, help="Image width, a multiple of 8 (default: the model's native size).")
+@click.option("--height", type=int, default=None, help="Image height, a multiple of 8 (default: the model's native size).")
+@click.option("--clip-skip", type=int, default=0, show_default=True,
+              help="CLIP layers to skip at the end (diffusers' clip_skip; A1111's 'Clip skip' is this + 1).")
+@click.option("--batch", "batch", type=int, default=1, show_default=True, help="Number of images (seeds seed..seed+N-1).")
+@click.option("--precision", default=None,
+              help="Network precision: fp32, or w8a8 / w8a16 integer networks, or per network such as "
+                   "w8a8,vae=w8a16 (a float model is then quantized on the fly with the default calibration prompts). Default: fp32 for a float model, the folder's own "
+                   "precision for a quantized model folder.")
+def generate(prompt, output, model, negative_prompt, steps, cfg, seed, sampler, karras, width, height, clip_skip, batch, precision):
+    """Generate an image from PROMPT and write it as a PNG with A1111-style parameters."""
+    from .pipeline import Pipeline, check_generation_args
+    from .png import check_output_path, write_png
+
+    check_generation_args(prompt=prompt, negative_prompt=negative_prompt, steps=steps, guidance_scale=cfg, seed=seed,
+                          sampler=sampler, width=width, height=height, karras=karras, clip_skip=clip_skip,
+                          batch_size=batch)
+    outputs = [output] if batch == 1 else [output.with_name(f"{output.stem}-{i}{output.suffix or '.png'}") for i in range(batch)]
+    for p in outputs:
+        check_output_path(p)
+
+    pipe = Pipeline.from_pretrained(model, precision=precision)
+    width, height = pipe.check_args(prompt=prompt, negative_prompt=negative_prompt, steps=steps, guidance_scale=cfg,
+                                    seed=seed, sampler=sampler, width=width, height=height, karras=karras,
+                                    clip_skip=clip_skip, batch_size=batch)
+    with click.progressbar(length=steps, label=f"tinysd {sampler}", file=sys.stderr) as bar:
+        def progress(done, total):
+            bar.update(done - bar.pos)
+
+        res = pipe.generate(prompt, negative_prompt=negative_prompt, steps=steps, guidance_scale=cfg, seed=seed,
+                            sampler=sampler, width=width, height=height, karras=karras, clip_skip=clip_skip,
+                            batch_size=batch, callback=progress)
+    for img, params, p in zip(res.images, res.params, outputs):
+        write_png(img, p, params)
+        click.echo(f"wrote {p} ({params.width}x{params.height}, seed {params.seed})", err=True)
+
+
+from .golden.cli import compare as _golden_compare, golden as _golden  # noqa: E402
+
+cli.add_command(_golden)
+cli.add_command(_golden_compare)
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "output", type=click.Path(path_type=Path), required=True,
+              help="Quantized model folder to write (its parent must exist; written atomically).")
+@click.option("--precision", required=True, callback=_model_precision,
+              help="w8a8: int8 weights, uint8 activations; w8a16: int8 weights, uint16 activations; per network: "
+                   "w8a8,vae=w8a16 (text encoder and UNet w8a8, VAE w8a16; any of text_encoder, unet, vae).")
+@click.option("--calibration-prompts", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Prompt file, one prompt per line ('#' comments). Default: the shipped calibration prompts.")
+@click.option("--calibration-steps", type=int, default=None,
+              help=f"Sampler steps per calibration prompt.  [default: {DEFAULT_CALIBRATION_STEPS}]")
+@click.option("--method", type=click.Choice(CALIBRATION_METHODS), default=None,
+              help="Range estimate of the activations: minmax, percentile or mse (least squared quantization "
+                   "error per tensor; best for w8a8).  [default: minmax]")
+@click.option("--encodings", "encodings", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Take activation and parameter encodings from this AIMET encodings file (0.6.1 or 1.0.0; tinysd "
+                   "tensor names, see docs/quantization.md) instead of calibrating.")
+@click.option("--sqnr-calls", type=int, default=None,
+              help="Measure the SQNR on the first N calibration calls of each network only.  [default: all]")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it is an existing quantized model folder.")
+def quantize(model, output, precision, calibration_prompts, calibration_steps, method, encodings, sqnr_calls,
+             overwrite):
+    """Quantize the float checkpoint MODEL into a self-contained integer model folder.
+
+    Prints the SQNR of each network's integer output against float on the calibration data.
+    """
+    from .quant.workflow import quantize_checkpoint
+
+    out, sqnr = quantize_checkpoint(model, output, precision, prompts_file=calibration_prompts,
+                                    steps=calibration_steps, method=method, encodings_file=encodings,
+                                    overwrite=overwrite, sqnr_calls=sqnr_calls)
+    from .quant.model import network_precisions
+
+    per_network = network_precisions(precision)
+    for kind, db in sqnr.items():
+        click.echo(f"{kind:<13} SQNR {db:7.2f} dB  (integer {per_network[kind.split('.')[0]]} vs float, "
+                   f"calibration data)")
+    click.echo(f"wrote {out} ({precision})", err=True)
+
+
+def main(argv=None):
+    """Console-script entry point (`tinysd`)."""
+    return cli.main(args=argv, prog_name="tinysd")
+
+
+if __name__ == "__main__":
+    main()
