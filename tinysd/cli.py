@@ -7,8 +7,11 @@ printed as one line on stderr and exits with status 2; nothing is written.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -22,27 +25,66 @@ log = logging.getLogger("tinysd.cli")
 
 
 
+class Terminated(BaseException):
+    """Raised by the SIGTERM handler so that every `finally`/cleanup path runs (temporary files are removed)."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
 class TinySDGroup(click.Group):
-    """A click group whose errors are one line on stderr and exit status 2."""
+    """A click group whose errors are one line on stderr and exit status 2.
+
+    Ctrl-C ends with `tinysd: aborted` (status 130), SIGTERM with `tinysd: terminated` (143); both
+    unwind normally, so temporary files and folders are removed (tinysd.atomic).
+    """
+
+    def parse_args(self, ctx, args):
+        if not args and not ctx.resilient_parsing:  # `tinysd` alone: the help, as `tinysd --help`
+            click.echo(ctx.get_help())
+            ctx.exit(0)
+        return super().parse_args(ctx, args)
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
-        try:
-            rv = super().main(args=args, prog_name=prog_name or "tinysd", complete_var=complete_var,
-                              standalone_mode=False, **extra)
-        except click.exceptions.Exit as e:
-            sys.exit(e.exit_code)
-        except click.Abort:
-            click.echo("tinysd: aborted", err=True)
-            sys.exit(130)
-        except click.ClickException as e:
-            click.echo(f"tinysd: error: {_one_line(e.format_message())}", err=True)
-            sys.exit(2)
-        except TinySDError as e:
-            click.echo(f"tinysd: error: {_one_line(str(e))}", err=True)
-            sys.exit(2)
+        with _sigterm_unwinds():
+            try:
+                rv = super().main(args=args, prog_name=prog_name or "tinysd", complete_var=complete_var,
+                                  standalone_mode=False, **extra)
+            except click.exceptions.Exit as e:
+                sys.exit(e.exit_code)
+            except click.Abort:
+                click.echo("tinysd: aborted", err=True)
+                sys.exit(130)
+            except Terminated:
+                click.echo("tinysd: terminated", err=True)
+                sys.exit(143)
+            except click.ClickException as e:
+                click.echo(f"tinysd: error: {_one_line(e.format_message())}", err=True)
+                sys.exit(2)
+            except TinySDError as e:
+                click.echo(f"tinysd: error: {_one_line(str(e))}", err=True)
+                sys.exit(2)
+            except MemoryError as e:
+                click.echo(f"tinysd: error: out of memory ({_one_line(str(e)) or 'allocation failed'}); "
+                           f"try a smaller --width/--height/--batch", err=True)
+                sys.exit(2)
         if isinstance(rv, int) and standalone_mode:
             sys.exit(rv)
         return rv
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds():
+    """SIGTERM raises Terminated while the command runs (main thread only; the old handler is restored)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def _one_line(msg: str) -> str:
@@ -70,10 +112,45 @@ def _setup_logging(verbose: int) -> None:
     root.setLevel(logging.NOTSET if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG)
 
 
-@click.group(cls=TinySDGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-v", "--verbose", count=True, help="More log output on stderr (-v info, -vv debug).")
-def cli(verbose):
+VERBOSE_HELP = "More log output on stderr (-v info, -vv debug); before or after the command name."
+
+
+def verbosity(ctx: click.Context) -> int:
+    """The number of -v given, before and after the command name."""
+    return ctx.find_root().meta.get("tinysd.verbose", 0)
+
+
+def _add_verbosity(ctx, param, value):
+    if value:
+        root = ctx.find_root()
+        root.meta["tinysd.verbose"] = root.meta.get("tinysd.verbose", 0) + value
+        _setup_logging(root.meta["tinysd.verbose"])
+
+
+def _add_verbose_option(command: click.Command) -> None:
+    """Give a subcommand its own -v/--verbose (counted together with the group's)."""
+    command.params.append(click.Option(["-v", "--verbose"], count=True, expose_value=False, callback=_add_verbosity,
+                                       help=VERBOSE_HELP))
+
+
+def _print_version(ctx, param, value):
+    if not value or ctx.resilient_parsing:
+        return
+    from . import __version__
+    from .fixedpoint import ARITHMETIC_SPEC_VERSION
+
+    click.echo(f"tinysd {__version__} (arithmetic spec {ARITHMETIC_SPEC_VERSION})")
+    ctx.exit(0)
+
+
+@click.group("tinysd", cls=TinySDGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help=VERBOSE_HELP)
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Print the tinysd version and the arithmetic spec version it implements, and exit.")
+@click.pass_context
+def cli(ctx, verbose):
     """tinysd: a from-scratch Stable Diffusion 1.x engine."""
+    ctx.meta["tinysd.verbose"] = verbose
     _setup_logging(verbose)
 
 
@@ -174,8 +251,12 @@ def quantize(model, output, precision, calibration_prompts, calibration_steps, m
     click.echo(f"wrote {out} ({precision})", err=True)
 
 
+for _command in cli.commands.values():
+    _add_verbose_option(_command)
+
+
 def main(argv=None):
-    """Console-script entry point (`tinysd`)."""
+    """Run the app (the `tinysd` command and `python -m tinysd` enter through tinysd.__main__.main)."""
     return cli.main(args=argv, prog_name="tinysd")
 
 

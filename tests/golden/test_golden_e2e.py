@@ -125,7 +125,7 @@ def test_golden_command_errors_are_one_line(qmodel, tmp_path):
 
 
 def test_interrupted_golden_run_leaves_nothing(qmodel, tmp_path):
-    """SIGTERM while `tinysd golden` is writing: exit 130, no output folder and no temporary folder."""
+    """SIGTERM while `tinysd golden` is writing: exit 143, one line, no output folder and no temporary folder."""
     import signal
     import time
 
@@ -144,7 +144,8 @@ def test_interrupted_golden_run_leaves_nothing(qmodel, tmp_path):
     finally:
         if p.poll() is None:
             p.kill()
-    assert p.returncode == 130, err
+    assert p.returncode == 143, err
+    assert err.splitlines()[-1] == "tinysd: terminated"
     assert os.listdir(tmp_path) == []
 
 

@@ -5,7 +5,6 @@ report. User errors are TinySDError (one line on stderr, exit status 2, by the a
 """
 from __future__ import annotations
 
-import signal
 import sys
 from pathlib import Path
 
@@ -19,10 +18,6 @@ def _read_prompts(path: Path) -> list[str]:
     from ..quant.prompts import read_prompts
 
     return read_prompts(path, what="--prompts file")
-
-
-def _sigterm_as_interrupt(signum, frame):
-    raise KeyboardInterrupt  # so that the golden writer removes its temporary folder
 
 
 @click.command("golden")
@@ -66,7 +61,6 @@ def golden(model, prompt, prompts_file, negative_prompt, seed, steps, sampler, k
         raise TinySDError(f"--steps must be >= 1, got {steps}")
     steps_list = parse_at_steps(at_steps, steps)
     check_target(output, overwrite)
-    old = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     bar = None
 
     def progress(done, of):  # called after every sampler step; the bar starts once the checks have passed
@@ -84,7 +78,6 @@ def golden(model, prompt, prompts_file, negative_prompt, seed, steps, sampler, k
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)
-        signal.signal(signal.SIGTERM, old)
     from .reader import GoldenFolder
 
     m = GoldenFolder(output, verify_files=False).manifest
