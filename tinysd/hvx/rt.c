@@ -98,10 +98,11 @@ static unsigned char tsd_arena[TSD_ARENA_BYTES] __attribute__((aligned(VBYTES)))
 size_t tsd_arena_top;
 int tsd_arena_full;
 
-/* n bytes, 128-byte aligned, plus one spare vector so that whole-vector loads past the end of
- * a tensor stay inside the block. NULL (and tsd_arena_full set) when the arena is exhausted. */
+/* n bytes, 128-byte aligned, plus two spare vectors so that whole-vector loads (of one or two
+ * vectors) that start inside a tensor stay inside the block. NULL (and tsd_arena_full set) when
+ * the arena is exhausted. */
 void *tsd_alloc(size_t n) {
-  size_t size = (n + 2 * VBYTES - 1) & ~(size_t)(VBYTES - 1);
+  size_t size = (n + 3 * VBYTES - 1) & ~(size_t)(VBYTES - 1); /* n + at least 2 spare vectors */
   if (size > TSD_ARENA_BYTES - tsd_arena_top) {
     tsd_arena_full = 1;
     return NULL;

@@ -45,7 +45,7 @@ void *memmove(void *dst, const void *src, size_t n);
 __attribute__((noreturn)) void tsd_exit(int status);
 int tsd_read(void *dst, size_t n);        /* 1: n bytes read; 0: clean end of input; exits on a short read */
 void tsd_write(const void *src, size_t n); /* all n bytes, or exit */
-void *tsd_alloc(size_t n);                 /* 128-byte aligned, one spare vector after n; NULL when full */
+void *tsd_alloc(size_t n);                 /* 128-byte aligned, two spare vectors after n; NULL when full */
 void *tsd_zalloc(size_t n);
 uint64_t udiv64(uint64_t n, uint64_t d);   /* floor(n / d), d > 0: restoring shift-and-subtract */
 
