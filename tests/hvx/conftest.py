@@ -27,3 +27,36 @@ def hvx_exe():
 def hvx(hvx_exe):
     with runner.HvxProcess(hvx_exe) as proc:
         yield proc
+
+
+GOLDEN_PROMPT = "a large blue triangle at the top on a green background"
+CALIBRATION_PROMPTS = ["a red circle", "a small yellow square on the left"]
+
+
+@pytest.fixture(scope="session")
+def default_model_golden(tmp_path_factory):
+    """{precision: GoldenFolder} of the default model (weights/tinysd-shapes) at w8a8 and w8a16, built once.
+
+    Each precision is quantized from one calibration run (2 prompts, 1 euler step), and its golden
+    folder holds every network call of one step (text encoder, UNet step 0, VAE) with a layer case
+    for every op (`--layers '*'`), stored raw.
+    """
+    from tinysd.checkpoint import load_checkpoint
+    from tinysd.golden import GoldenFolder
+    from tinysd.golden.generate import generate_golden
+    from tinysd.paths import DEFAULT_MODEL_DIR
+    from tinysd.quant.calibration import calibrate_model, quantize_model
+    from tinysd.quant.folder import save_quantized
+
+    if not (DEFAULT_MODEL_DIR / "model_index.json").is_file():
+        pytest.skip("default model not present in weights/")
+    root = tmp_path_factory.mktemp("hvx-golden")
+    loaded = load_checkpoint(DEFAULT_MODEL_DIR)
+    ranges = calibrate_model(loaded, CALIBRATION_PROMPTS, 1, "minmax", sampler="euler", seed=0)
+    out = {}
+    for precision in ("w8a8", "w8a16"):
+        model = save_quantized(quantize_model(loaded, precision, ranges), root / f"model-{precision}",
+                               tokenizer_dir=loaded.tokenizer_dir)
+        out[precision] = GoldenFolder(generate_golden(model, root / f"golden-{precision}", [GOLDEN_PROMPT], steps=1,
+                                                      layers="*", storage="raw"))
+    return out
