@@ -135,3 +135,35 @@ def check_layer_cases(folder, proc: HvxProcess, cases: list[dict] | None = None)
         else:
             results.append(compare(c["id"], c["op"], call.decode(resp), want))
     return results
+
+
+def check_network_case(folder, case: dict, qmodel, proc: HvxProcess, on_call=None) -> list[CaseResult]:
+    """Run network case `case` (a text encoder, UNet or VAE decoder call) as a chain of HVX kernels.
+
+    The call's recorded integer inputs enter the network (`HvxInterpreter(inputs=...)`); every op
+    runs on the HVX program with the quantized model `qmodel`'s parameters (the golden folder's
+    model, e.g. `tinysd.quant.folder.load_quantized(path)`), its output feeding the next op. The
+    integer output is compared with the case's. on_call: see HvxInterpreter.
+    """
+    from ..models import UNet, VAE, TextEncoder
+    from ..quant.calibration import model_graphs
+    from .interp import HvxInterpreter
+
+    net = case["network"]
+    entries = [t for t in folder.tensors if t["case"] == case["id"]]
+    T = {t["name"]: folder.load(t, engine_layout=True) for t in entries}
+    inputs = {t["name"]: T[t["name"]] for t in entries if t["role"] == "input" and not t["name"].endswith(".ids")}
+    interp = HvxInterpreter(qmodel.networks[net], proc, inputs=inputs, on_call=on_call)
+    graph = model_graphs(qmodel.config)[net]
+    if net == "text_encoder":
+        ids = next(a for n, a in T.items() if n.endswith("token_embedding.ids"))
+        TextEncoder(graph, interp)(ids)
+    elif net == "unet":
+        UNet(graph, interp)(np.zeros(T["unet.sample"].shape, np.float32), 0,
+                            np.zeros(T["unet.encoder_hidden_states"].shape, np.float32))
+    elif net == "vae":
+        VAE(graph, interp).decode(np.zeros(T["vae.latent"].shape, np.float32))
+    else:
+        raise ValueError(f"{case['id']}: unknown network {net!r}")
+    return [compare(f"{case['id']}:{t['name']}", net, interp.outputs[t["name"]], T[t["name"]])
+            for t in entries if t["role"] == "output"]
