@@ -143,7 +143,8 @@ def srdhm(a, b):
 def rounding_shift_right(x, n):
     """Rounding arithmetic shift right: `(x + 2**(n-1)) >> n` for n >= 1, x for n = 0.
 
-    Rounds half up (toward +inf), computed without overflow. Mirrors HVX `vasr(...):rnd`.
+    Rounds half up (toward +inf), computed without overflow. On HVX (tinysd/hvx/prims.h):
+    `vasr(x, n) + (vasr(x, n - 1) & 1)` for words, `vaddcarry` + `vlsr`/`vasrinto` for word pairs.
     x: int32 values with n in [0, 31] (result int32), or, for int64 input arrays, any
     |x| < 2**62 with n in [0, 62] (result int64). Elementwise with broadcasting.
     """
@@ -166,8 +167,8 @@ def narrow_i64(acc, n):
     """Narrow a 64-bit accumulator to int32: `sat32(rounding_shift_right(acc, n))`.
 
     acc: integer array with |acc| < 2**62; n in [0, 62]. Returns int32. Mirrors, on HVX,
-    a word-pair rounding shift (vaddcarry for the rounding constant, vasr/vlsr funnel shift)
-    followed by vsat to one word. With n = accumulator_shift(bound) and |acc| <= bound the
+    a word-pair rounding shift (vaddcarry for the rounding constant, vlsr + vasrinto for the
+    shift) followed by vsatdw to one word. With n = accumulator_shift(bound) and |acc| <= bound the
     saturation provably never triggers.
     """
     a = _as_int_array("acc", acc, -(ACC64_LIMIT - 1), ACC64_LIMIT - 1)
@@ -179,9 +180,9 @@ def narrow_i64(acc, n):
 def requantize(acc, multiplier, shift, zero_point, qmin, qmax):
     """Rescale an int32 accumulator to an output encoding (elementwise, broadcasting).
 
-        x = sat32(acc * 2**max(shift, 0))          # HVX vasl:sat (left shift, saturating)
-        y = srdhm(x, multiplier)                   # HVX vmpye/vmpyo :<<1:rnd:sat
-        y = rounding_shift_right(y, max(-shift, 0))  # HVX vasr :rnd
+        x = sat32(acc * 2**max(shift, 0))          # HVX vasrinto + vsatdw (a saturating left shift)
+        y = srdhm(x, multiplier)                   # HVX vmpye/vmpyo :<<1:rnd:sat:shift
+        y = rounding_shift_right(y, max(-shift, 0))  # HVX vasr, vasr, vand, vadd
         return clip(y + zero_point, qmin, qmax)     # HVX vadd:sat, vmax/vmin
 
     acc: int32 values; multiplier in [0, 2**31 - 1]; shift in [-31, 30];

@@ -38,7 +38,7 @@ def srdhm_ref(a: int, b: int) -> int:
 
 
 def rounding_shift_right_ref(x: int, n: int) -> int:
-    """(x + 2**(n-1)) >> n for n >= 1 (half up), x for n = 0: HVX vasr :rnd."""
+    """(x + 2**(n-1)) >> n for n >= 1 (half up), x for n = 0 (HVX: vasr(x, n) + (vasr(x, n-1) & 1))."""
     if n == 0:
         return x
     return (x + (1 << (n - 1))) >> n

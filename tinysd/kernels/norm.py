@@ -22,10 +22,10 @@ rdiv(p, N) = floor((2p + N) / (2N)) is p/N rounded half up. Per channel c of the
 and per element (all int32 with saturation, as HVX does it):
 
     c   = q*2**H - mean                                   (|c| < 2**31)        vasl, vsub
-    x   = sat32(c * 2**max(e_c, 0))                                            vasl:sat
-    v   = rsr(srdhm(x, M_c), max(-e_c, 0))     (0 when the shift is >= 32)     vmpye/vmpyo, vasr:rnd
+    x   = sat32(c * 2**max(e_c, 0))                                            vasrinto, vsatdw
+    v   = rsr(srdhm(x, M_c), max(-e_c, 0))     (0 when the shift is >= 32)     vmpye/vmpyo, vasr/vand/vadd
     t   = sat32(v + beta_fx[c])                                                vadd:sat
-    out = clip(rsr(t, Q), 0, 2**out_bits - 1)                                  vasr:rnd, vmax/vmin
+    out = clip(rsr(t, Q), 0, 2**out_bits - 1)                                  vasr/vand/vadd, vmax/vmin
 
 Parameters (`NormParams`, built in float64 once by `prepare_group_norm` / `prepare_layer_norm`):
 gamma as a signed per-channel multiplier/shift pair of gamma/out_scale (|multiplier| in

@@ -4,7 +4,7 @@ Spec: docs/arithmetic.md, section "Softmax". Summary, per row of T scores x_q (u
 
     m     = max_j x_q[j]                                   (unmasked j only)       HVX vmax
     k_j   = min(m - x_q[j], len(E) - 1)                    (table index, >= 0)     vsub, vmin
-    e_j   = E[k_j]                                         (int32, <= 2**30)       vlut / vgather
+    e_j   = E[k_j]                                         (int32, <= 2**30)       vgather (words)
     S     = sum_j e_j                                      (int64, < 2**62)        vadd (word pairs)
     L     = bit_length(S)                                  (>= 31: S >= E[0] = 2**30)  cl0
     s31   = S >> (L - 31)                                  (in [2**30, 2**31))
