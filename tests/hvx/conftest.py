@@ -4,6 +4,8 @@ Without qemu-user, clang and lld the tests skip with one line naming what to ins
 CI (`TINYSD_REQUIRE_HVX` or `CI` set in the environment, as `.ci/run` does) they fail instead.
 """
 import os
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -34,8 +36,9 @@ CALIBRATION_PROMPTS = ["a red circle", "a small yellow square on the left"]
 
 
 @pytest.fixture(scope="session")
-def default_model_golden(tmp_path_factory):
-    """{precision: GoldenFolder} of the default model (weights/tinysd-shapes) at w8a8 and w8a16, built once.
+def default_model_golden(request):
+    """{precision: (quantized model folder, GoldenFolder)} of the default model (weights/tinysd-shapes) at
+    w8a8 and w8a16, built once.
 
     Each precision is quantized from one calibration run (2 prompts, 1 euler step), and its golden
     folder holds every network call of one step (text encoder, UNet step 0, VAE) with a layer case
@@ -50,13 +53,18 @@ def default_model_golden(tmp_path_factory):
 
     if not (DEFAULT_MODEL_DIR / "model_index.json").is_file():
         pytest.skip("default model not present in weights/")
-    root = tmp_path_factory.mktemp("hvx-golden")
+    # the golden writer fsyncs each of its ~2900 files: on tmpfs that costs nothing, on a busy disk tens of seconds
+    shm = Path("/dev/shm")
+    tmp = tempfile.TemporaryDirectory(prefix="tinysd-hvx-golden.", dir=shm if shm.is_dir() and os.access(shm, os.W_OK)
+                                      else None)
+    request.addfinalizer(tmp.cleanup)
+    root = Path(tmp.name)
     loaded = load_checkpoint(DEFAULT_MODEL_DIR)
     ranges = calibrate_model(loaded, CALIBRATION_PROMPTS, 1, "minmax", sampler="euler", seed=0)
     out = {}
     for precision in ("w8a8", "w8a16"):
         model = save_quantized(quantize_model(loaded, precision, ranges), root / f"model-{precision}",
                                tokenizer_dir=loaded.tokenizer_dir)
-        out[precision] = GoldenFolder(generate_golden(model, root / f"golden-{precision}", [GOLDEN_PROMPT], steps=1,
-                                                      layers="*", storage="raw"))
+        out[precision] = (model, GoldenFolder(generate_golden(model, root / f"golden-{precision}", [GOLDEN_PROMPT],
+                                                              steps=1, layers="*", storage="raw")))
     return out

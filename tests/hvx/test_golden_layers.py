@@ -13,7 +13,7 @@ NETWORK_OPS = {"embedding", "linear", "conv2d", "matmul", "group_norm", "layer_n
 
 @pytest.mark.parametrize("precision", ["w8a8", "w8a16"])
 def test_every_layer_case_of_the_default_model(default_model_golden, hvx, precision):
-    folder = default_model_golden[precision]
+    _, folder = default_model_golden[precision]
     cases = [c for c in folder.cases if c["kind"] == "layer"]
     assert {c["network"] for c in cases} == {"text_encoder", "unet", "vae"}
     assert {c["op"] for c in cases} == NETWORK_OPS
