@@ -18,7 +18,7 @@ def test_network_call_as_a_chain_of_hvx_kernels(default_model_golden, hvx, preci
     model, folder = default_model_golden[precision]
     kinds = set()
     results = golden.check_network_case(folder, network_case(folder, network), load_quantized(model), hvx,
-                                        on_call=lambda name, call: kinds.add(call.what))
+                                        on_call=lambda call: kinds.add(call.what))
     assert results and all(r.ok for r in results), [r.line() for r in results]
     assert results[0].size == {"text_encoder": 2 * 77 * 64, "unet": 2 * 4 * 8 * 8}[network]
     want = {"text_encoder": {"embedding", "add", "layer_norm", "linear", "matmul", "softmax", "table"},

@@ -52,22 +52,49 @@ def assert_equal_lanes(got, want, what, *inputs):
                     f"= {int(got[i])} on HVX, {int(want[i])} in tinysd.fixedpoint")
 
 
-def test_srdhm(hvx):
-    rng = rng_for("srdhm")
-    edge = np.array(list(itertools.product(EDGE32, EDGE32))).T  # every pair of edge values
+def shl_sat(x, s):
+    return fp.saturate_i32(x.astype(np.int64) << s.astype(np.int64))
+
+
+def add_sat(a, b):
+    return fp.saturate_i32(a.astype(np.int64) + b)
+
+
+@pytest.mark.parametrize("op,fn", [("srdhm", fp.srdhm), ("add_sat", add_sat)])
+def test_two_int32_operands(hvx, op, fn):
+    """srdhm and the saturating add: every pair of edge values, then 100,000 mixed pairs."""
+    rng = rng_for(op)
+    edge = np.array(list(itertools.product(EDGE32, EDGE32))).T
     a = np.concatenate([edge[0], mixed_i32(rng, N_RANDOM)]).astype(np.int32)
     b = np.concatenate([edge[1], mixed_i32(rng, N_RANDOM)]).astype(np.int32)
-    got = run_prim(hvx, "srdhm", a.size, a, b).array(0, np.int32)
-    assert_equal_lanes(got, fp.srdhm(a, b), "srdhm", a, b)
+    got = run_prim(hvx, op, a.size, a, b).array(0, np.int32)
+    assert_equal_lanes(got, fn(a, b), op, a, b)
 
 
-def test_rounding_shift_right_int32(hvx):
-    rng = rng_for("rsr32")
+@pytest.mark.parametrize("op,fn", [("rsr32", fp.rounding_shift_right), ("shl_sat", shl_sat)])
+def test_int32_shifts(hvx, op, fn):
+    """rounding_shift_right and sat32(x << s) (requantize's first step; HVX has no saturating word vasl):
+    every edge value with every shift in [0, 31], then 100,000 mixed values and shifts."""
+    rng = rng_for(op)
     edge = np.array(list(itertools.product(EDGE32, range(32)))).T
     x = np.concatenate([edge[0], mixed_i32(rng, N_RANDOM)]).astype(np.int32)
     n = np.concatenate([edge[1], rng.integers(0, 32, N_RANDOM)]).astype(np.int32)
-    got = run_prim(hvx, "rsr32", x.size, x, n).array(0, np.int32)
-    assert_equal_lanes(got, fp.rounding_shift_right(x, n), "rounding_shift_right", x, n)
+    got = run_prim(hvx, op, x.size, x, n).array(0, np.int32)
+    assert_equal_lanes(got, fn(x, n), op, x, n)
+
+
+@pytest.mark.parametrize("op,fn,dtype", [("rsr64", fp.rounding_shift_right, np.int64),
+                                         ("narrow64", fp.narrow_i64, np.int32)])
+def test_word_pair_shifts(hvx, op, fn, dtype):
+    """The 64-bit rounding_shift_right and narrow_i64 (|x| < 2**62, n in [0, 62]) on word pairs."""
+    rng = rng_for(op)
+    edge_x = np.array([0, 1, -1, 2**62 - 1, -(2**62) + 1, 2**61, -(2**61), 2**32, -(2**32), 2**31, -(2**31),
+                       2**31 - 1, -(2**31) - 1, 2**32 - 1])
+    edge = np.array(list(itertools.product(edge_x, range(63)))).T
+    x = np.concatenate([edge[0], mixed_i62(rng, N_RANDOM)]).astype(np.int64)
+    n = np.concatenate([edge[1], rng.integers(0, 63, N_RANDOM)]).astype(np.int32)
+    got = run_prim(hvx, op, x.size, x, n).array(0, dtype)
+    assert_equal_lanes(got, fn(x, n), op, x, n)
 
 
 def test_rounding_shift_right_ties(hvx):
@@ -78,26 +105,6 @@ def test_rounding_shift_right_ties(hvx):
     n = n.astype(np.int32)
     got = run_prim(hvx, "rsr32", x.size, x, n).array(0, np.int32)
     assert_equal_lanes(got, fp.rounding_shift_right(x, n), "rounding_shift_right", x, n)
-
-
-def test_rounding_shift_right_int64(hvx):
-    rng = rng_for("rsr64")
-    edge_x = np.array([0, 1, -1, 2**62 - 1, -(2**62) + 1, 2**61, -(2**61), 2**32, -(2**32), 2**31, -(2**31)])
-    edge = np.array(list(itertools.product(edge_x, range(63)))).T
-    x = np.concatenate([edge[0], mixed_i62(rng, N_RANDOM)]).astype(np.int64)
-    n = np.concatenate([edge[1], rng.integers(0, 63, N_RANDOM)]).astype(np.int32)
-    got = run_prim(hvx, "rsr64", x.size, x, n).array(0, np.int64)
-    assert_equal_lanes(got, fp.rounding_shift_right(x, n), "rounding_shift_right (64-bit)", x, n)
-
-
-def test_narrow_i64(hvx):
-    rng = rng_for("narrow")
-    edge_x = np.array([0, 1, -1, 2**62 - 1, -(2**62) + 1, 2**31 - 1, -(2**31), 2**31, -(2**31) - 1, 2**32])
-    edge = np.array(list(itertools.product(edge_x, range(63)))).T
-    x = np.concatenate([edge[0], mixed_i62(rng, N_RANDOM)]).astype(np.int64)
-    n = np.concatenate([edge[1], rng.integers(0, 63, N_RANDOM)]).astype(np.int32)
-    got = run_prim(hvx, "narrow64", x.size, x, n).array(0, np.int32)
-    assert_equal_lanes(got, fp.narrow_i64(x, n), "narrow_i64", x, n)
 
 
 def test_requantize(hvx):
@@ -125,22 +132,3 @@ def test_saturate_i32(hvx):
                         rng.integers(-(2**33), 2**33, N_RANDOM // 2)]).astype(np.int64)
     got = run_prim(hvx, "sat32", x.size, x).array(0, np.int32)
     assert_equal_lanes(got, fp.saturate_i32(x), "saturate_i32", x)
-
-
-def test_saturating_left_shift(hvx):
-    """sat32(x * 2**s), the first step of requantize (HVX has no saturating word vasl)."""
-    rng = rng_for("shl")
-    edge = np.array(list(itertools.product(EDGE32, range(32)))).T
-    x = np.concatenate([edge[0], mixed_i32(rng, N_RANDOM)]).astype(np.int32)
-    s = np.concatenate([edge[1], rng.integers(0, 32, N_RANDOM)]).astype(np.int32)
-    got = run_prim(hvx, "shl_sat", x.size, x, s).array(0, np.int32)
-    assert_equal_lanes(got, fp.saturate_i32(x.astype(np.int64) << s.astype(np.int64)), "sat32(x << s)", x, s)
-
-
-def test_saturating_add(hvx):
-    rng = rng_for("addsat")
-    edge = np.array(list(itertools.product(EDGE32, EDGE32))).T
-    a = np.concatenate([edge[0], mixed_i32(rng, N_RANDOM)]).astype(np.int32)
-    b = np.concatenate([edge[1], mixed_i32(rng, N_RANDOM)]).astype(np.int32)
-    got = run_prim(hvx, "add_sat", a.size, a, b).array(0, np.int32)
-    assert_equal_lanes(got, fp.saturate_i32(a.astype(np.int64) + b), "sat32(a + b)", a, b)

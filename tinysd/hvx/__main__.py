@@ -46,7 +46,7 @@ def _run(golden, model, cases, cost):
             for case in selected:
                 if case["kind"] == "network":
                     results += hvx_golden.check_network_case(
-                        folder, case, qmodel, proc, on_call=lambda name, call, c=case: calls.append((c, name, call)))
+                        folder, case, qmodel, proc, on_call=lambda call, c=case: calls.append((c, call)))
     bad = [r for r in results if not r.ok]
     for r in bad:
         click.echo(r.line())
@@ -54,7 +54,7 @@ def _run(golden, model, cases, cost):
     if cost:
         per_kind: dict[tuple, costs.Cost] = defaultdict(costs.Cost)
         count: dict[tuple, int] = defaultdict(int)
-        for case, _, call in calls:
+        for case, call in calls:
             key = (case["id"], call.what)
             per_kind[key] += costs.measure(exe, call.request)
             count[key] += 1

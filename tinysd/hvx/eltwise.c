@@ -71,21 +71,38 @@ static const void *broadcast_to(const void *src, const int64_t *ss, const int64_
   return dst;
 }
 
-/* Shapes of a two-operand op: ints[0] = nd, then a's and b's shapes (nd each); the output shape
- * is the broadcast one. Returns the number of ints read, or 0 when malformed. */
-static int two_operands(const Request *r, int64_t *os, const void **a, const void **b, int cb, int64_t *n) {
+/* The operands of add and mul. ints: nd, a's shape, b's shape (nd each), then n_params op parameters
+ * starting with bits; blobs: a, b. On success *p points at the op parameters, a and b are expanded to
+ * the broadcast shape (n elements) and *out is the output blob. Returns a ST_* status. */
+typedef struct {
+  const int64_t *p;
+  int bits, cb;
+  int64_t n;
+  const void *a, *b;
+  uint8_t *out;
+} Binary;
+
+static int binary_operands(Request *r, int n_params, Binary *o) {
+  if (r->n_blobs != 2 || r->n_ints < 1) return ST_BAD_REQUEST;
   int nd = (int)r->ints[0];
-  if (nd < 1 || nd > 8 || r->n_ints < (uint32_t)(1 + 2 * nd)) return 0;
+  if (nd < 1 || nd > 8 || r->n_ints != (uint32_t)(1 + 2 * nd + n_params)) return ST_BAD_REQUEST;
   const int64_t *sa = r->ints + 1, *sb = r->ints + 1 + nd;
+  o->p = r->ints + 1 + 2 * nd;
+  o->bits = (int)o->p[0];
+  if (o->bits != 8 && o->bits != 16) return ST_UNSUPPORTED;
+  o->cb = code_bytes(o->bits);
+  int64_t os[8];
   for (int d = 0; d < nd; d++) {
-    if (sa[d] != sb[d] && sa[d] != 1 && sb[d] != 1) return 0;
+    if (sa[d] != sb[d] && sa[d] != 1 && sb[d] != 1) return ST_BAD_REQUEST;
     os[d] = sa[d] > sb[d] ? sa[d] : sb[d];
   }
-  if (r->size[0] != (uint64_t)(prod64(sa, nd) * cb) || r->size[1] != (uint64_t)(prod64(sb, nd) * cb)) return 0;
-  *n = prod64(os, nd);
-  *a = broadcast_to(r->blob[0], sa, os, nd, cb);
-  *b = broadcast_to(r->blob[1], sb, os, nd, cb);
-  return 1 + 2 * nd;
+  if (r->size[0] != (uint64_t)(prod64(sa, nd) * o->cb) || r->size[1] != (uint64_t)(prod64(sb, nd) * o->cb))
+    return ST_BAD_REQUEST;
+  o->n = prod64(os, nd);
+  o->a = broadcast_to(r->blob[0], sa, os, nd, o->cb);
+  o->b = broadcast_to(r->blob[1], sb, os, nd, o->cb);
+  o->out = out_blob(r, (uint64_t)(o->n * o->cb));
+  return o->a && o->b && o->out ? ST_OK : ST_NO_MEMORY;
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -98,32 +115,26 @@ static int two_operands(const Request *r, int64_t *os, const void **a, const voi
  *   out = requantize(a_s + b_s, multiplier, shift, out_zp, qmin, qmax)                            vadd, 11
  * (|a_s|, |b_s| < 2**30 for the parameters of §4.5, so the plain vadd is exact.) */
 int op_add(Request *r) {
-  if (r->n_blobs != 2 || r->n_ints < 1) return ST_BAD_REQUEST;
-  int nd = (int)r->ints[0];
-  if (r->n_ints != (uint32_t)(1 + 2 * nd + 13)) return ST_BAD_REQUEST;
-  const int64_t *p = r->ints + 1 + 2 * nd;
-  int bits = (int)p[0];
-  if (bits != 8 && bits != 16) return ST_UNSUPPORTED;
-  int cb = code_bytes(bits);
-  int64_t os[8], n;
-  const void *a, *b;
-  if (!two_operands(r, os, &a, &b, cb, &n)) return ST_BAD_REQUEST;
-  void *out = out_blob(r, (uint64_t)(n * cb));
-  if (!a || !b || !out) return ST_NO_MEMORY;
+  Binary o;
+  int st = binary_operands(r, 13, &o);
+  if (st != ST_OK) return st;
+  const int64_t *p = o.p;
+  int bits = o.bits, cb = o.cb;
+  int64_t n = o.n;
   V a_zp = splat((int32_t)p[1]), b_zp = splat((int32_t)p[4]);
   int32_t ls = (int32_t)p[12];
   Requant ra = rq_prepare_scalar((int32_t)p[2], (int32_t)p[3], 0, INT32_MIN, INT32_MAX);
   Requant rb = rq_prepare_scalar((int32_t)p[5], (int32_t)p[6], 0, INT32_MIN, INT32_MAX);
   Requant ro = rq_prepare_scalar((int32_t)p[7], (int32_t)p[8], (int32_t)p[9], (int32_t)p[10], (int32_t)p[11]);
   for (int64_t i = 0; i < n; i += 64) {
-    Chunk ca = chunk_load((const uint8_t *)a + i * cb, bits), cbv = chunk_load((const uint8_t *)b + i * cb, bits);
+    Chunk ca = chunk_load((const uint8_t *)o.a + i * cb, bits), cbv = chunk_load((const uint8_t *)o.b + i * cb, bits);
     V *wa[2] = {&ca.w0, &ca.w1}, *wb[2] = {&cbv.w0, &cbv.w1};
     for (int h = 0; h < 2; h++) {
       V as = requantize_v(Q6_Vw_vasl_VwR(Q6_Vw_vsub_VwVw(*wa[h], a_zp), ls), &ra);
       V bs = requantize_v(Q6_Vw_vasl_VwR(Q6_Vw_vsub_VwVw(*wb[h], b_zp), ls), &rb);
       *wa[h] = requantize_v(Q6_Vw_vadd_VwVw(as, bs), &ro);
     }
-    chunk_store((uint8_t *)out + i * cb, bits, ca, n - i < 64 ? (int)(n - i) : 64);
+    chunk_store(o.out + i * cb, bits, ca, n - i < 64 ? (int)(n - i) : 64);
   }
   return ST_OK;
 }
@@ -141,23 +152,17 @@ int op_add(Request *r) {
  *   pair = sign ? -(0:mag) : (0:mag)   vsub, vcmp.eq, vmux x3
  *   out = requantize(narrow_i64(pair, acc_shift), ...) */
 int op_mul(Request *r) {
-  if (r->n_blobs != 2 || r->n_ints < 1) return ST_BAD_REQUEST;
-  int nd = (int)r->ints[0];
-  if (r->n_ints != (uint32_t)(1 + 2 * nd + 9)) return ST_BAD_REQUEST;
-  const int64_t *p = r->ints + 1 + 2 * nd;
-  int bits = (int)p[0];
-  if (bits != 8 && bits != 16) return ST_UNSUPPORTED;
-  int cb = code_bytes(bits);
-  int64_t os[8], n;
-  const void *a, *b;
-  if (!two_operands(r, os, &a, &b, cb, &n)) return ST_BAD_REQUEST;
-  void *out = out_blob(r, (uint64_t)(n * cb));
-  if (!a || !b || !out) return ST_NO_MEMORY;
+  Binary o;
+  int st = binary_operands(r, 9, &o);
+  if (st != ST_OK) return st;
+  const int64_t *p = o.p;
+  int bits = o.bits, cb = o.cb;
+  int64_t n = o.n;
   V a_zp = splat((int32_t)p[1]), b_zp = splat((int32_t)p[2]), zero = vzero(), minus1 = splat(-1);
   PairShift ps = pair_shift_prepare(splat((int32_t)p[5]));
   Requant rq = rq_prepare_scalar((int32_t)p[3], (int32_t)p[4], (int32_t)p[6], (int32_t)p[7], (int32_t)p[8]);
   for (int64_t i = 0; i < n; i += 64) {
-    Chunk ca = chunk_load((const uint8_t *)a + i * cb, bits), cbv = chunk_load((const uint8_t *)b + i * cb, bits);
+    Chunk ca = chunk_load((const uint8_t *)o.a + i * cb, bits), cbv = chunk_load((const uint8_t *)o.b + i * cb, bits);
     V *wa[2] = {&ca.w0, &ca.w1}, *wb[2] = {&cbv.w0, &cbv.w1};
     for (int h = 0; h < 2; h++) {
       V da = Q6_Vuw_vabsdiff_VwVw(*wa[h], a_zp), db = Q6_Vuw_vabsdiff_VwVw(*wb[h], b_zp);
@@ -167,7 +172,7 @@ int op_mul(Request *r) {
       P64 prod = {Q6_V_vmux_QVV(neg, neg_hi, zero), Q6_V_vmux_QVV(neg, Q6_Vw_vsub_VwVw(zero, mag), mag)};
       *wa[h] = requantize_v(narrow64_v(prod, ps), &rq);
     }
-    chunk_store((uint8_t *)out + i * cb, bits, ca, n - i < 64 ? (int)(n - i) : 64);
+    chunk_store(o.out + i * cb, bits, ca, n - i < 64 ? (int)(n - i) : 64);
   }
   return ST_OK;
 }

@@ -143,7 +143,7 @@ def check_network_case(folder, case: dict, qmodel, proc: HvxProcess, on_call=Non
     The call's recorded integer inputs enter the network (`HvxInterpreter(inputs=...)`); every op
     runs on the HVX program with the quantized model `qmodel`'s parameters (the golden folder's
     model, e.g. `tinysd.quant.folder.load_quantized(path)`), its output feeding the next op. The
-    integer output is compared with the case's. on_call: see HvxInterpreter.
+    integer output is compared with the case's. on_call(Call): called before every request.
     """
     from ..models import UNet, VAE, TextEncoder
     from ..quant.calibration import model_graphs

@@ -52,15 +52,6 @@ static uint64_t isqrt64(uint64_t v) {
 /* rdiv(p, N) = floor((2p + N) / (2N)): p / N rounded half up, p >= 0 (all bounds of §6.3 keep 2p + N < 2**63). */
 static int64_t rdiv(uint64_t p, uint64_t N) { return (int64_t)udiv64(2 * p + N, 2 * N); }
 
-static uint64_t lane_sum(P64 s) {
-  uint32_t hi[32] __attribute__((aligned(VBYTES))), lo[32] __attribute__((aligned(VBYTES)));
-  *(V *)hi = s.hi;
-  *(V *)lo = s.lo;
-  uint64_t t = 0;
-  for (int l = 0; l < 32; l++) t += ((uint64_t)hi[l] << 32) + lo[l];
-  return t;
-}
-
 static RowStats row_stats(const uint8_t *x, int64_t N, int bits, int64_t eps_fx) {
   int cb = code_bytes(bits), H = 31 - bits;
   V zero = vzero();
@@ -69,7 +60,7 @@ static RowStats row_stats(const uint8_t *x, int64_t N, int bits, int64_t eps_fx)
     Chunk c = chunk_mask(chunk_load(x + i * cb, bits), (int)(N - i < 64 ? N - i : 64));
     s1 = p64_add(p64_add(s1, p64_from_uw(c.w0)), p64_from_uw(c.w1));
   }
-  uint64_t sum1 = lane_sum(s1);
+  uint64_t sum1 = p64_lane_sum(s1);
   uint64_t a = udiv64(sum1, (uint64_t)N), b = sum1 - a * (uint64_t)N;
   V av = splat((int32_t)a);
   P64 s2 = {zero, zero};
@@ -80,7 +71,7 @@ static RowStats row_stats(const uint8_t *x, int64_t N, int bits, int64_t eps_fx)
     s2 = p64_add(s2, p64_from_uw(Q6_Vw_vmpyie_VwVuh(d.w0, d.w0)));
     s2 = p64_add(s2, p64_from_uw(Q6_Vw_vmpyie_VwVuh(d.w1, d.w1)));
   }
-  uint64_t D2 = lane_sum(s2);
+  uint64_t D2 = p64_lane_sum(s2);
   uint64_t u = udiv64(D2, (uint64_t)N), w = D2 - u * (uint64_t)N;
   int64_t e2 = (int64_t)(u << 32) + rdiv(w << 32, (uint64_t)N);
   int64_t f = rdiv(b << 31, (uint64_t)N);

@@ -98,6 +98,16 @@ static inline P64 p64_shl(V x, V amount_32_minus_s) {
   return p;
 }
 
+/* The sum of the 32 lanes of a non-negative pair, on the scalar core (once per row). */
+static inline uint64_t p64_lane_sum(P64 s) {
+  uint32_t hi[32] __attribute__((aligned(VBYTES))), lo[32] __attribute__((aligned(VBYTES)));
+  *(V *)hi = s.hi;
+  *(V *)lo = s.lo;
+  uint64_t t = 0;
+  for (int l = 0; l < 32; l++) t += ((uint64_t)hi[l] << 32) + lo[l];
+  return t;
+}
+
 /* §2 saturate_i32: clip a pair to [-2**31, 2**31 - 1]: vsatdw (V66). 1 instruction. */
 static inline V sat32_v(P64 x) { return Q6_Vw_vsatdw_VwVw(x.hi, x.lo); }
 

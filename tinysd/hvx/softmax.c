@@ -15,16 +15,7 @@
  */
 #include "kernels.h"
 
-/* sum of the 32 lanes of a word pair (scalar, once per row) */
-static uint64_t pair_lane_sum(P64 s) {
-  uint32_t hi[32] __attribute__((aligned(VBYTES))), lo[32] __attribute__((aligned(VBYTES)));
-  *(V *)hi = s.hi;
-  *(V *)lo = s.lo;
-  uint64_t t = 0;
-  for (int l = 0; l < 32; l++) t += ((uint64_t)hi[l] << 32) + lo[l];
-  return t;
-}
-
+/* the largest of the 32 lanes (scalar, once per row) */
 static int32_t lane_max(V v) {
   int32_t w[32] __attribute__((aligned(VBYTES)));
   *(V *)w = v;
@@ -76,7 +67,7 @@ int op_softmax(Request *r) {
       S = p64_add(S, p64_from_uw(ec.w0));
       S = p64_add(S, p64_from_uw(ec.w1));
     }
-    uint64_t s = pair_lane_sum(S); /* >= E[0] = 2**30 */
+    uint64_t s = p64_lane_sum(S); /* >= E[0] = 2**30 */
     int L = bit_length64(s);
     int64_t s31 = (int64_t)(s >> (L - 31));
     int32_t R = (int32_t)udiv64(((uint64_t)1 << 61) - 1, (uint64_t)s31); /* recip31 */

@@ -20,6 +20,10 @@ and computes with one kernel of `tinysd.kernels`:
 | upsample_nearest2x | `kernels.upsample_nearest2x` (+ `requantize_tensor` when the encoding changes) |
 | reshape, transpose, split | NumPy views; the encoding is kept |
 
+The kernels are a backend object (`kernels=`, default `CPU_KERNELS`: the functions named above);
+another backend with the same functions runs the same ops elsewhere (`tinysd.hvx.interp.HvxKernels`:
+the HVX kernels under qemu-hexagon).
+
 There is no float arithmetic between `input` and `output`: `input` quantizes a
 host float array with the input's encoding (the only float -> int step) and
 `output` dequantizes (the only int -> float step). Every op refuses anything
@@ -36,6 +40,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Sequence
 
 import numpy as np
@@ -51,6 +56,12 @@ from ..quant.prepare import quantize_activation
 from .names import OpNames
 
 log = logging.getLogger(__name__)
+
+#: The default kernel backend: tinysd.kernels on the CPU (each function bit-equal to its reference).
+CPU_KERNELS = SimpleNamespace(embedding=K.embedding, linear=K.linear, conv2d=K.conv2d, group_norm=group_norm,
+                              layer_norm=layer_norm, apply_table=apply_table, softmax=_softmax, matmul=K.matmul,
+                              add=K.add, mul=K.mul, requantize_tensor=K.requantize_tensor, concat=K.concat,
+                              upsample_nearest2x=K.upsample_nearest2x)
 
 _DTYPES = {8: np.dtype("uint8"), 16: np.dtype("uint16")}
 
@@ -86,8 +97,9 @@ class QTensor:
 class IntegerInterpreter:
     """Runs a graph on integer data with the arrays of one `QuantizedNetwork`."""
 
-    def __init__(self, qnet: QuantizedNetwork, cache_weights: bool = False):
+    def __init__(self, qnet: QuantizedNetwork, cache_weights: bool = False, kernels=None):
         self.qnet = qnet
+        self.kernels = CPU_KERNELS if kernels is None else kernels
         self.network = qnet.network
         self.bits = ACTIVATION_BITS[qnet.precision]
         self.qmax = 2**self.bits - 1
@@ -161,19 +173,19 @@ class IntegerInterpreter:
         table = self.array(name, "table_q")
         if ids.size and (ids.min() < 0 or ids.max() >= table.shape[0]):
             raise TinySDError(f"{self.network}: {name}: index out of range 0..{table.shape[0] - 1}")
-        return self._out(K.embedding(ids, table), tensor)
+        return self._out(self.kernels.embedding(ids, table), tensor)
 
     def linear(self, x, name: str) -> QTensor:
         x = self._q(x, name)
         tensor = self._names.claim(name)
-        y = K.linear(x.data, x.zp, self._weight(name), self._bias(name), self.array(name, "multiplier"),
+        y = self.kernels.linear(x.data, x.zp, self._weight(name), self._bias(name), self.array(name, "multiplier"),
                      self.array(name, "shift"), self._zp(tensor), 0, self.qmax, acc_shift=self.array(name, "acc_shift"))
         return self._out(y, tensor)
 
     def conv2d(self, x, name: str, stride: int = 1, padding=0) -> QTensor:
         x = self._q(x, name)
         tensor = self._names.claim(name)
-        y = K.conv2d(x.data, x.zp, self._weight(name), self._bias(name), self.array(name, "multiplier"),
+        y = self.kernels.conv2d(x.data, x.zp, self._weight(name), self._bias(name), self.array(name, "multiplier"),
                      self.array(name, "shift"), self._zp(tensor), 0, self.qmax, stride=stride, padding=padding,
                      acc_shift=self.array(name, "acc_shift"))
         return self._out(y, tensor)
@@ -185,18 +197,18 @@ class IntegerInterpreter:
     def group_norm(self, x, name: str, groups: int, eps: float) -> QTensor:
         x = self._q(x, name)
         tensor = self._names.claim(name)
-        return self._out(group_norm(x.data, groups, self._norm_params(name)), tensor)
+        return self._out(self.kernels.group_norm(x.data, groups, self._norm_params(name)), tensor)
 
     def layer_norm(self, x, name: str, eps: float) -> QTensor:
         x = self._q(x, name)
         tensor = self._names.claim(name)
-        return self._out(layer_norm(x.data, self._norm_params(name)), tensor)
+        return self._out(self.kernels.layer_norm(x.data, self._norm_params(name)), tensor)
 
     # --- elementwise / reductions ---------------------------------------------------
     def _table(self, x, name: str) -> QTensor:
         x = self._q(x, name)
         tensor = self._names.claim(name)
-        return self._out(apply_table(x.data, self.array(name, "table")), tensor)
+        return self._out(self.kernels.apply_table(x.data, self.array(name, "table")), tensor)
 
     def silu(self, x, name: str) -> QTensor:
         return self._table(x, name)
@@ -210,7 +222,7 @@ class IntegerInterpreter:
     def softmax(self, x, name: str, causal: bool = False) -> QTensor:
         x = self._q(x, name)
         tensor = self._names.claim(name)
-        y = _softmax(x.data, self.array(name, "exp_table"), out_bits=self.bits, causal=causal)
+        y = self.kernels.softmax(x.data, self.array(name, "exp_table"), out_bits=self.bits, causal=causal)
         return self._out(y, tensor)
 
     def matmul(self, a, b, name: str, alpha: float = 1.0) -> QTensor:
@@ -220,7 +232,7 @@ class IntegerInterpreter:
         if a.shape[-1] > max_k:
             raise TinySDError(f"{self.network}: {name}: reduction length {a.shape[-1]} exceeds the {max_k} its "
                               f"accumulator shift was proven for (input too large for this quantized model)")
-        y = K.matmul(a.data, a.zp, b.data, b.zp, self._scalar(name, "multiplier"), self._scalar(name, "shift"),
+        y = self.kernels.matmul(a.data, a.zp, b.data, b.zp, self._scalar(name, "multiplier"), self._scalar(name, "shift"),
                      self._zp(tensor), 0, self.qmax, acc_shift=self._scalar(name, "acc_shift"))
         return self._out(y, tensor)
 
@@ -228,21 +240,21 @@ class IntegerInterpreter:
         a, b = self._q(a, name), self._q(b, name)
         tensor = self._names.claim(name)
         s = lambda f: self._scalar(name, f)  # noqa: E731
-        y = K.add(a.data, a.zp, s("a_multiplier"), s("a_shift"), b.data, b.zp, s("b_multiplier"), s("b_shift"),
+        y = self.kernels.add(a.data, a.zp, s("a_multiplier"), s("a_shift"), b.data, b.zp, s("b_multiplier"), s("b_shift"),
                   s("multiplier"), s("shift"), self._zp(tensor), 0, self.qmax, left_shift=s("left_shift"))
         return self._out(y, tensor)
 
     def mul(self, a, b, name: str) -> QTensor:
         a, b = self._q(a, name), self._q(b, name)
         tensor = self._names.claim(name)
-        y = K.mul(a.data, a.zp, b.data, b.zp, self._scalar(name, "multiplier"), self._scalar(name, "shift"),
+        y = self.kernels.mul(a.data, a.zp, b.data, b.zp, self._scalar(name, "multiplier"), self._scalar(name, "shift"),
                   self._zp(tensor), 0, self.qmax, acc_shift=self._scalar(name, "acc_shift"))
         return self._out(y, tensor)
 
     def scale(self, x, factor: float, name: str) -> QTensor:
         x = self._q(x, name)
         tensor = self._names.claim(name)
-        y = K.requantize_tensor(x.data, x.zp, self._scalar(name, "multiplier"), self._scalar(name, "shift"),
+        y = self.kernels.requantize_tensor(x.data, x.zp, self._scalar(name, "multiplier"), self._scalar(name, "shift"),
                                 self._zp(tensor), 0, self.qmax)
         return self._out(y, tensor)
 
@@ -253,15 +265,15 @@ class IntegerInterpreter:
         shifts = [int(v) for v in self.array(name, "shifts")]
         if len(mults) != len(xs):
             raise TinySDError(f"{self.network}: {name}: {len(xs)} inputs but {len(mults)} multipliers")
-        y = K.concat([x.data for x in xs], [x.zp for x in xs], mults, shifts, axis, self._zp(tensor), 0, self.qmax)
+        y = self.kernels.concat([x.data for x in xs], [x.zp for x in xs], mults, shifts, axis, self._zp(tensor), 0, self.qmax)
         return self._out(y, tensor)
 
     def upsample_nearest2x(self, x, name: str) -> QTensor:
         x = self._q(x, name)
         tensor = self._names.claim(name)
-        y = K.upsample_nearest2x(x.data)
+        y = self.kernels.upsample_nearest2x(x.data)
         if f"{name}.multiplier" in self.qnet.arrays:  # the output encoding differs from the input's
-            y = K.requantize_tensor(y, x.zp, self._scalar(name, "multiplier"), self._scalar(name, "shift"),
+            y = self.kernels.requantize_tensor(y, x.zp, self._scalar(name, "multiplier"), self._scalar(name, "shift"),
                                     self._zp(tensor), 0, self.qmax)
         elif self._zp(tensor) != x.zp:
             raise TinySDError(f"{self.network}: {name}: output encoding differs from the input's but no rescale "
