@@ -7,8 +7,8 @@
  *
  * Shift amounts, as QEMU executes them (measured, docs/hvx.md §2):
  *   vasr(Vu.w, Vv.w), vasl(Vu.w, Vv.w), vlsr(Vu.w, Vv.w): the amount is the lane's low 6 bits,
- *     sign-extended: 0..31 shift the stated way, -32..-1 shift the other way (so an amount of
- *     32 is a shift by 32 in the opposite direction, i.e. a left shift by 32 gives 0).
+ *     sign-extended: 0..31 shift the stated way, -32..-1 shift the other way (an amount of 32
+ *     reads as -32: vasr and vlsr by 32 are left shifts by 32, giving 0).
  *   vasr(Vu.w, Rt): the amount is Rt & 31.
  * The sequences below only rely on these rules where a comment says so.
  */
