@@ -10,7 +10,7 @@
  *   S     = sum_j e_j                       word-pair accumulation (vaddcarry), then the lanes
  *   L, s31, R = recip31(s31), n             scalar, once per row (udiv64 for the division)
  *   out_j = min(rsr(srdhm(e_j, R), n), 2**out_bits - 1)   vmpye/vmpyo, vasr/vand/vadd, vmin;
- *                                           0 when n >= 32 (vmux)
+ *                                           all 0 when n >= 32 (n is per row: a scalar branch)
  * Masked lanes have e_j = 0, hence output 0 (srdhm(0, R) = 0).
  */
 #include "kernels.h"
