@@ -217,10 +217,3 @@ class HvxProcess:
             return [self._read_response() for _ in requests]
         finally:
             t.join()
-
-    def call(self, request: Request) -> Response:
-        """One request; HvxError naming the status when it is not ok."""
-        [resp] = self.run([request])
-        if resp.status != 0:
-            raise HvxError(f"HVX op {request.op}: {STATUS.get(resp.status, resp.status)}")
-        return resp
