@@ -39,8 +39,9 @@ def cases_linear_conv_matmul(rng, bits):
         mult, shift = quantize_multiplier(real * 2.0**acc_shift)
         args = (x, zp, w, b, mult, shift, qmax // 2, 0, qmax)
         yield ops.linear_call(*args, acc_shift=acc_shift), R.linear_ref(*args, acc_shift=acc_shift)
-    for n, c, h, wd, o, kk, st, pad, bias in [(1, 3, 5, 6, 4, 3, 1, 1, True), (2, 16, 8, 8, 33, 3, 2, (0, 1, 0, 1), False),
-                                              (1, 5, 4, 4, 8, 1, 1, 0, True), (1, 2, 9, 7, 3, 3, (2, 1), (1, 0, 2, 1), True)]:
+    conv_geometries = [(1, 3, 5, 6, 4, 3, 1, 1, True), (2, 16, 8, 8, 33, 3, 2, (0, 1, 0, 1), False),
+                       (1, 5, 4, 4, 8, 1, 1, 0, True), (1, 2, 9, 7, 3, 3, (2, 1), (1, 0, 2, 1), True)]
+    for n, c, h, wd, o, kk, st, pad, bias in conv_geometries:
         x, w = codes(rng, bits, (n, c, h, wd)), rng.integers(-128, 128, (o, c, kk, kk)).astype(np.int8)
         zp = int(rng.integers(0, qmax + 1))
         b = (rng.normal(0, 2, o) * np.sqrt(c * kk * kk) * rms(x, zp) * rms(w)).astype(np.int32) if bias else None

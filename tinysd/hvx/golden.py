@@ -51,7 +51,8 @@ class CaseResult:
 def compare(case: str, op: str, got: np.ndarray, want: np.ndarray) -> CaseResult:
     """Element-by-element comparison; the first mismatch as coordinates with both values."""
     if got.shape != want.shape:
-        return CaseResult(case, op, want.size, want.size, error=f"HVX shape {list(got.shape)}, golden {list(want.shape)}")
+        return CaseResult(case, op, want.size, want.size,
+                          error=f"HVX shape {list(got.shape)}, golden {list(want.shape)}")
     diff = np.flatnonzero(got.astype(np.int64).reshape(-1) != want.astype(np.int64).reshape(-1))
     if diff.size == 0:
         return CaseResult(case, op, want.size, 0)

@@ -67,7 +67,8 @@ def missing_tools() -> list[str]:
 
 def missing_tools_message(missing: list[str]) -> str:
     pkgs = sorted({TOOLS[t] for t in missing})
-    return f"the HVX kernels need {', '.join(missing)}: install with `{INSTALL_HINT}` (Debian packages {', '.join(pkgs)})"
+    return (f"the HVX kernels need {', '.join(missing)}: install with `{INSTALL_HINT}` "
+            f"(Debian packages {', '.join(pkgs)})")
 
 
 def _clang_version() -> str:

@@ -179,15 +179,16 @@ class IntegerInterpreter:
         x = self._q(x, name)
         tensor = self._names.claim(name)
         y = self.kernels.linear(x.data, x.zp, self._weight(name), self._bias(name), self.array(name, "multiplier"),
-                     self.array(name, "shift"), self._zp(tensor), 0, self.qmax, acc_shift=self.array(name, "acc_shift"))
+                                self.array(name, "shift"), self._zp(tensor), 0, self.qmax,
+                                acc_shift=self.array(name, "acc_shift"))
         return self._out(y, tensor)
 
     def conv2d(self, x, name: str, stride: int = 1, padding=0) -> QTensor:
         x = self._q(x, name)
         tensor = self._names.claim(name)
         y = self.kernels.conv2d(x.data, x.zp, self._weight(name), self._bias(name), self.array(name, "multiplier"),
-                     self.array(name, "shift"), self._zp(tensor), 0, self.qmax, stride=stride, padding=padding,
-                     acc_shift=self.array(name, "acc_shift"))
+                                self.array(name, "shift"), self._zp(tensor), 0, self.qmax, stride=stride,
+                                padding=padding, acc_shift=self.array(name, "acc_shift"))
         return self._out(y, tensor)
 
     def _norm_params(self, name: str) -> NormParams:
@@ -232,30 +233,33 @@ class IntegerInterpreter:
         if a.shape[-1] > max_k:
             raise TinySDError(f"{self.network}: {name}: reduction length {a.shape[-1]} exceeds the {max_k} its "
                               f"accumulator shift was proven for (input too large for this quantized model)")
-        y = self.kernels.matmul(a.data, a.zp, b.data, b.zp, self._scalar(name, "multiplier"), self._scalar(name, "shift"),
-                     self._zp(tensor), 0, self.qmax, acc_shift=self._scalar(name, "acc_shift"))
+        y = self.kernels.matmul(a.data, a.zp, b.data, b.zp, self._scalar(name, "multiplier"),
+                                self._scalar(name, "shift"), self._zp(tensor), 0, self.qmax,
+                                acc_shift=self._scalar(name, "acc_shift"))
         return self._out(y, tensor)
 
     def add(self, a, b, name: str) -> QTensor:
         a, b = self._q(a, name), self._q(b, name)
         tensor = self._names.claim(name)
         s = lambda f: self._scalar(name, f)  # noqa: E731
-        y = self.kernels.add(a.data, a.zp, s("a_multiplier"), s("a_shift"), b.data, b.zp, s("b_multiplier"), s("b_shift"),
-                  s("multiplier"), s("shift"), self._zp(tensor), 0, self.qmax, left_shift=s("left_shift"))
+        y = self.kernels.add(a.data, a.zp, s("a_multiplier"), s("a_shift"), b.data, b.zp, s("b_multiplier"),
+                             s("b_shift"), s("multiplier"), s("shift"), self._zp(tensor), 0, self.qmax,
+                             left_shift=s("left_shift"))
         return self._out(y, tensor)
 
     def mul(self, a, b, name: str) -> QTensor:
         a, b = self._q(a, name), self._q(b, name)
         tensor = self._names.claim(name)
-        y = self.kernels.mul(a.data, a.zp, b.data, b.zp, self._scalar(name, "multiplier"), self._scalar(name, "shift"),
-                  self._zp(tensor), 0, self.qmax, acc_shift=self._scalar(name, "acc_shift"))
+        y = self.kernels.mul(a.data, a.zp, b.data, b.zp, self._scalar(name, "multiplier"),
+                             self._scalar(name, "shift"), self._zp(tensor), 0, self.qmax,
+                             acc_shift=self._scalar(name, "acc_shift"))
         return self._out(y, tensor)
 
     def scale(self, x, factor: float, name: str) -> QTensor:
         x = self._q(x, name)
         tensor = self._names.claim(name)
-        y = self.kernels.requantize_tensor(x.data, x.zp, self._scalar(name, "multiplier"), self._scalar(name, "shift"),
-                                self._zp(tensor), 0, self.qmax)
+        y = self.kernels.requantize_tensor(x.data, x.zp, self._scalar(name, "multiplier"),
+                                           self._scalar(name, "shift"), self._zp(tensor), 0, self.qmax)
         return self._out(y, tensor)
 
     def concat(self, xs: Sequence, axis: int, name: str) -> QTensor:
@@ -265,7 +269,8 @@ class IntegerInterpreter:
         shifts = [int(v) for v in self.array(name, "shifts")]
         if len(mults) != len(xs):
             raise TinySDError(f"{self.network}: {name}: {len(xs)} inputs but {len(mults)} multipliers")
-        y = self.kernels.concat([x.data for x in xs], [x.zp for x in xs], mults, shifts, axis, self._zp(tensor), 0, self.qmax)
+        y = self.kernels.concat([x.data for x in xs], [x.zp for x in xs], mults, shifts, axis, self._zp(tensor), 0,
+                                self.qmax)
         return self._out(y, tensor)
 
     def upsample_nearest2x(self, x, name: str) -> QTensor:
@@ -273,8 +278,8 @@ class IntegerInterpreter:
         tensor = self._names.claim(name)
         y = self.kernels.upsample_nearest2x(x.data)
         if f"{name}.multiplier" in self.qnet.arrays:  # the output encoding differs from the input's
-            y = self.kernels.requantize_tensor(y, x.zp, self._scalar(name, "multiplier"), self._scalar(name, "shift"),
-                                    self._zp(tensor), 0, self.qmax)
+            y = self.kernels.requantize_tensor(y, x.zp, self._scalar(name, "multiplier"),
+                                               self._scalar(name, "shift"), self._zp(tensor), 0, self.qmax)
         elif self._zp(tensor) != x.zp:
             raise TinySDError(f"{self.network}: {name}: output encoding differs from the input's but no rescale "
                               f"was prepared")
