@@ -119,7 +119,7 @@ def test_failed_write_leaves_nothing(tmp_path):
 
 
 def test_check_output_path(tmp_path):
-    with pytest.raises(TinySDError, match="is a directory"):
+    with pytest.raises(TinySDError, match="is a folder"):
         check_output_path(tmp_path)
     with pytest.raises(TinySDError, match="does not exist"):
         check_output_path(tmp_path / "no" / "out.png")

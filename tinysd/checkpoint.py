@@ -53,6 +53,7 @@ from . import keymap
 from .config import CLIPTextConfig, ModelConfig, SchedulerConfig, UNetConfig, VAEConfig
 from .atomic import atomic_dir
 from .errors import TinySDError
+from .fileio import read_text
 from .safetensors_io import SafetensorsFile, TensorInfo, write_safetensors
 
 log = logging.getLogger(__name__)
@@ -216,7 +217,7 @@ def load_checkpoint(path: str | Path, *, config: ModelConfig | None = None) -> L
 # ---------------------------------------------------------------------------------------------
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text())
+        return json.loads(read_text(path))
     except OSError as e:
         raise TinySDError(f"{path}: cannot read ({e.strerror or e})") from None
     except ValueError as e:
@@ -754,7 +755,8 @@ def save_diffusers(model, out_dir: str | Path, *, dtype: str = "F32", variant: s
         if tokenizer_dir is None:
             from .paths import TOKENIZER_DIR
             tokenizer_dir = TOKENIZER_DIR if TOKENIZER_DIR.is_dir() else None
-    with atomic_dir(out, overwrite=overwrite, what="model") as tmp:
+    with atomic_dir(out, overwrite=overwrite, what="diffusers model folder",
+                    is_ours=lambda p: (p / "model_index.json").is_file()) as tmp:
         suffix = f".{variant}.safetensors" if variant else ".safetensors"
         for network, (sub, base, _) in COMPONENTS.items():
             (tmp / sub).mkdir()

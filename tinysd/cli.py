@@ -157,7 +157,8 @@ def cli(ctx, verbose):
 @cli.command()
 @click.argument("prompt")
 @click.option("-o", "--output", "output", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="PNG file to write (with --batch N > 1: OUT-0.png ... OUT-{N-1}.png).")
+              help="PNG file to write, named *.png (with --batch N > 1: OUT-0.png ... OUT-{N-1}.png). A symbolic "
+                   "link is written through; a device or FIFO is refused.")
 @click.option("--model", type=click.Path(path_type=Path), default=None,
               help="Checkpoint: a diffusers folder or an SD 1.x .safetensors file. "
                    "Default: the shipped model (weights/tinysd-shapes/), at its native size.")
@@ -185,7 +186,7 @@ def generate(prompt, output, model, negative_prompt, steps, cfg, seed, sampler, 
     check_generation_args(prompt=prompt, negative_prompt=negative_prompt, steps=steps, guidance_scale=cfg, seed=seed,
                           sampler=sampler, width=width, height=height, karras=karras, clip_skip=clip_skip,
                           batch_size=batch)
-    outputs = [output] if batch == 1 else [output.with_name(f"{output.stem}-{i}{output.suffix or '.png'}") for i in range(batch)]
+    outputs = [output] if batch == 1 else [output.with_name(f"{output.stem}-{i}{output.suffix}") for i in range(batch)]
     for p in outputs:
         check_output_path(p)
 

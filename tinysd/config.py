@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import TinySDError
+from .fileio import read_text
 
 SD1_DOWN_BLOCKS = ("CrossAttnDownBlock2D", "DownBlock2D")
 SD1_UP_BLOCKS = ("CrossAttnUpBlock2D", "UpBlock2D")
@@ -49,7 +50,7 @@ class _Config:
     def from_json(cls, path: str | Path):
         path = Path(path)
         try:
-            d = json.loads(path.read_text())
+            d = json.loads(read_text(path))
         except (OSError, ValueError) as e:
             raise TinySDError(f"{path}: cannot read config ({e})") from None
         if not isinstance(d, dict):

@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic import write_file
+from .atomic import check_writable_folder, output_file, write_file
 from .errors import TinySDError
+from .fileio import open_regular
 from .schedulers import A1111_NAMES
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def sampler_from_a1111(name: str) -> tuple[str, bool]:
 def file_sha256_prefix(path: str | Path, digits: int = 10) -> str:
     """First `digits` hex digits of the SHA-256 of a file (A1111's "AutoV2" model hash for 10)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()[:digits]
@@ -186,17 +186,18 @@ def params_from_text(text: str) -> GenerationParams:
 
 
 def check_output_path(path: str | Path) -> Path:
-    """Raise TinySDError unless a file can be created at `path` (checked before any long work)."""
+    """Raise TinySDError unless a PNG can be written at `path` (checked before any long work).
+
+    The name must end in `.png` (tinysd writes PNG only; a folder name such as `out/` is refused
+    too). What exists there must be a regular file, or a symbolic link to one, which is written
+    through (`tinysd.atomic.output_file`); its folder must exist and be writable.
+    """
     path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise TinySDError(f"{path}: output path is a directory")
-    if not parent.is_dir():
-        raise TinySDError(f"{path}: output folder {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise TinySDError(f"{path}: output folder {parent} is not writable")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise TinySDError(f"{path}: output file is not writable")
+    target = output_file(path)
+    if path.suffix.lower() != ".png":
+        what = "a folder name" if not path.suffix else f"a {path.suffix} name"
+        raise TinySDError(f"{path}: tinysd writes PNG images only; give a file name ending in .png (not {what})")
+    check_writable_folder(target.parent, str(path))
     return path
 
 
@@ -225,15 +226,8 @@ def read_parameters(path: str | Path) -> str | None:
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
+        with open_regular(path) as f, Image.open(f) as im:
             im.load()
             return getattr(im, "text", {}).get(PARAMETERS_KEY)
     except OSError as e:
         raise TinySDError(f"{path}: cannot read PNG ({e})") from None
-
-
-def _unlink(p: str) -> None:
-    try:
-        os.unlink(p)
-    except OSError:
-        pass

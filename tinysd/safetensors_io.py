@@ -31,6 +31,7 @@ import numpy as np
 
 from .atomic import write_file
 from .errors import TinySDError
+from .fileio import open_regular
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ class SafetensorsFile:
     def _parse_header(self) -> None:
         try:
             size = self.path.stat().st_size
-            with open(self.path, "rb") as f:
+            with open_regular(self.path) as f:
                 head = f.read(8)
                 if len(head) < 8:
                     raise self._fail(f"file is {size} bytes, too short for a header")
@@ -134,7 +135,7 @@ class SafetensorsFile:
         names = sorted(names, key=lambda k: self.infos[k].begin)
         out = {}
         try:
-            with open(self.path, "rb") as f:
+            with open_regular(self.path) as f:
                 for name in names:
                     info = self.infos[name]
                     f.seek(info.begin)

@@ -124,8 +124,9 @@ def test_golden_command_errors_are_one_line(qmodel, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["exists"]
 
 
-def test_interrupted_golden_run_leaves_nothing(qmodel, tmp_path):
-    """SIGTERM while `tinysd golden` is writing: exit 143, one line, no output folder and no temporary folder."""
+@pytest.mark.parametrize("sig, status, line", [("SIGTERM", 143, "tinysd: terminated"), ("SIGINT", 130, "tinysd: aborted")])
+def test_interrupted_golden_run_leaves_nothing(qmodel, tmp_path, sig, status, line):
+    """SIGTERM or Ctrl-C while `tinysd golden` is writing: one line, no output folder and no temporary folder."""
     import signal
     import time
 
@@ -135,17 +136,17 @@ def test_interrupted_golden_run_leaves_nothing(qmodel, tmp_path):
     p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
-        while not any(n.endswith(".tmp") for n in os.listdir(tmp_path)):  # the writer has started
+        while not any(n.startswith(".tinysd-tmp-golden.") for n in os.listdir(tmp_path)):  # the writer has started
             assert p.poll() is None and time.monotonic() < deadline, p.stderr.read() if p.poll() is not None else ""
             time.sleep(0.05)
         time.sleep(0.5)
-        p.send_signal(signal.SIGTERM)
+        p.send_signal(getattr(signal, sig))
         err = p.communicate(timeout=120)[1]
     finally:
         if p.poll() is None:
             p.kill()
-    assert p.returncode == 143, err
-    assert err.splitlines()[-1] == "tinysd: terminated"
+    assert p.returncode == status, err
+    assert err.splitlines()[-1] == line and "Traceback" not in err
     assert os.listdir(tmp_path) == []
 
 

@@ -198,15 +198,22 @@ def test_existing_folder_is_not_clobbered(tmp_path):
     (out / "keep.txt").write_text("mine")
     with pytest.raises(TinySDError, match="already exists"):
         GoldenWriter(out, "npy")
+    # --overwrite replaces only a golden folder: a user's folder is refused before anything is written
+    with pytest.raises(TinySDError, match="not a tinysd golden folder"):
+        GoldenWriter(out, "npy", overwrite=True)
+    assert sorted(os.listdir(tmp_path)) == ["g"] and os.listdir(out) == ["keep.txt"]
+    out = tmp_path / "golden"
+    write_synthetic(out)
+    (out / "stale.txt").write_text("old")
     # with overwrite, a failed write still leaves the old folder as it was
     with pytest.raises(RuntimeError):
         with GoldenWriter(out, "npy", overwrite=True) as w:
             w.write_case(synthetic_cases()[0])
             raise RuntimeError("boom")
-    assert sorted(os.listdir(tmp_path)) == ["g"] and (out / "keep.txt").read_text() == "mine"
+    assert sorted(os.listdir(tmp_path)) == ["g", "golden"] and (out / "stale.txt").read_text() == "old"
     write_synthetic(out, overwrite=True)
-    assert not (out / "keep.txt").exists() and (out / "manifest.json").is_file()
-    assert sorted(os.listdir(tmp_path)) == ["g"]
+    assert not (out / "stale.txt").exists() and (out / "manifest.json").is_file()
+    assert sorted(os.listdir(tmp_path)) == ["g", "golden"]
     f = tmp_path / "file"
     f.write_text("x")
     with pytest.raises(TinySDError, match="not a folder"):
@@ -214,7 +221,7 @@ def test_existing_folder_is_not_clobbered(tmp_path):
 
 
 def test_killed_process_leaves_no_partial_folder(tmp_path):
-    """SIGKILL in the middle of writing: the target never exists (a hidden .tmp folder may remain)."""
+    """SIGKILL in the middle of writing: the target never exists (a `.tinysd-tmp-g.{pid}.*` folder may remain)."""
     script = textwrap.dedent(f"""
         import os, sys, time
         sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(Path(__file__).parent)!r})
@@ -234,7 +241,7 @@ def test_killed_process_leaves_no_partial_folder(tmp_path):
         if p.poll() is None:
             p.kill()
     assert not (tmp_path / "g").exists()
-    assert all(n.startswith(".g.") and n.endswith(".tmp") for n in os.listdir(tmp_path))
+    assert all(n.startswith(f".tinysd-tmp-g.{p.pid}.") for n in os.listdir(tmp_path))
 
 
 def test_writer_refuses_bad_tensors(tmp_path):

@@ -93,11 +93,11 @@ def golden(model, prompt, prompts_file, negative_prompt, seed, steps, sampler, k
               help="Write the full report as JSON here.")
 def compare(golden_dir, device_dir, tolerance_lsb, json_path):
     """Compare device outputs with a golden folder: exit 0 all within tolerance, 1 some not, 2 malformed input."""
+    from .compare import check_report_path, write_report
     from .compare import compare as run_compare
-    from .compare import write_report
 
-    if json_path is not None and not json_path.parent.is_dir():
-        raise TinySDError(f"--json {json_path}: folder {json_path.parent} does not exist")
+    if json_path is not None:
+        check_report_path(json_path)
     report = run_compare(golden_dir, device_dir, tolerance_lsb)
     click.echo(report.table())
     for t in report.errors:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import write_text
+from ..atomic import check_writable_folder, output_file, write_text
 from ..errors import TinySDError
 from . import formats
 from .manifest import MANIFEST, key, resolve_inside
@@ -225,12 +225,22 @@ def compare(golden_dir, device_dir, tolerance_lsb: int = 0) -> Report:
     return report
 
 
+def check_report_path(path) -> Path:
+    """TinySDError unless the JSON report can be written at `path` (a new or regular file in a writable folder)."""
+    path = Path(path)
+    try:
+        target = output_file(path)
+    except TinySDError as e:
+        raise TinySDError(f"--json {e}") from None
+    check_writable_folder(target.parent, f"--json {path}")
+    return path
+
+
 def write_report(report: Report, path) -> None:
     """The JSON report, written atomically (temp file in the same folder, then os.replace)."""
-    path = Path(path)
-    if path.is_dir():
-        raise TinySDError(f"--json {path}: is a folder")
-    if not path.parent.is_dir():
-        raise TinySDError(f"--json {path}: folder {path.parent} does not exist")
+    path = check_report_path(path)
     text = json.dumps(report.to_json(), indent=2, sort_keys=True, allow_nan=False) + "\n"
-    write_text(path, text)
+    try:
+        write_text(path, text)
+    except OSError as e:
+        raise TinySDError(f"--json {path}: cannot write the report ({e.strerror or e})") from None

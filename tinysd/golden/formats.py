@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import TinySDError
+from ..fileio import open_regular, read_bytes
 
 EXT = {"npy": ".npy", "raw": ".bin"}
 
@@ -77,7 +78,7 @@ def npy_bytes(a: np.ndarray) -> bytes:
 def read_npy(path: Path, what: str) -> np.ndarray:
     """np.load without pickle; TinySDError naming `what` if unreadable."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             a = np.lib.format.read_array(f, allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
         raise TinySDError(f"{what}: unreadable .npy file {path} ({e})") from None
@@ -90,7 +91,7 @@ def read_raw(path: Path, dtype: str, shape, what: str) -> np.ndarray:
     """A raw little-endian file of exactly prod(shape) elements of `dtype`; TinySDError otherwise."""
     dt = np.dtype(dtype).newbyteorder("<")
     try:
-        data = Path(path).read_bytes()
+        data = read_bytes(path)
     except OSError as e:
         raise TinySDError(f"{what}: unreadable file {path} ({e.strerror})") from None
     n = int(np.prod(shape, dtype=np.int64))

@@ -47,6 +47,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..errors import TinySDError
+from ..fileio import open_regular, read_text
 
 FORMAT = "tinysd-golden"
 FORMAT_VERSION = 1
@@ -81,7 +82,7 @@ def tensor_sha256(a: np.ndarray) -> str:
 
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
@@ -278,7 +279,7 @@ def load_manifest(folder, verify_files: bool = True) -> dict:
     if path.is_symlink() or not path.is_file():
         raise TinySDError(f"{path}: missing (or not a regular file)")
     try:
-        m = json.loads(path.read_text(encoding="utf-8"), parse_constant=_no_constant)
+        m = json.loads(read_text(path), parse_constant=_no_constant)
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise TinySDError(f"{path}: unreadable JSON ({e})") from None
     validate(m, str(path))

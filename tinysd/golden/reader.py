@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import TinySDError
+from ..fileio import read_text
 from . import formats
 from .manifest import key, load_manifest, resolve_inside, tensor_sha256
 
@@ -56,7 +57,7 @@ class GoldenFolder:
             text = self._headers.get(t["file"])
             if text is None:
                 try:
-                    text = p.read_text(encoding="utf-8")
+                    text = read_text(p)
                 except (OSError, UnicodeDecodeError) as e:
                     raise TinySDError(f"{what}: unreadable C header {p} ({e})") from None
                 self._headers[t["file"]] = text

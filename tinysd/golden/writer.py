@@ -4,19 +4,22 @@
         w.write_case(GoldenCase(id="p000/unet/step000", kind="network", network="unet", tensors=[...]))
     # on leaving the block without an exception, out_dir appears complete, in one rename
 
-Atomicity. Everything is written into a fresh temporary folder beside the target
-(`.{name}.XXXX.tmp` in the same parent), the manifest last. `commit()` then renames
-it to the target. An existing target is refused unless `overwrite=True`; then it is
-first renamed aside (`.{name}.XXXX.old`), the new folder renamed in, and the old one
-deleted. On any exception (KeyboardInterrupt included) the temporary folder is
-deleted and the target is untouched. A process killed outright (SIGKILL) can leave a
-`.{name}.*.tmp` folder behind, never a partial target.
+Atomicity (`tinysd.atomic`). Everything is written into a fresh temporary folder beside
+the target (`.tinysd-tmp-{name}.{pid}.XXXX` in the same parent), the manifest last.
+`commit()` then renames it to the target. An existing target is refused unless
+`overwrite=True`, and even then unless it is a golden folder (its manifest.json has the
+golden format) or empty; it is renamed aside (`.tinysd-old-{name}.{pid}.XXXX`), the new
+folder renamed in, and the old one deleted. On any exception (KeyboardInterrupt and the
+CLI's SIGTERM included) the temporary folder is deleted and the target is untouched. A
+process killed outright (SIGKILL) can leave a `.tinysd-tmp-*` folder behind, never a
+partial target.
 
 File names. Case `C` stores tensor `T` in `C/T.npy` (npy) or `C/T.bin` (raw); storage
 "c" writes one header `C.h` per case holding all its tensors.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -27,8 +30,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import __version__
-from ..atomic import make_temp_dir, replace_dir
+from ..atomic import check_output_dir, make_temp_dir, replace_dir
 from ..errors import TinySDError
+from ..fileio import read_text
 from ..fixedpoint import ARITHMETIC_SPEC_VERSION
 from . import formats
 from .manifest import (
@@ -255,18 +259,19 @@ class GoldenWriter:
         return self.out
 
 
+def is_golden_folder(path: Path) -> bool:
+    """True when `path` holds a manifest.json whose format is tinysd's golden format (what --overwrite may replace)."""
+    try:
+        doc = json.loads(read_text(Path(path) / MANIFEST))
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and doc.get("format") == FORMAT
+
+
 def check_target(out: Path, overwrite: bool) -> None:
-    """TinySDError if `out` exists (and overwrite is off), is not a folder, or its parent is not a writable folder."""
-    if out.exists() or out.is_symlink():
-        if not overwrite:
-            raise TinySDError(f"{out}: already exists (pass --overwrite to replace it)")
-        if out.is_symlink() or not out.is_dir():
-            raise TinySDError(f"{out}: exists and is not a folder; refusing to replace it")
-    parent = out.parent
-    if parent.exists() and not parent.is_dir():
-        raise TinySDError(f"{parent}: not a folder")
-    if parent.exists() and not os.access(parent, os.W_OK | os.X_OK):
-        raise TinySDError(f"{parent}: not writable")
+    """TinySDError unless a golden folder may be written at `out` (`tinysd.atomic.check_output_dir`: an existing
+    `out` is replaced only with `overwrite` and only when it is a golden folder or empty; never `.`)."""
+    check_output_dir(out, overwrite, is_golden_folder, "golden folder")
 
 
 def _fsync_tree(root: Path) -> None:

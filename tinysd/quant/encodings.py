@@ -61,6 +61,7 @@ from typing import Any, Mapping, NamedTuple
 import numpy as np
 
 from tinysd.atomic import write_text
+from tinysd.fileio import read_text
 from tinysd.errors import TinySDError
 
 log = logging.getLogger(__name__)
@@ -499,7 +500,7 @@ def load_encodings(path) -> tuple[dict[str, Encoding], dict[str, Encoding], str]
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path)
     except FileNotFoundError:
         raise TinySDError(f"{path}: encodings file not found") from None
     except (OSError, UnicodeDecodeError) as e:

@@ -44,8 +44,10 @@ import numpy as np
 from .. import __version__
 from ..checkpoint import COMPONENTS, component_config
 from ..config import ModelConfig, SchedulerConfig
+from .. import atomic
 from ..atomic import atomic_dir
 from ..errors import TinySDError
+from ..fileio import open_regular, read_text
 from ..fixedpoint import ARITHMETIC_SPEC_VERSION
 from ..safetensors_io import SafetensorsFile, write_safetensors
 from .encodings import (
@@ -89,7 +91,7 @@ def _listing(names) -> str:
 def file_sha256(path: Path) -> str:
     """Hex SHA-256 of a file's bytes."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         while chunk := f.read(_HASH_CHUNK):
             h.update(chunk)
     return h.hexdigest()
@@ -111,21 +113,11 @@ def _jsonable(o):
 def check_output_dir(out_dir: str | Path, overwrite: bool = False) -> Path:
     """TinySDError unless `save_quantized(..., out_dir, overwrite)` may write there.
 
-    Its parent folder must exist. An existing `out_dir` needs `overwrite`, and
-    even then must be a quantized model folder or empty: nothing else is ever
-    replaced. Called by the CLI before any work, and again by `save_quantized`.
+    Its parent folder must exist and be writable. An existing `out_dir` needs `overwrite`, and
+    even then must be a quantized model folder or empty: nothing else is ever replaced
+    (`tinysd.atomic.check_output_dir`). Called by the CLI before any work, and again by `save_quantized`.
     """
-    out = Path(out_dir)
-    if not out.parent.is_dir():
-        raise TinySDError(f"{out}: the folder {out.parent} does not exist")
-    if out.exists() or out.is_symlink():
-        if not overwrite:
-            raise TinySDError(f"{out}: already exists (pass --overwrite / overwrite=True to replace it)")
-        if not out.is_dir() or out.is_symlink():
-            raise TinySDError(f"{out}: exists and is not a folder; refusing to replace it")
-        if not is_quantized_folder(out) and any(out.iterdir()):
-            raise TinySDError(f"{out}: exists and is not a tinysd quantized model folder; refusing to replace it")
-    return out
+    return atomic.check_output_dir(out_dir, overwrite, is_quantized_folder, "quantized model folder")
 
 
 def _check_model(qmodel: QuantizedModel) -> None:
@@ -176,7 +168,7 @@ def save_quantized(qmodel: QuantizedModel, out_dir: str | Path, overwrite: bool 
 
     `tokenizer_dir`: the tokenizer folder to copy (None: the shipped one,
     tinysd.paths.TOKENIZER_DIR). Atomic: the folder is built as
-    `.{name}.*.tmp` beside `out_dir` and renamed into place; on any failure
+    `.tinysd-tmp-{name}.*` beside `out_dir` and renamed into place; on any failure
     the temporary folder is removed and `out_dir` is untouched. TinySDError
     if `out_dir` may not be written (see `check_output_dir`).
     """
@@ -187,7 +179,7 @@ def save_quantized(qmodel: QuantizedModel, out_dir: str | Path, overwrite: bool 
 
         tokenizer_dir = TOKENIZER_DIR
     tokenizer_dir = Path(tokenizer_dir)
-    with atomic_dir(out, overwrite=overwrite, what="quantized model") as tmp:
+    with atomic_dir(out, overwrite=overwrite, what="quantized model folder", is_ours=is_quantized_folder) as tmp:
         networks = {}
         activations: dict[str, Encoding] = {}
         params: dict[str, Encoding] = {}
@@ -237,7 +229,7 @@ def _read_json(path: Path, what: str) -> Any:
     if not path.is_file():
         raise TinySDError(f"{path}: missing ({what})")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_text(path))
     except OSError as e:
         raise TinySDError(f"{path}: cannot read ({e.strerror or e})") from None
     except (UnicodeDecodeError, ValueError) as e:

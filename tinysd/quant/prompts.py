@@ -9,6 +9,7 @@ from importlib import resources
 from pathlib import Path
 
 from tinysd.errors import TinySDError
+from tinysd.fileio import read_text
 
 DEFAULT_PROMPTS_RESOURCE = "data/calibration_prompts.txt"
 
@@ -34,7 +35,7 @@ def read_prompts(path: str | Path | None = None, what: str = "calibration prompt
     else:
         where = str(path)
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            text = read_text(path)
         except FileNotFoundError:
             raise TinySDError(f"{path}: {what} not found") from None
         except UnicodeDecodeError as e:
