@@ -167,7 +167,11 @@ def _add(plan: dict[str, _Entry], network: str, canonical: str, sf: SafetensorsF
 
 
 def _read(network: str, plan: Mapping[str, _Entry]) -> dict[str, np.ndarray]:
-    """Read every planned tensor as float32 in its canonical shape, one pass per file."""
+    """Read every planned tensor as float32 in its canonical shape, one pass per file.
+
+    A tensor holding NaN or an infinity is refused (TinySDError naming the file and tensor): its
+    float64 sum is finite exactly when every element is (float32 values cannot overflow it).
+    """
     by_file: dict[Path, list[tuple[str, _Entry]]] = defaultdict(list)
     for name, e in plan.items():
         by_file[e.file.path].append((name, e))
@@ -176,7 +180,11 @@ def _read(network: str, plan: Mapping[str, _Entry]) -> dict[str, np.ndarray]:
         sf = entries[0][1].file
         arrays = sf.read_float32([e.key for _, e in entries])
         for name, e in entries:
-            out[name] = arrays[e.key].reshape(e.shape)
+            a = arrays[e.key]
+            if not np.isfinite(a.sum(dtype=np.float64)):
+                bad = int(np.count_nonzero(~np.isfinite(a)))
+                raise TinySDError(f"{sf.path}: tensor {e.key!r} holds {bad} NaN or infinite value(s) of {a.size}")
+            out[name] = a.reshape(e.shape)
     return {k: out[k] for k in sorted(out)}
 
 

@@ -112,6 +112,28 @@ def _setup_logging(verbose: int) -> None:
     root.setLevel(logging.NOTSET if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG)
 
 
+class _NoBar:
+    """Stands in for a progress bar when stderr is not a terminal (logs and pipes then get only real messages)."""
+
+    pos = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, n: int) -> None:
+        self.pos += n
+
+
+def progress_bar(length: int, label: str):
+    """A click progress bar on stderr when it is a terminal; otherwise a silent stand-in with the same `update`."""
+    if not sys.stderr.isatty():
+        return _NoBar()
+    return click.progressbar(length=length, label=label, file=sys.stderr)
+
+
 VERBOSE_HELP = "More log output on stderr (-v info, -vv debug); before or after the command name."
 
 
@@ -187,14 +209,15 @@ def generate(prompt, output, model, negative_prompt, steps, cfg, seed, sampler, 
                           sampler=sampler, width=width, height=height, karras=karras, clip_skip=clip_skip,
                           batch_size=batch)
     outputs = [output] if batch == 1 else [output.with_name(f"{output.stem}-{i}{output.suffix}") for i in range(batch)]
-    for p in outputs:
-        check_output_path(p)
+    check_output_path(outputs[0])
 
     pipe = Pipeline.from_pretrained(model, precision=precision)
     width, height = pipe.check_args(prompt=prompt, negative_prompt=negative_prompt, steps=steps, guidance_scale=cfg,
                                     seed=seed, sampler=sampler, width=width, height=height, karras=karras,
                                     clip_skip=clip_skip, batch_size=batch)
-    with click.progressbar(length=steps, label=f"tinysd {sampler}", file=sys.stderr) as bar:
+    for p in outputs[1:]:  # after the memory check has bounded the batch; they share the first one's folder
+        check_output_path(p, probe=False)
+    with progress_bar(steps, f"tinysd {sampler}") as bar:
         def progress(done, total):
             bar.update(done - bar.pos)
 

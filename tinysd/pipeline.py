@@ -23,6 +23,7 @@ networks with the engine registered for that precision (`register_precision`).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -35,6 +36,7 @@ import numpy as np
 from . import __version__
 from .config import ModelConfig
 from .errors import TinySDError
+from .memory import check_generation_memory
 from .paths import DEFAULT_MODEL_DIR, TOKENIZER_DIR
 from .png import GenerationParams, file_sha256_prefix
 from .schedulers import SAMPLERS, NoiseSource, make_scheduler
@@ -107,6 +109,9 @@ def default_model_path() -> Path:
     return DEFAULT_MODEL_DIR
 
 
+MAX_GUIDANCE = 100.0  # |cfg| beyond this only amplifies the UNet's noise into overflow
+
+
 def _is_int(v) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
@@ -123,8 +128,10 @@ def check_generation_args(*, prompt="", negative_prompt="", steps=20, guidance_s
         raise TinySDError("negative prompt must be a string")
     if not _is_int(steps) or steps < 1:
         raise TinySDError(f"steps must be an integer >= 1 (got {steps!r})")
-    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float, np.floating, np.integer)) or not np.isfinite(guidance_scale):
-        raise TinySDError(f"guidance scale (cfg) must be a finite number (got {guidance_scale!r})")
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float, np.floating, np.integer)) \
+            or not np.isfinite(guidance_scale) or abs(guidance_scale) > MAX_GUIDANCE:
+        raise TinySDError(f"guidance scale (cfg) must be a finite number in [-{MAX_GUIDANCE:g}, {MAX_GUIDANCE:g}] "
+                          f"(got {guidance_scale!r})")
     if not _is_int(seed) or seed < 0:
         raise TinySDError(f"seed must be an integer >= 0 (got {seed!r})")
     if sampler not in SAMPLERS:
@@ -149,6 +156,23 @@ def latents_to_images(decoded: np.ndarray) -> list:
     x = np.clip(decoded.astype(np.float32) / 2 + 0.5, 0.0, 1.0)
     x = np.round(x * 255).astype(np.uint8).transpose(0, 2, 3, 1)  # (B, H, W, 3)
     return [Image.fromarray(a, mode="RGB") for a in x]
+
+
+def _finite(a: np.ndarray, what: str) -> np.ndarray:
+    """`a`, or a TinySDError naming `what` when it holds NaN or an infinity (the network overflowed)."""
+    if not np.isfinite(a).all():
+        raise TinySDError(f"{what} is not finite (NaN or infinity): the network overflowed; check the model's weights "
+                          f"and config (and a large --cfg)")
+    return a
+
+
+def _float_warnings_off(fn):
+    """Run `fn` without NumPy's overflow/invalid warnings: `_finite` reports a non-finite result as one line instead."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with np.errstate(all="ignore"):
+            return fn(*args, **kwargs)
+    return wrapper
 
 
 @dataclass
@@ -283,6 +307,8 @@ class Pipeline:
         n_layers = self.config.text_encoder.num_hidden_layers
         if clip_skip and clip_skip >= n_layers:
             raise TinySDError(f"clip skip {clip_skip} must be less than the text encoder's {n_layers} layers")
+        check_generation_memory(self.config, width, height, int(kwargs.get("batch_size", 1)),
+                                itemsize=4 if self.precision == "fp32" else 8)
         return width, height
 
     def __call__(self, prompt: str, negative_prompt: str = "", steps: int = 20, guidance_scale: float = 7.5, seed: int = 0,
@@ -294,6 +320,7 @@ class Pipeline:
                             batch_size=batch_size, callback=callback)
         return res.images[0] if batch_size == 1 else res.images
 
+    @_float_warnings_off
     def generate(self, prompt: str, negative_prompt: str = "", steps: int = 20, guidance_scale: float = 7.5, seed: int = 0,
                  sampler: str = "euler", width: int | None = None, height: int | None = None, karras: bool = False,
                  clip_skip: int | None = None, batch_size: int = 1, callback: Callable[[int, int], None] | None = None,
@@ -318,7 +345,7 @@ class Pipeline:
 
         # 1. text features: negative and positive prompt in one text encoder call
         t0 = time.perf_counter()
-        ctx = self.encode_prompt([negative_prompt, prompt], clip_skip)  # (2, 77, D)
+        ctx = _finite(self.encode_prompt([negative_prompt, prompt], clip_skip), "the text encoder output")  # (2, 77, D)
         ctx_neg, ctx_pos = ctx[:1], ctx[1:]
         if do_cfg:
             context = np.concatenate([np.repeat(ctx_neg, B, axis=0), np.repeat(ctx_pos, B, axis=0)])  # (2B, 77, D)
@@ -334,14 +361,16 @@ class Pipeline:
         t0 = time.perf_counter()
         for i, t in enumerate(sched.timesteps):
             x = sched.scale_model_input(latents, i).astype(np.float32)  # (B, C, h, w)
+            at = f"step {i + 1}/{steps}: "
             if do_cfg:
                 out = np.asarray(self.unet(np.concatenate([x, x]), t, context), dtype=np.float64)  # (2B, C, h, w)
-                eps_neg, eps_pos = out[:B], out[B:]
+                eps_neg, eps_pos = np.split(_finite(out, at + "the UNet output"), 2)
                 eps = eps_neg + g * (eps_pos - eps_neg)
             else:
-                eps = np.asarray(self.unet(x, t, context), dtype=np.float64)
+                eps = _finite(np.asarray(self.unet(x, t, context), dtype=np.float64), at + "the UNet output")
             step_noise = noise.randn(shape) if sched.needs_noise else None
-            latents = sched.step(eps, i, latents, noise=step_noise).prev_sample
+            latents = _finite(sched.step(eps, i, latents, noise=step_noise).prev_sample,
+                              at + f"the latents after the {sampler} step")
             log.debug("step %d/%d t=%g", i + 1, steps, t)
             if callback is not None:
                 callback(i + 1, int(steps))
@@ -352,7 +381,7 @@ class Pipeline:
         z = (latents / self.vae.scaling_factor).astype(np.float32)
         images = []
         for b in range(B):
-            images += latents_to_images(np.asarray(self.vae.decode(z[b : b + 1])))
+            images += latents_to_images(_finite(np.asarray(self.vae.decode(z[b : b + 1])), "the VAE decoder output"))
         log.info("vae decoder: %.2f s", time.perf_counter() - t0)
 
         base = dict(prompt=prompt, negative_prompt=negative_prompt, steps=int(steps), sampler=sampler, karras=bool(karras),

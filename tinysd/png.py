@@ -185,19 +185,21 @@ def params_from_text(text: str) -> GenerationParams:
         raise TinySDError(f"parameters text: cannot parse ({e})") from None
 
 
-def check_output_path(path: str | Path) -> Path:
+def check_output_path(path: str | Path, probe: bool = True) -> Path:
     """Raise TinySDError unless a PNG can be written at `path` (checked before any long work).
 
     The name must end in `.png` (tinysd writes PNG only; a folder name such as `out/` is refused
     too). What exists there must be a regular file, or a symbolic link to one, which is written
-    through (`tinysd.atomic.output_file`); its folder must exist and be writable.
+    through (`tinysd.atomic.output_file`); its folder must exist and be writable (`probe`: tried by
+    creating a file; off for the further files of a batch, which share the folder).
     """
     path = Path(path)
     target = output_file(path)
     if path.suffix.lower() != ".png":
         what = "a folder name" if not path.suffix else f"a {path.suffix} name"
         raise TinySDError(f"{path}: tinysd writes PNG images only; give a file name ending in .png (not {what})")
-    check_writable_folder(target.parent, str(path))
+    if probe:
+        check_writable_folder(target.parent, str(path))
     return path
 
 

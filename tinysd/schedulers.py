@@ -119,6 +119,9 @@ def spaced_timesteps(spacing: str, num_train: int, n: int, steps_offset: int, *,
                 ts = ts.round()
     else:
         raise TinySDError(f"scheduler config: timestep_spacing={spacing!r} is not supported (supported: ['leading', 'trailing', 'linspace'])")
+    if ts.size and ts.max() > T - 1:
+        raise TinySDError(f"scheduler config: steps_offset={steps_offset} puts timestep {int(ts.max())} of {n} steps "
+                          f"beyond the last training timestep {T - 1}")
     return np.ascontiguousarray(ts, dtype=np.float64)
 
 

@@ -50,6 +50,7 @@ def _read_prompts(path: Path) -> list[str]:
 def golden(model, prompt, prompts_file, negative_prompt, seed, steps, sampler, karras, cfg, width, height, network,
            layers, at_steps, storage, layout, full_layers, output, overwrite):
     """Dump golden integer tensors of a quantized model's network calls (and single-layer cases)."""
+    from ..cli import progress_bar
     from .cases import CropLimits
     from .generate import generate_golden, parse_at_steps
     from .writer import check_target
@@ -66,7 +67,7 @@ def golden(model, prompt, prompts_file, negative_prompt, seed, steps, sampler, k
     def progress(done, of):  # called after every sampler step; the bar starts once the checks have passed
         nonlocal bar
         if bar is None:
-            bar = click.progressbar(length=steps * len(prompts), label="tinysd golden", file=sys.stderr)
+            bar = progress_bar(steps * len(prompts), "tinysd golden")
             bar.__enter__()
         bar.update(1)
 

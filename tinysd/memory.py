@@ -1,0 +1,77 @@
+"""How much working memory one generation needs, estimated before any work (`check_generation_memory`).
+
+The estimate counts the largest tensors of each network call at the requested size, in bytes:
+
+* UNet (batch 2B with classifier-free guidance): the skip stack (every down-block resnet and
+  downsampler output, kept until the up path reads it), ACTIVATION_COPIES tensors of the widest
+  activation of a level (an up-path concat doubles the channels), and per attention level
+  three (heads, HW, HW) tensors (scores, probabilities, one temporary);
+* VAE decoder (one image at a time): ACTIVATION_COPIES tensors of the largest level
+  (channels x height x width) and three (HW, HW) tensors of the mid block's single-head attention
+  at the latent size;
+* each level's convolution also holds an im2col band (at most IM2COL_ELEMENTS) and its product.
+
+Elements are 4 bytes (float32) for the float engine and 8 for the integer engines (their
+accumulators are int64). The larger of the two networks, plus the model's parameters, must fit
+in the machine's physical memory; otherwise the size or batch is refused with one line instead of
+a failed allocation deep in a kernel. tests/test_memory.py checks the estimate against the peak
+NumPy allocation measured with tracemalloc.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+from .errors import TinySDError
+
+ACTIVATION_COPIES = 12  # float32-sized tensors alive in one op: a group norm keeps float64 temporaries
+IM2COL_ELEMENTS = 1 << 24  # the float engine's im2col band (tinysd.interp.float._IM2COL_BUDGET)
+GiB = 1 << 30
+
+
+def physical_memory() -> int | None:
+    """Bytes of physical memory (None when the platform does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def estimate_generation_bytes(config, width: int, height: int, batch: int, itemsize: int = 4) -> dict[str, int]:
+    """{"unet": bytes, "vae": bytes} of working memory for `batch` images of width x height (see module docstring)."""
+    u, v = config.unet, config.vae
+    f = 2 ** (len(v.block_out_channels) - 1)
+    h, w = max(1, height // f), max(1, width // f)
+    layers = u.layers_per_block if isinstance(u.layers_per_block, tuple) else (u.layers_per_block,) * len(u.block_out_channels)
+    attention = {i for i, _ in u.attention_widths()}
+    skips = work = attn = 0
+    for i, c in enumerate(u.block_out_channels):
+        n = math.ceil(h / 2**i) * math.ceil(w / 2**i)  # positions at level i
+        skips += (layers[i] + 1) * c * n
+        work = max(work, ACTIVATION_COPIES * 2 * c * n + 2 * min(9 * 2 * c * n, IM2COL_ELEMENTS))
+        if i in attention:
+            attn = max(attn, 3 * u.heads(i) * n * n)  # scores, probabilities, one temporary
+    unet = 2 * batch * (skips + work + attn) * itemsize
+    vae_work = 0
+    for j, c in enumerate(v.block_out_channels):
+        n = math.ceil(height / 2**j) * math.ceil(width / 2**j)
+        c_in = v.block_out_channels[min(j + 1, len(v.block_out_channels) - 1)]  # the upsampler's conv reads the wider level
+        vae_work = max(vae_work, ACTIVATION_COPIES * c_in * n + 2 * min(9 * c_in * n, IM2COL_ELEMENTS))
+    vae_attn = 3 * (h * w) ** 2 if v.mid_block_add_attention else 0
+    vae = (vae_work + vae_attn) * itemsize
+    return {"unet": unet, "vae": vae}
+
+
+def check_generation_memory(config, width: int, height: int, batch: int, *, itemsize: int = 4,
+                            param_bytes: int = 0, limit: int | None = None) -> None:
+    """TinySDError when the estimate plus `param_bytes` exceeds `limit` (default: the physical memory)."""
+    limit = physical_memory() if limit is None else limit
+    if limit is None:
+        return
+    est = estimate_generation_bytes(config, width, height, batch, itemsize)
+    net = max(est, key=est.get)
+    need = est[net] + param_bytes
+    if need > limit:
+        raise TinySDError(f"{width}x{height} with batch {batch} needs about {need / GiB:.1f} GiB of memory (mostly the "
+                          f"{net}'s working memory at this size), more than this machine's {limit / GiB:.1f} GiB; "
+                          f"use a smaller --width/--height or --batch")
