@@ -5,7 +5,6 @@ report. User errors are TinySDError (one line on stderr, exit status 2, by the a
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
