@@ -134,6 +134,28 @@ def progress_bar(length: int, label: str):
     return click.progressbar(length=length, label=label, file=sys.stderr)
 
 
+class StageBars:
+    """progress(stage, done, total) -> one progress bar per stage (`progress_bar`), each closed when the next starts."""
+
+    def __init__(self):
+        self.stage, self.bar = None, None
+
+    def __enter__(self):
+        return self
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage != self.stage:
+            self.__exit__()
+            self.stage, self.bar = stage, progress_bar(total, f"tinysd {stage}").__enter__()
+        self.bar.update(done - self.bar.pos)
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.stage, self.bar = None, None
+        return False
+
+
 VERBOSE_HELP = "More log output on stderr (-v info, -vv debug); before or after the command name."
 
 
@@ -263,9 +285,10 @@ def quantize(model, output, precision, calibration_prompts, calibration_steps, m
     """
     from .quant.workflow import quantize_checkpoint
 
-    out, sqnr = quantize_checkpoint(model, output, precision, prompts_file=calibration_prompts,
-                                    steps=calibration_steps, method=method, encodings_file=encodings,
-                                    overwrite=overwrite, sqnr_calls=sqnr_calls)
+    with StageBars() as bars:
+        out, sqnr = quantize_checkpoint(model, output, precision, prompts_file=calibration_prompts,
+                                        steps=calibration_steps, method=method, encodings_file=encodings,
+                                        overwrite=overwrite, sqnr_calls=sqnr_calls, progress=bars)
     from .quant.model import network_precisions
 
     per_network = network_precisions(precision)

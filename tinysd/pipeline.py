@@ -199,6 +199,7 @@ class Pipeline:
         self.layout = layout
         self.precision = precision
         self._model_hash: str | None = None
+        self.quantized_from: dict = {}  # a quantized folder's source checkpoint: {"name": ..., "hash": ...}
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, precision: str | None = None,
@@ -254,8 +255,10 @@ class Pipeline:
         tokenizer = CLIPTokenizer.from_dir(path / TOKENIZER_SUBDIR)
         text_encoder, unet, vae = build_integer_networks(qmodel, cache_weights=bool(cache_weights))
         log.info("loaded %s (quantized, %s) in %.1f s", path, qmodel.precision, time.perf_counter() - t0)
-        return cls(tokenizer, text_encoder, unet, vae, qmodel.config, model_name=path.resolve().name, source=path,
+        pipe = cls(tokenizer, text_encoder, unet, vae, qmodel.config, model_name=path.resolve().name, source=path,
                    layout="quantized", precision=qmodel.precision)
+        pipe.quantized_from = {"name": qmodel.info.get("source_model_name"), "hash": qmodel.info.get("source_model_hash")}
+        return pipe
 
     # ------------------------------------------------------------------ properties
     @property
@@ -387,5 +390,7 @@ class Pipeline:
         base = dict(prompt=prompt, negative_prompt=negative_prompt, steps=int(steps), sampler=sampler, karras=bool(karras),
                     cfg_scale=g, width=width, height=height, model_name=self.model_name, model_hash=self.model_hash,
                     clip_skip=int(clip_skip or 0), version=f"tinysd {__version__}")
+        base.update(precision=self.precision, source_model=self.quantized_from.get("name"),
+                    source_model_hash=self.quantized_from.get("hash"))
         params = [GenerationParams(seed=s, **base) for s in noise.seeds]
         return GenerationResult(images=images, params=params, latents=latents)

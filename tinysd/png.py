@@ -18,7 +18,13 @@ The text follows A1111's `create_infotext` (modules/processing.py) exactly:
   "Schedule type" field, e.g. "DPM++ 2M Karras");
 - `Model hash` is A1111's "AutoV2" hash: the first 10 hex digits of the SHA-256
   of the checkpoint file (single-file checkpoints only; a diffusers folder has
-  no A1111 hash and the field is left out).
+  no A1111 hash and the field is left out);
+- tinysd adds `Precision` (fp32, w8a8, w8a16 or per network, so that images of
+  the same seed from float and integer networks are told apart) and, for a
+  quantized model folder, `Source model` and `Source model hash`: the float
+  checkpoint it was quantized from and its `model_hash` (the AutoV2 hash of a
+  single file; for a diffusers folder the first 10 hex digits of
+  `folder_sha256`), as recorded by `tinysd quantize`.
 
 PIL stores the text as a tEXt chunk, or as iTXt when it is not Latin-1, as
 A1111 does (both use `PngInfo.add_text`). `read_parameters` parses the text
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +84,29 @@ def file_sha256_prefix(path: str | Path, digits: int = 10) -> str:
     return h.hexdigest()[:digits]
 
 
+MODEL_HASH_METHOD = ("sha256 of the lines '<sha256 of file>  <path relative to the folder>\\n' of every regular "
+                     "file of the model folder, sorted by path (what `find . -type f | sort | xargs sha256sum` lists)")
+
+
+def folder_sha256(root: str | Path) -> str:
+    """The hash of a model folder (MODEL_HASH_METHOD; symbolic links and other non-regular files are skipped)."""
+    root = Path(root)
+    lines = []
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            p = Path(dirpath) / name
+            if p.is_file() and not p.is_symlink():
+                lines.append((f"./{p.relative_to(root).as_posix()}", file_sha256_prefix(p, 64)))
+    lines.sort()
+    return hashlib.sha256("".join(f"{d}  {r}\n" for r, d in lines).encode()).hexdigest()
+
+
+def model_hash(path: str | Path) -> str:
+    """10 hex digits naming a checkpoint: A1111's AutoV2 hash of a single file, or of `folder_sha256` for a folder."""
+    path = Path(path)
+    return folder_sha256(path)[:10] if path.is_dir() else file_sha256_prefix(path)
+
+
 def quote(value) -> str:
     """A1111's `quote`: values with a comma go in double quotes, with \\ and " escaped."""
     text = str(value)
@@ -114,6 +144,9 @@ class GenerationParams:
     model_hash: str | None = None
     clip_skip: int = 0
     version: str | None = None
+    precision: str | None = None  # tinysd's network precision: fp32, w8a8, w8a16, w8a8,vae=w8a16
+    source_model: str | None = None  # a quantized folder's float checkpoint (name) ...
+    source_model_hash: str | None = None  # ... and its `model_hash`
 
     def fields(self) -> dict[str, str]:
         """The `key: value` fields of A1111's last line, in its order, unquoted."""
@@ -127,6 +160,10 @@ class GenerationParams:
             "Model": self.model_name,
             # A1111 counts the layer it stops at: 1 = last layer (not written), 2 = penultimate
             "Clip skip": str(self.clip_skip + 1) if self.clip_skip else None,
+            # tinysd's own fields (A1111 keeps fields it does not know): what ran, and a quantized model's source
+            "Precision": self.precision,
+            "Source model": self.source_model,
+            "Source model hash": self.source_model_hash,
             "Version": self.version,
         }
         return {k: v for k, v in f.items() if v is not None}
@@ -180,6 +217,9 @@ def params_from_text(text: str) -> GenerationParams:
             model_hash=d.get("Model hash"),
             clip_skip=int(d["Clip skip"]) - 1 if "Clip skip" in d else 0,
             version=d.get("Version"),
+            precision=d.get("Precision"),
+            source_model=d.get("Source model"),
+            source_model_hash=d.get("Source model hash"),
         )
     except ValueError as e:
         raise TinySDError(f"parameters text: cannot parse ({e})") from None

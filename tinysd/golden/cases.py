@@ -221,7 +221,7 @@ def _cut(rec: OpRecord, L: CropLimits | None) -> _Cut:
     if op == "upsample_nearest2x":
         x = ins["x"]
         win = _window(out.shape, True, L)
-        h, w = max(1, win[2].stop // 2), max(1, win[3].stop // 2)
+        h, w = (max(1, win[a].indices(out.shape[a])[1] // 2) for a in (2, 3))  # whole layers: stop is None
         xc = x[win[0], win[1], :h, :w]
         attrs = {"x_zp": zp["x"], "out_zp": out_zp, "qmin": 0, "qmax": qmax}
 

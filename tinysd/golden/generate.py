@@ -19,9 +19,7 @@ the same seed. The folder is written atomically (`GoldenWriter`).
 """
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -29,29 +27,13 @@ from .. import __version__
 from ..errors import TinySDError
 from ..interp.record import RecordingInterpreter
 from .cases import CropLimits, layer_case, network_case
-from .manifest import file_sha256
+from ..png import MODEL_HASH_METHOD, folder_sha256
 from .writer import GoldenWriter, check_target
 
 log = logging.getLogger(__name__)
 
 NETWORK_CHOICES = {"clip": ("text_encoder",), "unet": ("unet",), "vae": ("vae",),
                    "all": ("text_encoder", "unet", "vae")}
-MODEL_HASH_METHOD = ("sha256 of the lines '<sha256 of file>  <path relative to the folder>\\n' of every regular "
-                     "file of the model folder, sorted by path (what `find . -type f | sort | xargs sha256sum` lists)")
-
-
-def folder_sha256(root: Path) -> str:
-    """The model hash: see MODEL_HASH_METHOD (symbolic links and other non-regular files are skipped)."""
-    lines = []
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            p = Path(dirpath) / name
-            if p.is_file() and not p.is_symlink():
-                lines.append((f"./{p.relative_to(root).as_posix()}", file_sha256(p)))
-    lines.sort()
-    return hashlib.sha256("".join(f"{d}  {r}\n" for r, d in lines).encode()).hexdigest()
-
-
 def parse_at_steps(text: str | None, steps: int) -> list[int] | None:
     """"0,19" -> [0, 19]; None -> None (all steps). TinySDError naming --at-steps when malformed or >= steps."""
     if text is None:

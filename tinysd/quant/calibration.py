@@ -154,10 +154,11 @@ def _check_calibration_args(prompts, steps) -> list[str]:
 def calibrate_observers(loaded, prompts: Sequence[str], steps: int = DEFAULT_CALIBRATION_STEPS,
                         method: str = "minmax", sampler: str = "euler", seed: int = 0, guidance_scale: float = 7.5,
                         size: int | None = None, percentile: float = DEFAULT_PERCENTILE, record: list | None = None,
-                        ) -> dict[str, dict[str, object]]:
+                        progress=None) -> dict[str, dict[str, object]]:
     """The observers of every tensor after float pipeline runs over `prompts` (module docstring).
 
-    Arguments as `calibrate_model`. Returns {network: {tensor name: observer}}: MinMaxObservers
+    Arguments as `calibrate_model`; progress(done, total) is called after every sampler step
+    (total = prompts x steps). Returns {network: {tensor name: observer}}: MinMaxObservers
     for "minmax", PercentileObservers for "percentile" and "mse"; `ranges_from_observers` turns
     them into ranges.
     """
@@ -172,8 +173,12 @@ def calibrate_observers(loaded, prompts: Sequence[str], steps: int = DEFAULT_CAL
     pipe = Pipeline(tokenizer, _Tap(te, record), _Tap(unet, record), vae_tap, loaded.config, model_name="calibration")
     t0 = time.perf_counter()
     for i, prompt in enumerate(prompts):
+        def step_done(done, total, i=i):
+            if progress is not None:
+                progress(i * total + done, len(prompts) * total)
+
         res = pipe.generate(prompt, steps=int(steps), guidance_scale=guidance_scale, seed=int(seed) + i,
-                            sampler=sampler, width=size, height=size)
+                            sampler=sampler, width=size, height=size, callback=step_done)
         pixels = np.asarray(res.images[0], dtype=np.float32)  # (H, W, 3) in [0, 255]
         image = pixels.transpose(2, 0, 1)[None] / np.float32(127.5) - np.float32(1.0)  # (1, 3, H, W) in [-1, 1]
         vae_tap.encode(image)
@@ -215,40 +220,48 @@ def _mse_bits(precision) -> dict[str, int]:
 def calibrate_model(loaded, prompts: Sequence[str], steps: int = DEFAULT_CALIBRATION_STEPS, method: str = "minmax",
                     sampler: str = "euler", seed: int = 0, guidance_scale: float = 7.5, size: int | None = None,
                     percentile: float = DEFAULT_PERCENTILE, record: list | None = None, precision: str | None = None,
-                    ) -> dict[str, dict[str, tuple[float, float]]]:
+                    progress=None) -> dict[str, dict[str, tuple[float, float]]]:
     """Activation ranges of every network from float pipeline runs over `prompts` (module docstring).
 
     loaded: a `tinysd.checkpoint.LoadedModel`. steps, sampler, seed, guidance_scale, size (image
     width = height in pixels; None: the model's native size): as `Pipeline.generate`. method:
     "minmax", "percentile" (`percentile`) or "mse" (needs `precision`, "w8a8", "w8a16" or per
     network, "w8a8,vae=w8a16": the ranges are for each network's activation bits). record: a
-    list to append every float network call to (`NetworkCall`), or None. Returns {network: {tensor name: (min, max)}}.
+    list to append every float network call to (`NetworkCall`), or None. progress(done, total):
+    called after every sampler step. Returns {network: {tensor name: (min, max)}}.
     """
     _check_method(method)
     if method == "mse":
         _mse_bits(precision)  # fail before the float runs
     observers = calibrate_observers(loaded, prompts, steps, method, sampler=sampler, seed=seed,
-                                    guidance_scale=guidance_scale, size=size, percentile=percentile, record=record)
+                                    guidance_scale=guidance_scale, size=size, percentile=percentile, record=record,
+                                    progress=progress)
     return ranges_from_observers(observers, method, precision)
 
 
-def replay_sqnr(calls: Sequence[NetworkCall], networks, max_calls: int | None = None) -> dict[str, float]:
+def replay_sqnr(calls: Sequence[NetworkCall], networks, max_calls: int | None = None, progress=None) -> dict[str, float]:
     """SQNR (dB) of `networks` = (text_encoder, unet, vae) against recorded float calls.
 
     Each recorded call of a kind in CALL_KINDS (at most `max_calls` per kind, the first ones) is
     run again with the same arguments; the outputs of one kind are compared as one signal
-    (`sqnr_db` over all of them). Returns {kind: dB} for the kinds recorded.
+    (`sqnr_db` over all of them). progress(done, total) is called after every replayed call.
+    Returns {kind: dB} for the kinds recorded.
     """
     te, unet, vae = networks
     fns = {"text_encoder": te, "unet": unet, "vae.decode": vae.decode, "vae.encode": vae.encode}
+    chosen, per_kind = [], {}
+    for call in calls:
+        if call.kind in fns and (max_calls is None or per_kind.get(call.kind, 0) < max_calls):
+            per_kind[call.kind] = per_kind.get(call.kind, 0) + 1
+            chosen.append(call)
     refs: dict[str, list] = {}
     outs: dict[str, list] = {}
-    for call in calls:
-        if call.kind not in fns or (max_calls is not None and len(refs.get(call.kind, ())) >= max_calls):
-            continue
+    for done, call in enumerate(chosen, 1):
         refs.setdefault(call.kind, []).append(np.asarray(call.output, np.float64).reshape(-1))
         out = fns[call.kind](*call.args, **call.kwargs)
         outs.setdefault(call.kind, []).append(np.asarray(out, np.float64).reshape(-1))
+        if progress is not None:
+            progress(done, len(chosen))
     return {k: sqnr_db(np.concatenate(refs[k]), np.concatenate(outs[k])) for k in CALL_KINDS if k in refs}
 
 

@@ -219,7 +219,8 @@ class Preparer:
         return not self.problems
 
     def _problem(self, msg: str) -> None:
-        self.problems.append(msg)
+        if msg not in self.problems:  # a tensor read by several ops is one problem
+            self.problems.append(msg)
 
     def _act(self, tensor: str) -> _Act:
         """Scale and zero point of activation `tensor` (recorded in `activations`)."""

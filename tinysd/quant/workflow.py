@@ -123,7 +123,7 @@ def _finite_or_str(v: float):
 
 def quantize_checkpoint(model, out_dir, precision: str, prompts_file=None, steps: int | None = None,
                         method: str | None = None, encodings_file=None, overwrite: bool = False,
-                        sqnr_calls: int | None = None):
+                        sqnr_calls: int | None = None, progress=None):
     """Quantize the float checkpoint `model` to a folder `out_dir` (the steps of the module docstring).
 
     precision: "w8a8", "w8a16" or per network ("w8a8,vae=w8a16"). prompts_file: calibration prompts (None: the shipped set).
@@ -132,9 +132,11 @@ def quantize_checkpoint(model, out_dir, precision: str, prompts_file=None, steps
     encodings replace calibration (the prompts then only give the SQNR data). sqnr_calls: replay only the first N recorded calls of each
     network for the SQNR (None: all; the integer replay costs as much as the calibration run in
     integer arithmetic). Returns (out path, {call kind: SQNR dB}); the SQNR and the calibration
-    settings are recorded in the folder's quantization.json ("info").
+    settings are recorded in the folder's quantization.json ("info"). progress(stage, done, total) is
+    called after every calibration sampler step (stage "calibration") and every replayed call ("SQNR").
     """
     from ..checkpoint import load_checkpoint
+    from ..png import model_hash
     from .calibration import (CALIBRATION_METHODS, DEFAULT_CALIBRATION_STEPS, calibrate_model, quantize_model,
                               replay_sqnr)
     from .engine import build_integer_networks
@@ -166,16 +168,20 @@ def quantize_checkpoint(model, out_dir, precision: str, prompts_file=None, steps
     calls: list = []
     ranges = calibrate_model(loaded, prompts, steps, method, sampler=CALIBRATION_SAMPLER, seed=CALIBRATION_SEED,
                              guidance_scale=CALIBRATION_GUIDANCE, record=calls,
-                             precision=None if file_encodings is not None else precision)
+                             precision=None if file_encodings is not None else precision,
+                             progress=progress and (lambda done, total: progress("calibration", done, total)))
     if file_encodings is not None:
         qmodel = external_encodings(loaded, encodings_file, precision, file_encodings)
     else:
         qmodel = quantize_model(loaded, precision, ranges)
     if "vae.image" not in qmodel.networks["vae"].activations:  # a decoder-only encodings file
         calls = [c for c in calls if c.kind != "vae.encode"]
-    sqnr = replay_sqnr(calls, build_integer_networks(qmodel), max_calls=sqnr_calls)
+    sqnr = replay_sqnr(calls, build_integer_networks(qmodel), max_calls=sqnr_calls,
+                       progress=progress and (lambda done, total: progress("SQNR", done, total)))
     qmodel.info.update({
         "source_model": str(model),
+        "source_model_name": model.stem if model.is_file() else model.resolve().name,
+        "source_model_hash": model_hash(model),
         "method": None if encodings_file is not None else method,
         "encodings_file": None if file_encodings is None else {"path": str(encodings_file),
                                                                 "aimet_version": file_encodings[2]},
