@@ -29,7 +29,7 @@ def test_round_trip(tmp_path, storage, layout):
     assert sorted(os.listdir(tmp_path)) == ["g"]  # no temporary folder left
     g = GoldenFolder(out)
     m = g.manifest
-    assert (m["format"], m["format_version"], m["storage"], m["layout"]) == ("tinysd-golden", 1, storage, layout)
+    assert (m["format"], m["format_version"], m["storage"], m["layout"]) == ("tinysd-golden", 2, storage, layout)
     assert m["arithmetic_spec_version"] and m["tinysd_version"]
     originals = {(c.id, t.name): (c, t) for c in synthetic_cases() for t in c.tensors}
     assert len(g.tensors) == len(originals)

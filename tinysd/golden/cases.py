@@ -106,6 +106,22 @@ def network_case(records: list[OpRecord], network: str, case_id: str, qnet=None,
                       attrs={"zero_points": zps}, note=note)
 
 
+def graph_params_case(graph: dict, network: str, case_id: str, rec, qnet=None) -> GoldenCase:
+    """The run-time parameters of every computing op of a recorded graph, `{network}.{op}.{field}`, as one case
+    (`rec`: the RecordingInterpreter that recorded the graph, whose `op_params` reads them)."""
+    tensors = []
+    for node in graph["ops"]:
+        if node["name"] is None or node["op"] in ("input", "output"):
+            continue
+        for f, a in sorted(rec.op_params(node["name"]).items()):
+            kind = "weight" if node["op"] == "conv2d" and f == "weight_q" else "plain"
+            tensors.append(GoldenTensor(f"{network}.{node['name']}.{f}", "param", np.ascontiguousarray(a), kind=kind,
+                                        short=f"{node['name']}.{f}",
+                                        **_param_fields(qnet, network, node["name"], f, None)))
+    return GoldenCase(id=case_id, kind="graph", network=network, tensors=tensors,
+                      note=f"run-time parameters of every op of the {network} graph (manifest 'graphs')")
+
+
 # --------------------------------------------------------------------------------------------
 # layer cases
 # --------------------------------------------------------------------------------------------

@@ -44,10 +44,13 @@ def _read_prompts(path: Path) -> list[str]:
 @click.option("--layout", type=click.Choice(["nchw", "nhwc"]), default="nchw", show_default=True,
               help="Layout of 4-D activations (and OIHW/OHWI conv weights).")
 @click.option("--full-layers", is_flag=True, help="Layer cases hold whole layers (not cut to unit-test size).")
+@click.option("--with-params", is_flag=True,
+              help="Also store every op's run-time parameters (graph/NETWORK; as large as the quantized model), so "
+                   "that a whole network call can be recomputed from the folder and its recorded graph alone.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Golden folder to write.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 def golden(model, prompt, prompts_file, negative_prompt, seed, steps, sampler, karras, cfg, width, height, network,
-           layers, at_steps, storage, layout, full_layers, output, overwrite):
+           layers, at_steps, storage, layout, full_layers, with_params, output, overwrite):
     """Dump golden integer tensors of a quantized model's network calls (and single-layer cases)."""
     from ..cli import progress_bar
     from .cases import CropLimits
@@ -74,7 +77,8 @@ def golden(model, prompt, prompts_file, negative_prompt, seed, steps, sampler, k
         generate_golden(model, output, prompts, negative_prompt=negative_prompt, seed=seed, steps=steps,
                         sampler=sampler, karras=karras, cfg=cfg, width=width, height=height, network=network,
                         layers=layers, at_steps=steps_list, storage=storage, layout=layout,
-                        limits=None if full_layers else CropLimits(), overwrite=overwrite, progress=progress)
+                        limits=None if full_layers else CropLimits(), overwrite=overwrite, progress=progress,
+                        with_params=with_params)
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)

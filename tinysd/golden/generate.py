@@ -11,6 +11,8 @@ under a `RecordingInterpreter` and written as one case:
     p{i:03d}/unet/step{s:03d}          the UNet call of sampler step s (both CFG halves)
     p{i:03d}/vae                       the VAE decoder call
     {call case}/layers/{op name}       one cut layer case per op matching --layers
+    graph/{network}                    with --with-params: the run-time parameters of every op of
+                                       the network (its graph is in the manifest's "graphs")
 
 A network case holds the call's integer inputs (what the integer interpreter made of
 the host inputs, plus token/position ids) and its integer output (before
@@ -26,7 +28,7 @@ from typing import Sequence
 from .. import __version__
 from ..errors import TinySDError
 from ..interp.record import RecordingInterpreter
-from .cases import CropLimits, layer_case, network_case
+from .cases import CropLimits, graph_params_case, layer_case, network_case
 from ..png import MODEL_HASH_METHOD, folder_sha256
 from .writer import GoldenWriter, check_target
 
@@ -54,11 +56,12 @@ def parse_at_steps(text: str | None, steps: int) -> list[int] | None:
 class _Tap:
     """Stands in for a pipeline network: runs selected calls under a RecordingInterpreter and writes their cases."""
 
-    def __init__(self, net, select, on_records, match: str | None):
+    def __init__(self, net, select, on_records, match: str | None, graph=lambda: False):
         self._net = net
         self._match = match  # layer glob (None: network boundary only)
         self._select = select  # call index -> bool
         self._on_records = on_records  # (call index, recorder) -> None
+        self._graph = graph  # () -> whether this call's graph is still wanted
         self.calls = 0
 
     def __getattr__(self, name):
@@ -70,7 +73,7 @@ class _Tap:
         if not self._select(i):
             return fn()
         inner = self._net.interp
-        rec = RecordingInterpreter(inner, match=self._match, ops=self._match is not None)
+        rec = RecordingInterpreter(inner, match=self._match, ops=self._match is not None, graph=self._graph())
         self._net.interp = rec
         try:
             y = fn()
@@ -94,12 +97,16 @@ def generate_golden(model, out_dir, prompts: Sequence[str], *, negative_prompt: 
                     width: int | None = None, height: int | None = None, network: str = "all",
                     layers: str | None = None, at_steps: Sequence[int] | None = None, storage: str = "npy",
                     layout: str = "nchw", limits: CropLimits | None = CropLimits(), overwrite: bool = False,
-                    progress=None) -> Path:
+                    progress=None, with_params: bool = False) -> Path:
     """Write a golden folder for a quantized model folder `model` (see the module docstring).
 
-    network: "clip", "unet", "vae" or "all". layers: glob of op names for layer cases (None: none).
+    network: "clip", "unet", "vae" or "all". layers: glob of op names for layer cases (None: none;
+    a glob that matches no op of the selected networks is a TinySDError once each has run once).
     at_steps: UNet steps to dump (None: all). limits: layer-case cut limits (None: whole layers).
-    progress(done, total) is called after every sampler step. Returns the folder path.
+    progress(done, total) is called after every sampler step. The graph of each dumped network
+    is recorded from its first dumped call; with_params also stores every op's run-time
+    parameters (case `graph/{network}`), so that a call can be recomputed from the folder
+    alone (`tinysd.golden.graph`). Returns the folder path.
     """
     from ..pipeline import Pipeline, check_generation_args
     from ..quant.folder import is_quantized_folder
@@ -129,13 +136,15 @@ def generate_golden(model, out_dir, prompts: Sequence[str], *, negative_prompt: 
                 "sampler": sampler, "karras": karras, "cfg": cfg, "width": width, "height": height,
                 "network": network, "networks": list(selected), "layers": layers,
                 "at_steps": None if at_steps is None else sorted(set(at_steps)),
-                "layer_limits": None if limits is None else limits.__dict__, "format": storage, "layout": layout}
+                "layer_limits": None if limits is None else limits.__dict__, "format": storage, "layout": layout,
+                "with_params": bool(with_params)}
     model_info = {"name": model.resolve().name, "precision": pipe.precision, "sha256": folder_sha256(model),
                   "hash_method": MODEL_HASH_METHOD}
     step_set = None if at_steps is None else set(at_steps)
     with GoldenWriter(out_dir, storage, layout, overwrite=overwrite, model=model_info, settings=settings) as w:
-        state = {"prompt": 0}
+        state = {"prompt": 0, "layer_cases": 0}
         nets = {"text_encoder": pipe.text_encoder, "unet": pipe.unet, "vae": pipe.vae}
+        graphs = w.manifest["graphs"]
 
         def writer_for(name):
             qnet = nets[name].interp.qnet
@@ -148,6 +157,19 @@ def generate_golden(model, out_dir, prompts: Sequence[str], *, negative_prompt: 
                 for r in rec.records:
                     if r.matched:
                         w.write_case(layer_case(r, name, f"{cid}/layers/{r.name}", qnet, limits, step=step))
+                        state["layer_cases"] += 1
+                if rec.graph is not None:
+                    graph = rec.graph.to_json()
+                    params = None
+                    if with_params:
+                        params = f"graph/{name}"
+                        w.write_case(graph_params_case(graph, name, params, rec, qnet))
+                    w.add_graph(name, graph, cid, params)
+                if layers is not None and not state["layer_cases"] and set(selected) <= set(graphs):
+                    some = next(f"{n}.{op['name']}" for n in selected for op in graphs[n]["ops"]
+                                if op["op"] not in ("input", "output") and op["name"])
+                    raise TinySDError(f"--layers {layers!r}: matches no op of {', '.join(selected)} "
+                                      f"(op names look like {some})")
             return on_records
 
         for i, prompt in enumerate(prompts):
@@ -157,7 +179,7 @@ def generate_golden(model, out_dir, prompts: Sequence[str], *, negative_prompt: 
                 def sel(call, n=name):
                     return n in selected and (n != "unet" or step_set is None or call in step_set)
 
-                taps[name] = _Tap(net, sel, writer_for(name), layers)
+                taps[name] = _Tap(net, sel, writer_for(name), layers, graph=lambda n=name: n not in graphs)
             pipe.text_encoder, pipe.unet, pipe.vae = taps["text_encoder"], taps["unet"], taps["vae"]
             try:
                 pipe.generate(prompt, negative_prompt=negative_prompt, steps=steps, guidance_scale=cfg, seed=seed,

@@ -11,9 +11,16 @@ content always gives the same bytes::
      "settings": {...},              # the generation settings (prompt, seed, steps, ...)
      "cases": [CASE, ...],
      "tensors": [TENSOR, ...],
-     "files": [{"path": str, "sha256": hex, "size": int}, ...]}
+     "files": [{"path": str, "sha256": hex, "size": int}, ...],
+     "graphs": {network: GRAPH, ...}}                                  # format_version 2
 
-    CASE   = {"id": "p000/unet/step000", "kind": "network" | "layer", "network": str,
+    GRAPH  = {"call": case id it was recorded from, "params": case id of its parameters | null,
+              "ops": [{"op": str, "name": str | null, "inputs": {argument: tensor id},
+                       "outputs": [tensor id, ...], "attrs": {...}}, ...],
+              "tensors": {tensor id: {"shape": [int, ...], "dtype": str, "zero_point": int | null,
+                                      "bits": int | null, "encoding": str | null}}}
+
+    CASE   = {"id": "p000/unet/step000", "kind": "network" | "layer" | "graph", "network": str,
               "op": str | null, "layer": str | null, "step": int | null,
               "attrs": {...}, "note": str | null, "file": str | null}   # file: the C header (storage "c")
     TENSOR = {"case": case id, "name": str, "role": "input" | "output" | "param",
@@ -50,7 +57,8 @@ from ..errors import TinySDError
 from ..fileio import open_regular, read_text
 
 FORMAT = "tinysd-golden"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: "graphs" and "graph" cases (version 1 folders, without them, are still read)
+READ_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 
 ROLES = ("input", "output", "param")
@@ -58,7 +66,10 @@ DTYPES = ("uint8", "int8", "uint16", "int16", "int32", "int64")
 STORAGES = ("npy", "raw", "c")
 LAYOUTS = ("nchw", "nhwc")
 TENSOR_LAYOUTS = ("NCHW", "NHWC", "OIHW", "OHWI", "plain")
-CASE_KINDS = ("network", "layer")
+CASE_KINDS = ("network", "layer", "graph")
+GRAPH_OPS = ("input", "output", "embedding", "linear", "conv2d", "group_norm", "layer_norm", "silu", "gelu", "quick_gelu",
+             "softmax", "matmul", "add", "mul", "scale", "concat", "upsample_nearest2x", "reshape", "transpose", "split",
+             "broadcast")
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _SYMBOL = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -204,8 +215,9 @@ def validate(m: Any, where: str = MANIFEST) -> dict:
     if m.get("format") != FORMAT:
         raise TinySDError(f"{where}: not a tinysd golden manifest (format {m.get('format')!r}, expected {FORMAT!r})")
     v = _need(m, "format_version", int, where)
-    if v != FORMAT_VERSION:
-        raise TinySDError(f"{where}: format_version {v} is not supported (this tinysd reads {FORMAT_VERSION})")
+    if v not in READ_VERSIONS:
+        raise TinySDError(f"{where}: format_version {v} is not supported (this tinysd reads "
+                          f"{', '.join(map(str, READ_VERSIONS))})")
     for k in ("tinysd_version", "arithmetic_spec_version"):
         _need(m, k, str, where)
     if _need(m, "storage", str, where) not in STORAGES:
@@ -264,7 +276,47 @@ def validate(m: Any, where: str = MANIFEST) -> dict:
         seen.add(k)
         if m["storage"] == "c" and t["symbol"] is None:
             raise TinySDError(f"{where}: tensor {k}: storage 'c' needs a symbol")
+    graphs = _need(m, "graphs", dict, where) if v >= 2 else {}
+    for network, g in graphs.items():
+        _check_graph(g, cases, f"{where}: graphs[{network!r}]")
     return m
+
+
+def _check_graph(g: Any, cases: set[str], where: str) -> None:
+    """A recorded graph: known ops, every tensor id defined (by an earlier op's outputs) before it is read."""
+    if not isinstance(g, dict):
+        raise TinySDError(f"{where}: expected an object")
+    call = _need(g, "call", str, where)
+    params = _need(g, "params", str, where, nullable=True)
+    for c in (call,) + ((params,) if params is not None else ()):
+        if c not in cases:
+            raise TinySDError(f"{where}: unknown case {c!r}")
+    tensors = _need(g, "tensors", dict, where)
+    for tid, t in tensors.items():
+        w = f"{where}: tensor {tid}"
+        if not isinstance(t, dict):
+            raise TinySDError(f"{w}: expected an object")
+        _int_list(_need(t, "shape", list, w), "shape", w, lo=0)
+        _need(t, "dtype", str, w)
+        _need(t, "zero_point", int, w, nullable=True)
+        _need(t, "bits", int, w, nullable=True)
+        _need(t, "encoding", str, w, nullable=True)
+    defined: set[str] = set()
+    for i, node in enumerate(_need(g, "ops", list, where)):
+        w = f"{where}: ops[{i}]"
+        if not isinstance(node, dict):
+            raise TinySDError(f"{w}: expected an object")
+        if _need(node, "op", str, w) not in GRAPH_OPS:
+            raise TinySDError(f"{w}: op {node['op']!r} not in {GRAPH_OPS}")
+        _need(node, "name", str, w, nullable=True)
+        _need(node, "attrs", dict, w)
+        for arg, tid in _need(node, "inputs", dict, w).items():
+            if tid not in defined:
+                raise TinySDError(f"{w}: input {arg} reads tensor {tid!r} before any op makes it")
+        for tid in _need(node, "outputs", list, w):
+            if tid not in tensors or tid in defined:
+                raise TinySDError(f"{w}: output {tid!r} is not in 'tensors' or is made twice")
+            defined.add(tid)
 
 
 def load_manifest(folder, verify_files: bool = True) -> dict:

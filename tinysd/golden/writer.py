@@ -36,6 +36,7 @@ from ..fileio import read_text
 from ..fixedpoint import ARITHMETIC_SPEC_VERSION
 from . import formats
 from .manifest import (
+    CASE_KINDS,
     DTYPES,
     FORMAT,
     FORMAT_VERSION,
@@ -138,7 +139,7 @@ class GoldenWriter:
             "format": FORMAT, "format_version": FORMAT_VERSION, "tinysd_version": __version__,
             "arithmetic_spec_version": ARITHMETIC_SPEC_VERSION, "storage": storage, "layout": layout,
             "byte_order": "little", "model": _json_scalars(model), "settings": _json_scalars(settings or {}),
-            "cases": [], "tensors": [], "files": [],
+            "cases": [], "tensors": [], "files": [], "graphs": {},
         }
         self._keys: set[str] = set()
         self._done = False
@@ -175,7 +176,7 @@ class GoldenWriter:
         cid = check_relpath(case.id, f"case {case.id!r}")
         if any(c["id"] == cid for c in self.manifest["cases"]):
             raise ValueError(f"case: duplicate id {cid!r}")
-        if case.kind not in ("network", "layer"):
+        if case.kind not in CASE_KINDS:
             raise ValueError(f"case {cid}: kind {case.kind!r}")
         header = f"{cid}.h" if self.storage == "c" else None
         entry = {"id": cid, "kind": case.kind, "network": case.network, "op": case.op, "layer": case.layer,
@@ -204,6 +205,13 @@ class GoldenWriter:
         self.manifest["tensors"] += [t for t, _ in stored]
         self._keys = keys
         log.debug("golden case %s: %d tensors", cid, len(stored))
+
+    def add_graph(self, network: str, graph: dict, call: str, params: str | None = None) -> None:
+        """Record `network`'s graph (`tinysd.interp.record.GraphRecord.to_json()`), recorded from case `call`;
+        `params`: the case holding its ops' run-time parameters (None: not stored)."""
+        if network in self.manifest["graphs"]:
+            raise ValueError(f"graph of {network}: already recorded")
+        self.manifest["graphs"][network] = _json_scalars({"call": call, "params": params, **graph})
 
     def _tensor_entry(self, cid: str, t: GoldenTensor, symbols: set[str], keys: set[str]) -> tuple[dict, np.ndarray]:
         k = key(cid, t.name)

@@ -22,9 +22,15 @@ as is: recording never changes what a network computes. What is kept:
 
 Tensors are copied when recorded (`TapTensor`), so later in-place work of the inner
 interpreter cannot change a record. Layout ops (reshape, transpose, split) are
-forwarded and not recorded. Records accumulate across calls until `clear()`; each
+forwarded and not recorded as records. Records accumulate across calls until `clear()`; each
 record carries the index of the network call it belongs to (`call`, counted by
 `output`). `ops=False` records the network boundary only.
+
+With `graph=True` the first network call is also recorded as a graph (`graph`, a
+`GraphRecord`): every op in order, layout ops included, wired by tensor ids, with each
+tensor's shape, dtype, zero point, bits and encoding; an operand that `add` or `mul`
+broadcasts gets an explicit `broadcast` node. Together with the run-time parameters of
+its ops and the call's inputs, the graph recomputes the call (`tinysd.golden.graph`).
 """
 from __future__ import annotations
 
@@ -88,10 +94,72 @@ class OpRecord:
     call: int = 0
 
 
+LAYOUT_OPS = ("reshape", "transpose", "split", "broadcast")
+
+
+class GraphRecord:
+    """One network call as a graph (see the module docstring and docs/golden.md §3).
+
+    ops: [{"op", "name", "inputs": {argument: tensor id}, "outputs": [tensor id], "attrs": {...}}] in the
+    order they ran; "input" nodes have no inputs and are named after the network input (`sample`;
+    the host ids of embedding E are the input `E.ids`), "output" nodes have no outputs.
+    tensors: {tensor id: {"shape", "dtype", "zero_point", "bits", "encoding"}} (zero point and bits
+    null for host arrays). Tensor objects are held until `close()` so that their ids stay unique.
+    """
+
+    def __init__(self):
+        self.ops: list[dict] = []
+        self.tensors: dict[str, dict] = {}
+        self._ids: dict[int, str] = {}
+        self._alive: list = []
+        self.closed = False
+
+    def _new(self, t) -> str:
+        tid = f"t{len(self.tensors)}"
+        data = getattr(t, "data", t)
+        zp, bits = getattr(t, "zp", None), getattr(t, "bits", None)
+        self.tensors[tid] = {"shape": [int(d) for d in np.shape(data)], "dtype": np.asarray(data).dtype.name,
+                             "zero_point": None if zp is None else int(zp), "bits": None if bits is None else int(bits),
+                             "encoding": getattr(t, "enc", None)}
+        self._ids[id(t)] = tid
+        self._alive.append(t)
+        return tid
+
+    def tid(self, t) -> str:
+        """The id of a tensor already in the graph (KeyError for one the graph never produced)."""
+        return self._ids[id(t)]
+
+    def node(self, op: str, name: str | None, inputs: dict, outputs: list, attrs: dict | None = None) -> None:
+        """Append an op: `inputs` maps argument names to tensors already in the graph; `outputs` are new tensors."""
+        if self.closed:
+            return
+        ins = {}
+        for arg, t in inputs.items():
+            if op in ("add", "mul") and hasattr(t, "shape") and outputs and tuple(t.shape) != tuple(outputs[0].shape):
+                shape = [int(d) for d in outputs[0].shape]
+                tid = f"t{len(self.tensors)}"
+                self.tensors[tid] = dict(self.tensors[self.tid(t)], shape=shape)
+                self.ops.append({"op": "broadcast", "name": None, "inputs": {"x": self.tid(t)}, "outputs": [tid],
+                                 "attrs": {"shape": shape}})
+                ins[arg] = tid
+            else:
+                ins[arg] = self.tid(t)
+        outs = [self._new(t) for t in outputs]
+        self.ops.append({"op": op, "name": name, "inputs": ins, "outputs": outs, "attrs": dict(attrs or {})})
+
+    def close(self) -> None:
+        """Stop recording and drop the references to the tensors."""
+        self.closed = True
+        self._ids, self._alive = {}, []
+
+    def to_json(self) -> dict:
+        return {"ops": self.ops, "tensors": self.tensors}
+
+
 class RecordingInterpreter:
     """Forwards every op to `inner` and records boundary tensors and ops matching `match` (module docstring)."""
 
-    def __init__(self, inner, match: str | None = None, boundary: bool = True, ops: bool = True):
+    def __init__(self, inner, match: str | None = None, boundary: bool = True, ops: bool = True, graph: bool = False):
         self.inner = inner
         self.match = match
         self.ops = ops
@@ -99,6 +167,7 @@ class RecordingInterpreter:
         self.network = getattr(inner, "network", "")
         self.records: list[OpRecord] = []
         self.calls = 0
+        self.graph = GraphRecord() if graph else None
 
     def __getattr__(self, name):  # anything else (qnet, params, array, ...) is the inner interpreter's
         if name == "inner":
@@ -127,13 +196,20 @@ class RecordingInterpreter:
         return {k[len(prefix):]: np.asarray(v) for k, v in source.items()
                 if k.startswith(prefix) and "." not in k[len(prefix):]}
 
+    def _node(self, op, name, inputs, outputs, attrs=None):
+        if self.graph is not None:
+            self.graph.node(op, name, inputs, outputs, attrs)
+
     def _op(self, op: str, name: str, inputs: dict[str, Any], attrs: dict[str, Any], run, boundary=False):
         matched = self.matches(name)
         keep = matched or (boundary and self.boundary)
         if not keep:
-            return run()
+            y = run()
+            self._node(op, name, inputs, [y], attrs)
+            return y
         taps = {k: TapTensor.of(v) for k, v in inputs.items()}
         y = run()
+        self._node(op, name, inputs, [y], attrs)
         self.records.append(OpRecord(op=op, name=name, tensor=f"{self.network}.{name}.out", inputs=taps,
                                      output=TapTensor.of(y) if matched else None, attrs=dict(attrs),
                                      params=self.op_params(name) if matched else {}, matched=matched,
@@ -143,6 +219,7 @@ class RecordingInterpreter:
     # --- network boundary -----------------------------------------------------------------
     def input(self, x, name: str):
         y = self.inner.input(x, name)
+        self._node("input", name, {}, [y])
         if self.boundary:
             self.records.append(OpRecord(op="input", name=name, tensor=f"{self.network}.{name}", inputs={},
                                          output=TapTensor.of(y), matched=False, call=self.calls))
@@ -152,14 +229,18 @@ class RecordingInterpreter:
         if self.boundary:
             self.records.append(OpRecord(op="output", name=name, tensor=f"{self.network}.{name}",
                                          inputs={"x": TapTensor.of(x)}, output=None, matched=False, call=self.calls))
+        self._node("output", name, {"x": x}, [])
+        if self.graph is not None:
+            self.graph.close()  # the graph is the first call's
         y = self.inner.output(x, name)
         self.calls += 1
         return y
 
     # --- parameterised ops -----------------------------------------------------------------
     def embedding(self, ids, name: str):
-        return self._op("embedding", name, {"ids": np.asarray(ids)}, {},
-                        lambda: self.inner.embedding(ids, name), boundary=True)
+        ids = np.asarray(ids)
+        self._node("input", f"{name}.ids", {}, [ids])  # host ids enter the graph as an input
+        return self._op("embedding", name, {"ids": ids}, {}, lambda: self.inner.embedding(ids, name), boundary=True)
 
     def linear(self, x, name: str):
         return self._op("linear", name, {"x": x}, {}, lambda: self.inner.linear(x, name))
@@ -210,13 +291,19 @@ class RecordingInterpreter:
     def upsample_nearest2x(self, x, name: str):
         return self._op("upsample_nearest2x", name, {"x": x}, {}, lambda: self.inner.upsample_nearest2x(x, name))
 
-    # --- layout (forwarded, not recorded) ---------------------------------------------------------
+    # --- layout (forwarded; only the graph records them) --------------------------------------------
     def reshape(self, x, shape):
-        return self.inner.reshape(x, shape)
+        y = self.inner.reshape(x, shape)
+        self._node("reshape", None, {"x": x}, [y], {"shape": [int(d) for d in shape]})
+        return y
 
     def transpose(self, x, axes):
-        return self.inner.transpose(x, axes)
+        y = self.inner.transpose(x, axes)
+        self._node("transpose", None, {"x": x}, [y], {"axes": [int(a) for a in axes]})
+        return y
 
     def split(self, x, sections: int, axis: int):
-        return self.inner.split(x, sections, axis)
+        ys = self.inner.split(x, sections, axis)
+        self._node("split", None, {"x": x}, list(ys), {"sections": int(sections), "axis": int(axis)})
+        return ys
 
