@@ -284,10 +284,12 @@ def _cut(rec: OpRecord, L: CropLimits | None) -> _Cut:
         win = tuple(win)
         xc = x[win]
         if op == "softmax":
-            attrs = {"x_zp": zp["x"], "causal": causal, "out_zp": out_zp, "qmin": 0, "qmax": qmax}
+            attrs = {"x_zp": zp["x"], "causal": causal, "out_bits": out_t.bits, "out_zp": out_zp, "qmin": 0,
+                     "qmax": qmax}
             check = lambda: softmax_reference(xc, P["exp_table"], out_bits=out_t.bits, causal=causal)  # noqa: E731
         else:
-            attrs = {"x_zp": zp["x"], "eps": rec.attrs.get("eps"), "out_zp": out_zp, "qmin": 0, "qmax": qmax}
+            attrs = {"x_zp": zp["x"], "eps": rec.attrs.get("eps"), "in_bits": rec.inputs["x"].bits,
+                     "out_bits": out_t.bits, "out_zp": out_zp, "qmin": 0, "qmax": qmax}
             check = lambda: layer_norm_reference(xc, _norm_params(P, rec.inputs["x"].bits, out_t.bits))  # noqa: E731
         return _Cut({"x": xc}, P, out[win], attrs, _note(x.shape, out.shape, out[win].shape), check)
 
@@ -300,7 +302,8 @@ def _cut(rec: OpRecord, L: CropLimits | None) -> _Cut:
         nb = _lim(x.shape[0], L and L.batch)
         xc = x[:nb, : k * cg]
         Pc = {f: (v[: k * cg] if f in ("gamma_multiplier", "gamma_shift", "beta_fx") else v) for f, v in P.items()}
-        attrs = {"x_zp": zp["x"], "groups": k, "eps": rec.attrs.get("eps"), "out_zp": out_zp, "qmin": 0, "qmax": qmax}
+        attrs = {"x_zp": zp["x"], "groups": k, "eps": rec.attrs.get("eps"), "in_bits": rec.inputs["x"].bits,
+                 "out_bits": out_t.bits, "out_zp": out_zp, "qmin": 0, "qmax": qmax}
         o = out[:nb, : k * cg]
         note = _note(x.shape, out.shape, o.shape)
         if note and k != groups:
