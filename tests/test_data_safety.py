@@ -78,7 +78,15 @@ def test_outputs_that_are_not_regular_files_are_refused(tmp_path):
         write_file(fifo, lambda f: f.write(b"x"))
     for p in (fifo, report):
         assert stat.S_ISFIFO(os.lstat(p).st_mode)
-    assert sorted(os.listdir(tmp_path)) == ["g", "link.png", "out.png", "report.json"]
+    names = ["g", "link.png", "out.png", "report.json"]
+    if os.geteuid() == 0:  # a character device like /dev/null (1, 3), made here; only root may create one
+        dev = tmp_path / "null.png"
+        os.mknod(dev, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        res = run(["generate", "x", "--model", TINY, "--steps", 1, "-o", dev])
+        assert_one_line_error(res, "null.png", "character device", "refusing")
+        assert stat.S_ISCHR(os.lstat(dev).st_mode)
+        names.append("null.png")
+    assert sorted(os.listdir(tmp_path)) == sorted(names)
 
 
 def test_a_symlink_output_is_written_through(tmp_path):
