@@ -245,14 +245,13 @@ class UNetConfig(_Config):
     _types = {
         "sample_size": _integer(), "in_channels": _integer(), "out_channels": _integer(),
         "flip_sin_to_cos": _boolean(), "freq_shift": _integer(0, MAX_SIZE),
-        "down_block_types": _list(_string()), "mid_block_type": _Type("a string", lambda v: isinstance(v, str), True),
-        "up_block_types": _list(_string()), "block_out_channels": _list(_integer()),
-        "layers_per_block": _integer_or_list(1, MAX_COUNT), "downsample_padding": _integer(0, 1),
-        "mid_block_scale_factor": _number(0, MAX_FACTOR), "act_fn": _string(), "norm_num_groups": _integer(),
-        "norm_eps": _number(0, 1, hi_open=True), "cross_attention_dim": _integer(), "attention_head_dim": _integer_or_list(optional=True),
-        "num_attention_heads": _integer_or_list(optional=True), "use_linear_projection": _boolean(),
-        "time_cond_proj_dim": _integer(optional=True), "transformer_layers_per_block": _integer(1, MAX_COUNT),
-    }
+        "down_block_types": _list(_string()), "up_block_types": _list(_string()),
+        "block_out_channels": _list(_integer()), "layers_per_block": _integer_or_list(1, MAX_COUNT),
+        "downsample_padding": _integer(0, 1), "mid_block_scale_factor": _number(0, MAX_FACTOR),
+        "norm_num_groups": _integer(), "norm_eps": _number(0, 1, hi_open=True), "cross_attention_dim": _integer(),
+        "attention_head_dim": _integer_or_list(optional=True), "num_attention_heads": _integer_or_list(optional=True),
+        "use_linear_projection": _boolean(), "time_cond_proj_dim": _integer(optional=True),
+    }  # act_fn, mid_block_type, transformer_layers_per_block: `_refuse` allows their SD 1.x values only
 
     def heads(self, block: int) -> int:
         """Number of attention heads in down block `block` (mid block: last)."""
@@ -336,7 +335,7 @@ class VAEConfig(_Config):
     _types = {
         "in_channels": _integer(), "out_channels": _integer(), "latent_channels": _integer(),
         "down_block_types": _list(_string()), "up_block_types": _list(_string()),
-        "block_out_channels": _list(_integer()), "layers_per_block": _integer(1, MAX_COUNT), "act_fn": _string(),
+        "block_out_channels": _list(_integer()), "layers_per_block": _integer(1, MAX_COUNT),
         "norm_num_groups": _integer(), "sample_size": _integer(), "scaling_factor": _number(0, MAX_FACTOR),
         "mid_block_add_attention": _boolean(),
     }

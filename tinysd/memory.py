@@ -12,10 +12,11 @@ The estimate counts the largest tensors of each network call at the requested si
 * each level's convolution also holds an im2col band (at most IM2COL_ELEMENTS) and its product.
 
 Elements are 4 bytes (float32) for the float engine and 8 for the integer engines (their
-accumulators are int64). The larger of the two networks, plus the model's parameters, must fit
-in the machine's physical memory; otherwise the size or batch is refused with one line instead of
-a failed allocation deep in a kernel. tests/test_memory.py checks the estimate against the peak
-NumPy allocation measured with tracemalloc.
+accumulators are int64). The larger of the two networks (plus `param_bytes`, 0 from the pipeline,
+whose parameters are already loaded when it checks) must fit in the machine's physical memory;
+otherwise the size or batch is refused with one line instead of a failed allocation deep in a
+kernel. tests/test_bad_values.py checks that the estimate lies between 1x and 3x the peak NumPy
+allocation measured with tracemalloc.
 """
 from __future__ import annotations
 

@@ -161,8 +161,8 @@ def latents_to_images(decoded: np.ndarray) -> list:
 def _finite(a: np.ndarray, what: str) -> np.ndarray:
     """`a`, or a TinySDError naming `what` when it holds NaN or an infinity (the network overflowed)."""
     if not np.isfinite(a).all():
-        raise TinySDError(f"{what} is not finite (NaN or infinity): the network overflowed; check the model's weights "
-                          f"and config (and a large --cfg)")
+        raise TinySDError(f"{what} is not finite (NaN or infinity): the network overflowed (check the model's "
+                          f"weights and config)")
     return a
 
 

@@ -328,6 +328,13 @@ def _cut(rec: OpRecord, L: CropLimits | None) -> _Cut:
     raise ValueError(f"op: no golden layer case for op {op!r}")
 
 
+def reference_output(rec: OpRecord) -> np.ndarray:
+    """The whole output of a recorded op recomputed from its inputs, parameters and attributes with the kernel's
+    reference twin (what checks an uncut layer case; `rec.output` need only give the output's shape, zero
+    point and bits). Used by `tinysd.golden.graph` to run a recorded graph."""
+    return np.asarray(_cut(rec, None).check())
+
+
 def _note(in_shape, out_shape, cut_shape) -> str | None:
     if tuple(cut_shape) == tuple(out_shape):
         return None
