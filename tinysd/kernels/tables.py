@@ -1,4 +1,4 @@
-"""Table nonlinearities (SiLU, exact-erf GELU, quick_gelu) on uint8 / uint16 activations.
+"""Table nonlinearities (SiLU, exact-erf GELU, quick_gelu; sigmoid and erf alone) on uint8 / uint16 activations.
 
 Spec: docs/arithmetic.md, section "Table nonlinearities".
 
@@ -67,8 +67,10 @@ def _quick_gelu(x: float) -> float:
     return x * _sigmoid(1.702 * x)
 
 
-#: Table function name -> float64 scalar function (the formula the table samples).
-TABLE_FUNCTIONS = {"silu": _silu, "gelu": _gelu, "quick_gelu": _quick_gelu}
+#: Table function name -> float64 scalar function (the formula the table samples). "sigmoid" and "erf"
+#: are the table parts of a SiLU / quick_gelu / GELU that the device graph quantizes inside
+#: (docs/arithmetic.md section 4.11).
+TABLE_FUNCTIONS = {"silu": _silu, "gelu": _gelu, "quick_gelu": _quick_gelu, "sigmoid": _sigmoid, "erf": math.erf}
 
 
 def _check_bits(name, bits):
@@ -98,7 +100,7 @@ def _check_zp(name, zp, bits):
 def make_table(fn_name, in_scale, in_zp, in_bits, out_scale, out_zp, out_bits) -> np.ndarray:
     """Build the lookup table of `fn_name` for one input and one output encoding (float64, once).
 
-    fn_name: "silu", "gelu" (erf) or "quick_gelu". Encodings are asymmetric
+    fn_name: "silu", "gelu" (erf), "quick_gelu", "sigmoid" or "erf". Encodings are asymmetric
     (`real = (q - zp) * scale`) with in_bits / out_bits in {8, 16} and zero points in
     [0, 2**bits - 1]. Returns a contiguous array of length 2**in_bits and dtype uint8
     (out_bits 8) or uint16 (out_bits 16) whose entry q is

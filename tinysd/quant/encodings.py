@@ -39,6 +39,26 @@ https://quic.github.io/aimet-pages/AimetDocs/quantsim/encoding_spec.html):
     ENC = {"name": str, "dtype": "INT", "enc_type": "PER_TENSOR"|"PER_CHANNEL",
            "bw": int, "is_sym": bool, "scale": [float, ...], "offset": [int, ...]}
 
+2.0.0 and 2.1.0 (read only; ONNX QuantizeLinear's fields)::
+
+    {"version": "2.0.0", "encodings": [ENC, ...], "producer": {...}}
+    ENC = {"name": str, "output_dtype": "uint8"|"int8"|"uint16"|"int16"|"int32"|...,
+           "y_scale": float | [float, ...], "y_zero_point": int | [int, ...] (optional, 0),
+           "axis": int (per-channel only), "block_size": int (per-block only)}
+
+    q = saturate(round(x / y_scale) + y_zero_point) in output_dtype's range, so an unsigned
+    `uintB` entry is offset = -y_zero_point and a signed `intB` entry is offset =
+    -(y_zero_point + 2**(B-1)) on the unsigned grid (symmetric when y_zero_point is 0). 2.1.0
+    only adds a "meta" (double-quantized) form of y_scale, which tinysd refuses. The list mixes
+    activations and parameters: signed entries are read as parameters, unsigned ones as
+    activations (AIMET writes activations unsigned by default, `force_activation_as="unsigned"`);
+    a caller that knows the graph decides for itself (`EncodingsFile.all`).
+
+The parameter file of AIMET's AdaRound has no `version`: `{"param_encodings": {NAME: [ENC,
+...]}}` with 0.6.1 entries (aimet-torch), or a bare 0.6.1 dict / 1.0.0 list of parameter
+encodings (what aimet-onnx's `set_and_freeze_param_encodings` accepts). It is read as version
+"adaround" with no activation encodings.
+
 In 1.0.0 a per-channel encoding is one entry with `scale`/`offset` lists of
 length C, and the channel axis is, by the spec, the output-channel axis (0);
 min/max are not stored and are re-derived here as `offset * scale` and
@@ -66,7 +86,9 @@ from tinysd.errors import TinySDError
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_VERSIONS = ("0.6.1", "1.0.0")
+SUPPORTED_VERSIONS = ("0.6.1", "1.0.0", "2.0.0", "2.1.0")  # read; 0.6.1 and 1.0.0 are also written
+WRITTEN_VERSIONS = ("0.6.1", "1.0.0")
+ADAROUND = "adaround"  # the `version` load_encodings reports for AdaRound's version-less parameter file
 ACTIVATION_BITWIDTHS = (8, 16)  # w8a8: uint8 activations, w8a16: uint16 activations
 PARAM_BITWIDTHS = (8, 32)  # int8 weights, int32 biases
 MIN_BITWIDTH, MAX_BITWIDTH = 2, 32  # AIMET 1.0.0 spec: "bw >= 2 and <= 32"
@@ -411,7 +433,6 @@ def _parse_legacy_entry(path, role: str, name: str, channels) -> Encoding:
         min=mins if has_minmax else None,
         max=maxs if has_minmax else None,
     )
-    _check_role_bitwidth(path, role, name, enc)
     if has_minmax:
         derived_min = enc.offset * enc.scale
         derived_max = (enc.offset + enc.num_steps) * enc.scale
@@ -468,7 +489,6 @@ def _parse_v1_entry(path, role: str, index: int, d) -> tuple[str, Encoding]:
         is_symmetric=_bool_field(d, "is_sym", where, legacy=False),
         axis=0 if enc_type == "PER_CHANNEL" else None,  # spec: channel axis = output channels
     )
-    _check_role_bitwidth(path, role, name, enc)
     return name, enc
 
 
@@ -487,18 +507,98 @@ def _v1_entry(name: str, enc: Encoding) -> dict[str, Any]:
 # --- public API -------------------------------------------------------------------
 
 
-def load_encodings(path) -> tuple[dict[str, Encoding], dict[str, Encoding], str]:
-    """Read an AIMET encodings file (version 0.6.1 or 1.0.0).
+# --- 2.0.0 / 2.1.0 ----------------------------------------------------------------
 
-    Returns (activation encodings, parameter encodings, version), each dict
-    keyed by tensor name in file order. Every problem raises one TinySDError
-    naming the file and, where there is one, the tensor: unreadable file,
-    malformed JSON, unknown version, float or per-block encodings, bitwidths
-    other than 8/16 (activations) or 8/32 (parameters), non-positive or
-    non-finite scales, offsets outside [-(2**bw - 1), 0], per-channel lists of
-    different lengths, duplicate names.
-    """
-    path = Path(path)
+
+def _v2_dtype(where: str, d: Mapping) -> tuple[int, bool]:
+    """(bitwidth, signed) of an entry's `output_dtype` ("uint8", "int16", ...); TinySDError for float types."""
+    dt = d.get("output_dtype")
+    if not isinstance(dt, str):
+        raise TinySDError(f"{where}: missing field 'output_dtype'")
+    signed = dt.startswith("int")
+    digits = dt[3:] if signed else dt[4:] if dt.startswith("uint") else ""
+    if not digits.isdigit():
+        raise TinySDError(f"{where}: output_dtype {dt!r} not supported (tinysd needs integer encodings)")
+    return int(digits), signed
+
+
+def _v2_list(where: str, d: Mapping, key: str, default=None) -> list[float]:
+    v = d.get(key, default)
+    if v is None:
+        raise TinySDError(f"{where}: missing field {key!r}")
+    if isinstance(v, dict):
+        raise TinySDError(f"{where}: {key} as a meta (double-quantized) encoding is not supported")
+    values = v if isinstance(v, list) else [v]
+    if not values or any(isinstance(x, list) for x in values):
+        raise TinySDError(f"{where}: field {key!r} must be a number or a flat non-empty list (per-block "
+                          f"encodings are not supported), got {v!r}")
+    return [_number(x, key, where) for x in values]
+
+
+def _parse_v2_entry(path, index: int, d) -> tuple[str, Encoding, str]:
+    """(name, Encoding on the unsigned grid, role) of one 2.x entry; role "param" for signed or per-channel."""
+    if not isinstance(d, dict):
+        raise TinySDError(f"{path}: encodings[{index}] must be an object, got {d!r}")
+    name = d.get("name")
+    if not isinstance(name, str) or not name:
+        raise TinySDError(f"{path}: encodings[{index}] has no valid 'name'")
+    where = f"{path}: tensor {name!r}"
+    bw, signed = _v2_dtype(where, d)
+    if "block_size" in d:
+        raise TinySDError(f"{where}: per-block encodings are not supported")
+    scale = _v2_list(where, d, "y_scale")
+    zp = _v2_list(where, d, "y_zero_point", default=0)
+    axis = d.get("axis")
+    if axis is None and len(scale) != 1:
+        raise TinySDError(f"{where}: {len(scale)} scales but no 'axis'")
+    if len(zp) == 1 and len(scale) > 1:
+        zp = zp * len(scale)
+    if len(zp) != len(scale):
+        raise TinySDError(f"{where}: per-channel lists differ in length: {len(scale)} scales, {len(zp)} zero points")
+    if any(z != int(z) for z in zp):
+        raise TinySDError(f"{where}: fractional zero points are not supported")
+    zp_arr = np.array(zp, dtype=np.float64)
+    offset = -(zp_arr + 2 ** (bw - 1)) if signed else -zp_arr
+    enc = _make(where, bitwidth=bw, scale=scale, offset=offset, is_symmetric=bool(signed and not np.any(zp_arr)),
+                axis=None if axis is None else axis)
+    return name, enc, "param" if signed or axis is not None else "activation"
+
+
+# --- AdaRound's parameter file (no version) ------------------------------------------------
+
+
+def _is_adaround(doc) -> bool:
+    """A version-less parameter-encodings file: {"param_encodings": ...}, a bare 0.6.1 dict or a 1.0.0 list."""
+    if isinstance(doc, list):
+        return True
+    if not isinstance(doc, dict) or "version" in doc or not doc:
+        return False
+    if set(doc) == {"param_encodings"}:
+        return True
+    return "activation_encodings" not in doc and all(isinstance(v, list) for v in doc.values())
+
+
+def _parse_params_only(path, doc) -> dict[str, Encoding]:
+    section = doc["param_encodings"] if isinstance(doc, dict) and set(doc) == {"param_encodings"} else doc
+    out: dict[str, Encoding] = {}
+    if isinstance(section, dict):
+        for name, channels in section.items():
+            out[name] = _parse_legacy_entry(path, "param", name, channels)
+    elif isinstance(section, list):
+        for i, d in enumerate(section):
+            name, enc = _parse_v1_entry(path, "param", i, d)
+            if name in out:
+                raise TinySDError(f"{_where(path, 'param', name)}: listed twice")
+            out[name] = enc
+    else:
+        raise TinySDError(f"{path}: 'param_encodings' must be an object or a list")
+    return out
+
+
+# --- public API -------------------------------------------------------------------
+
+
+def _read_json(path: Path):
     try:
         text = read_text(path)
     except FileNotFoundError:
@@ -506,9 +606,29 @@ def load_encodings(path) -> tuple[dict[str, Encoding], dict[str, Encoding], str]
     except (OSError, UnicodeDecodeError) as e:
         raise TinySDError(f"{path}: cannot read encodings file: {e}") from None
     try:
-        doc = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise TinySDError(f"{path}: malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+
+
+def load_encodings(path) -> tuple[dict[str, Encoding], dict[str, Encoding], str]:
+    """Read an AIMET encodings file (version 0.6.1, 1.0.0, 2.0.0 or 2.1.0, or AdaRound's parameter file).
+
+    Returns (activation encodings, parameter encodings, version), each dict
+    keyed by tensor name in file order; version is the file's, or ADAROUND for
+    AdaRound's version-less parameter file (no activations). 2.x files have one
+    list: signed and per-channel entries are returned as parameters, the others as
+    activations (module docstring). Every problem raises one TinySDError naming the file and,
+    where there is one, the tensor: unreadable file, malformed JSON, unknown version, float or
+    per-block encodings, bitwidths outside [2, 32], non-positive or non-finite scales, offsets
+    outside [-(2**bw - 1), 0], per-channel lists of different lengths, duplicate names.
+    Whether a bitwidth suits a tensor is checked where the tensor is used (AIMET files hold
+    encodings tinysd ignores, such as 16-bit norm scales, `tinysd.quant.workflow`).
+    """
+    path = Path(path)
+    doc = _read_json(path)
+    if _is_adaround(doc):
+        return {}, _parse_params_only(path, doc), ADAROUND
     if not isinstance(doc, dict):
         raise TinySDError(f"{path}: not an AIMET encodings file (top level is not an object)")
     if "version" not in doc:
@@ -520,6 +640,17 @@ def load_encodings(path) -> tuple[dict[str, Encoding], dict[str, Encoding], str]
         raise TinySDError(
             f"{path}: unknown encodings version {version!r} (supported: {', '.join(SUPPORTED_VERSIONS)})"
         )
+    if version.startswith("2."):
+        section = doc.get("encodings")
+        if not isinstance(section, list):
+            raise TinySDError(f"{path}: 'encodings' must be a list of encodings (version {version})")
+        roles: dict[str, dict[str, Encoding]] = {"activation": {}, "param": {}}
+        for i, d in enumerate(section):
+            name, enc, role = _parse_v2_entry(path, i, d)
+            if name in roles["activation"] or name in roles["param"]:
+                raise TinySDError(f"{path}: tensor {name!r}: listed twice")
+            roles[role][name] = enc
+        return roles["activation"], roles["param"], version
     legacy = version == "0.6.1"
     result = []
     for role in ("activation", "param"):
@@ -581,10 +712,8 @@ def save_encodings(path, activation: Mapping[str, Encoding], params: Mapping[str
     `load_encodings` gives back bit-identical float64 scales.
     """
     path = Path(path)
-    if version not in SUPPORTED_VERSIONS:
-        raise TinySDError(
-            f"{path}: unknown encodings version {version!r} (supported: {', '.join(SUPPORTED_VERSIONS)})"
-        )
+    if version not in WRITTEN_VERSIONS:
+        raise TinySDError(f"{path}: tinysd writes encodings versions {', '.join(WRITTEN_VERSIONS)}, not {version!r}")
     for role, encs in (("activation", activation), ("param", params)):
         for name, enc in encs.items():
             if not isinstance(name, str) or not name:

@@ -1,0 +1,358 @@
+"""Dev-only: export the tiny fixture model with the real AIMET (aimet-onnx and aimet-torch) into test fixtures.
+
+    python3 tools/make_aimet_fixtures.py [--out tests/fixtures/aimet] \
+        [--aimet-onnx-python /work/venvs/aimet-onnx/bin/python] [--aimet-torch-python /work/venvs/aimet-torch/bin/python]
+
+What it does (never edit the output by hand; rerun this script):
+
+1. With tinysd (this interpreter), runs the float pipeline of `tests/fixtures/tiny-sd` exactly as
+   `tinysd quantize --calibration-prompts P --calibration-steps 2` does (the two prompts of
+   `CALIBRATION_PROMPTS`, euler, seed 0, cfg 7.5) and records every network call: these are the
+   calibration inputs AIMET computes its encodings on, so AIMET and tinysd see the same data. A
+   second run (`EVAL_PROMPT`, seed 1000) gives the fixed evaluation inputs.
+2. In the aimet-onnx venv (stage `onnx`): exports each diffusers / transformers network of the
+   model with `torch.onnx.export` (TorchScript exporter, opset 17, static shapes), builds
+   `aimet_onnx.quantsim.QuantizationSimModel` with AIMET's HTP v75 config at W8A8 (int8 params,
+   int8 activations) and W8A16 (int16 activations), computes encodings on the calibration inputs,
+   and writes `sim.export` in every encodings version aimet-onnx produces (0.6.1, 1.0.0, 2.0.0;
+   the model with its external-data file). QuantSim's outputs on the evaluation inputs are saved.
+3. In the aimet-torch venv (stage `torch`): `aimet_torch.quantsim.QuantizationSimModel` on the
+   torch modules (same config, bitwidths, calibration), exported with the older `sim.export`
+   (ONNX + 0.6.1 / 1.0.0 encodings; its pickled `.pth` and `_torch.encodings` side files are
+   deleted) and with `sim.onnx.export` (0.6.1, 1.0.0, 2.0.0, 2.1.0), and QuantSim's outputs.
+   diffusers' `Timesteps` module has no quantized definition in aimet-torch and is excluded with
+   `QuantizationMixin.ignore` (its sinusoidal features are tinysd's `unet.time_proj` input).
+
+Networks: `unet` (sample, timestep, encoder_hidden_states), `vae_decoder` (latent / scaling
+factor -> image: `vae.decode(z).sample`), `vae_encoder` (image -> `latent_dist.mean`),
+`text_encoder` (input_ids -> last_hidden_state).
+
+Output in --out: `exports.tar.xz` (every file AIMET wrote, byte for byte, under
+`{tool}/{network}/{precision}/`; xz-compressed to keep the repository small), `inputs.npz`
+(calibration and evaluation inputs), `quantsim.npz` (QuantSim and float outputs on the
+evaluation inputs, keys `{tool}/{network}/{precision}` and `float/{network}`), and
+`GENERATED.json` (this script, the versions of every package involved, the settings, and the
+SHA-256 of every archived file).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+TOOL = "tools/make_aimet_fixtures.py"
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = ROOT / "tests" / "fixtures" / "tiny-sd"
+CALIBRATION_PROMPTS = ("a red circle", "a small blue square on the left")  # as tests/test_cli_quantize.py
+CALIBRATION_STEPS = 2
+EVAL_PROMPT, EVAL_SEED = "a large green triangle on the right on a white background", 1000
+NETWORKS = ("unet", "vae_decoder", "vae_encoder", "text_encoder")
+PRECISIONS = {"w8a8": 8, "w8a16": 16}
+ONNX_VERSIONS = ("0.6.1", "1.0.0", "2.0.0")  # what aimet-onnx's sim.export writes for per-tensor/channel
+TORCH_EXPORT_VERSIONS = ("0.6.1", "1.0.0")  # the older sim.export
+TORCH_ONNX_VERSIONS = ("0.6.1", "1.0.0", "2.0.0", "2.1.0")  # sim.onnx.export
+OPSET = 17
+HTP_CONFIG = "htp_quantsim_config_v75.json"
+IO_NAMES = {  # ONNX input / output names of each exported network
+    "unet": (["sample", "timestep", "encoder_hidden_states"], ["out_sample"]),
+    "vae_decoder": (["latent"], ["image"]),
+    "vae_encoder": (["image"], ["latent_mean"]),
+    "text_encoder": (["input_ids"], ["last_hidden_state"]),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# stage 1 (tinysd): calibration and evaluation inputs
+# ---------------------------------------------------------------------------------------------
+def record_inputs(path: Path) -> None:
+    """inputs.npz: `calib/{network}/{i}/{arg}` and `eval/{network}/{i}/{arg}` float32 / int64 arrays."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT))
+    from tinysd.checkpoint import load_checkpoint
+    from tinysd.quant.calibration import calibrate_observers
+    from tinysd.quant.workflow import CALIBRATION_GUIDANCE, CALIBRATION_SAMPLER, CALIBRATION_SEED
+
+    loaded = load_checkpoint(MODEL)
+    sf = np.float32(loaded.config.vae.scaling_factor)
+    arrays = {}
+    for split, prompts, seed in (("calib", CALIBRATION_PROMPTS, CALIBRATION_SEED), ("eval", (EVAL_PROMPT,), EVAL_SEED)):
+        calls: list = []
+        calibrate_observers(loaded, list(prompts), CALIBRATION_STEPS, "minmax", sampler=CALIBRATION_SAMPLER, seed=seed,
+                            guidance_scale=CALIBRATION_GUIDANCE, record=calls)
+        count = dict.fromkeys(NETWORKS, 0)
+        for c in calls:
+            if c.kind == "unet":
+                sample, t, ctx = c.args[:3]
+                args = {"sample": sample, "timestep": np.full((sample.shape[0],), float(t), np.float32),
+                        "encoder_hidden_states": ctx}
+                net = "unet"
+            elif c.kind == "vae.decode":
+                net, args = "vae_decoder", {"latent": c.args[0]}
+            elif c.kind == "vae.encode":
+                net, args = "vae_encoder", {"image": c.args[0]}
+            else:
+                net, args = "text_encoder", {"input_ids": np.asarray(c.args[0], np.int64)}
+            for k, v in args.items():
+                arrays[f"{split}/{net}/{count[net]}/{k}"] = np.asarray(v)
+            count[net] += 1
+        print(f"{split}: {count} calls (vae scaling factor {sf})", flush=True)
+    np.savez(path, **arrays)
+
+
+def load_calls(npz, split: str, net: str) -> list[dict]:
+    """[{input name: array}, ...] of `split` ("calib" / "eval") for one network, in call order."""
+    out: dict[int, dict] = {}
+    for key in npz.files:
+        s, n, i, arg = key.split("/")
+        if s == split and n == net:
+            out.setdefault(int(i), {})[arg] = npz[key]
+    return [out[i] for i in sorted(out)]
+
+
+# ---------------------------------------------------------------------------------------------
+# torch modules (used in both AIMET venvs)
+# ---------------------------------------------------------------------------------------------
+try:  # the wrappers must be module-level classes: aimet-torch's sim.export pickles the model
+    import torch as _torch
+except ImportError:  # the driver does not need them
+    _torch = None
+
+if _torch is not None:
+    class UNetWrapper(_torch.nn.Module):
+        """sample, timestep (B,), encoder_hidden_states -> the UNet's output sample."""
+
+        def __init__(self, unet):
+            super().__init__()
+            self.unet = unet
+
+        def forward(self, sample, timestep, encoder_hidden_states):
+            return self.unet(sample, timestep, encoder_hidden_states, return_dict=False)[0]
+
+    class VaeDecoder(_torch.nn.Module):
+        """latent (already divided by the scaling factor) -> image: `vae.decode(z).sample`."""
+
+        def __init__(self, vae):
+            super().__init__()
+            self.vae = vae
+
+        def forward(self, latent):
+            return self.vae.decode(latent, return_dict=False)[0]
+
+    class VaeEncoder(_torch.nn.Module):
+        """image in [-1, 1] -> `vae.encode(x).latent_dist.mean`."""
+
+        def __init__(self, vae):
+            super().__init__()
+            self.vae = vae
+
+        def forward(self, image):
+            return self.vae.encode(image).latent_dist.mean
+
+    class TextEncoder(_torch.nn.Module):
+        """input_ids -> last_hidden_state."""
+
+        def __init__(self, te):
+            super().__init__()
+            self.te = te
+
+        def forward(self, input_ids):
+            return self.te(input_ids, return_dict=False)[0]
+
+
+def torch_modules():
+    """{network: torch.nn.Module in eval mode, float32} of the tiny-sd fixture."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    unet = UNet2DConditionModel.from_pretrained(MODEL / "unet").float().eval()
+    vae = AutoencoderKL.from_pretrained(MODEL / "vae").float().eval()
+    te = CLIPTextModel.from_pretrained(MODEL / "text_encoder").float().eval()
+    return {"unet": UNetWrapper(unet).eval(), "vae_decoder": VaeDecoder(vae).eval(),
+            "vae_encoder": VaeEncoder(vae).eval(), "text_encoder": TextEncoder(te).eval()}
+
+
+def _as_torch(call: dict, net: str):
+    import torch
+
+    return tuple(torch.from_numpy(call[k]) for k in IO_NAMES[net][0])
+
+
+def _versions(*packages) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": sys.version.split()[0]}
+    for p in packages:
+        try:
+            out[p] = version(p)
+        except PackageNotFoundError:
+            out[p] = None
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# stage 2: aimet-onnx
+# ---------------------------------------------------------------------------------------------
+def stage_onnx(work: Path) -> None:
+    import numpy as np
+    import onnx
+    import torch
+    import aimet_onnx.common.quantsim_config as qc
+    from aimet_onnx.quantsim import QuantizationSimModel
+
+    cfg = str(Path(qc.__file__).parent / HTP_CONFIG)
+    npz = np.load(work / "inputs.npz")
+    modules = torch_modules()
+    outputs = {}
+    for net, module in modules.items():
+        calib, evals = load_calls(npz, "calib", net), load_calls(npz, "eval", net)
+        src = work / "float" / f"{net}.onnx"
+        src.parent.mkdir(parents=True, exist_ok=True)
+        ins, outs = IO_NAMES[net]
+        with torch.no_grad():
+            torch.onnx.export(module, _as_torch(calib[0], net), str(src), dynamo=False, opset_version=OPSET,
+                              input_names=ins, output_names=outs, do_constant_folding=True)
+            outputs[f"float/{net}"] = np.stack([module(*_as_torch(c, net)).numpy() for c in evals])
+        model = onnx.load(str(src))
+        for prec, bits in PRECISIONS.items():
+            t0 = time.time()
+            sim = QuantizationSimModel(model, param_type="int8", activation_type=f"int{bits}", config_file=cfg)
+            sim.compute_encodings(calib)
+            d = work / "archive" / "aimet-onnx" / net / prec
+            d.mkdir(parents=True, exist_ok=True)
+            for i, v in enumerate(ONNX_VERSIONS):
+                sim.export(str(d), f"{net}_{v}" if i else net, export_model=i == 0, encoding_version=v)
+            os.replace(d / f"{net}.encodings", d / f"{net}_{ONNX_VERSIONS[0]}.encodings")
+            outputs[f"aimet-onnx/{net}/{prec}"] = np.stack([sim.session.run(None, c)[0] for c in evals])
+            print(f"aimet-onnx {net} {prec}: {time.time() - t0:.1f} s", flush=True)
+    np.savez(work / "quantsim-onnx.npz", **outputs)
+    (work / "versions-onnx.json").write_text(json.dumps(_versions("aimet-onnx", "onnx", "onnxruntime", "torch",
+                                                                  "diffusers", "transformers", "numpy")))
+
+
+# ---------------------------------------------------------------------------------------------
+# stage 3: aimet-torch
+# ---------------------------------------------------------------------------------------------
+def stage_torch(work: Path) -> None:
+    import numpy as np
+    import torch
+    import aimet_torch.common.quantsim as quantsim_settings
+    import aimet_torch.common.quantsim_config as qc
+    from aimet_torch.nn import QuantizationMixin
+    from aimet_torch.quantsim import QuantizationSimModel
+    from diffusers.models.embeddings import Timesteps
+
+    QuantizationMixin.ignore(Timesteps)  # no quantized definition in aimet-torch (see module docstring)
+    cfg = str(Path(qc.__file__).parent / HTP_CONFIG)
+    npz = np.load(work / "inputs.npz")
+    outputs = {}
+    for net, module in torch_modules().items():
+        calib, evals = load_calls(npz, "calib", net), load_calls(npz, "eval", net)
+        ins, outs = IO_NAMES[net]
+        dummy = _as_torch(calib[0], net)
+        for prec, bits in PRECISIONS.items():
+            t0 = time.time()
+            sim = QuantizationSimModel(module, dummy, default_output_bw=bits, default_param_bw=8, config_file=cfg)
+
+            def forward_pass(m):
+                with torch.no_grad():
+                    for c in calib:
+                        m(*_as_torch(c, net))
+
+            sim.compute_encodings(forward_pass)
+            d = work / "archive" / "aimet-torch-export" / net / prec
+            d.mkdir(parents=True, exist_ok=True)
+            for v in TORCH_EXPORT_VERSIONS:
+                quantsim_settings.encoding_version = v
+                sim.export(str(d), f"{net}_{v}", dummy, onnx_export_args={"input_names": ins, "output_names": outs,
+                                                                       "opset_version": OPSET})
+            quantsim_settings.encoding_version = "1.0.0"
+            for f in list(d.iterdir()):  # pickled weights and aimet-torch's own torch-named encodings: not device files
+                if f.suffix == ".pth" or f.name.endswith("_torch.encodings") or f.name.startswith("temp_onnx"):
+                    f.unlink()
+            d = work / "archive" / "aimet-torch-onnx" / net / prec
+            d.mkdir(parents=True, exist_ok=True)
+            for v in TORCH_ONNX_VERSIONS:
+                sim.onnx.export(dummy, str(d / f"{net}_{v}.onnx"), encoding_version=v, dynamo=False,
+                                opset_version=OPSET, input_names=ins, output_names=outs)
+            with torch.no_grad():
+                outputs[f"aimet-torch/{net}/{prec}"] = np.stack([sim.model(*_as_torch(c, net)).numpy() for c in evals])
+            print(f"aimet-torch {net} {prec}: {time.time() - t0:.1f} s", flush=True)
+    np.savez(work / "quantsim-torch.npz", **outputs)
+    (work / "versions-torch.json").write_text(json.dumps(_versions("aimet-torch", "onnx", "torch", "torchvision",
+                                                                   "diffusers", "transformers", "numpy")))
+
+
+# ---------------------------------------------------------------------------------------------
+# driver
+# ---------------------------------------------------------------------------------------------
+def _run_stage(python: str, stage: str, work: Path) -> None:
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONHASHSEED="0")
+    subprocess.run([python, str(Path(__file__).resolve()), "--stage", stage, "--work", str(work)], check=True, env=env)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=ROOT / "tests" / "fixtures" / "aimet")
+    ap.add_argument("--aimet-onnx-python", default="/work/venvs/aimet-onnx/bin/python")
+    ap.add_argument("--aimet-torch-python", default="/work/venvs/aimet-torch/bin/python")
+    ap.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one)")
+    ap.add_argument("--stage", choices=("onnx", "torch"), default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.stage == "onnx":
+        return stage_onnx(args.work)
+    if args.stage == "torch":
+        return stage_torch(args.work)
+
+    import numpy as np
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        record_inputs(work / "inputs.npz")
+        _run_stage(args.aimet_onnx_python, "onnx", work)
+        _run_stage(args.aimet_torch_python, "torch", work)
+        out = args.out
+        out.mkdir(parents=True, exist_ok=True)
+        files = sorted(p for p in (work / "archive").rglob("*") if p.is_file())
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:xz", preset=9) as tar:
+            for p in files:
+                info = tar.gettarinfo(str(p), arcname=str(p.relative_to(work / "archive")))
+                info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+                with open(p, "rb") as f:
+                    tar.addfile(info, f)
+        (out / "exports.tar.xz").write_bytes(buf.getvalue())
+        os.replace(work / "inputs.npz", out / "inputs.npz") if args.work is None else \
+            (out / "inputs.npz").write_bytes((work / "inputs.npz").read_bytes())
+        merged = {**np.load(work / "quantsim-onnx.npz"), **np.load(work / "quantsim-torch.npz")}
+        np.savez(out / "quantsim.npz", **merged)
+        meta = {
+            "generator": TOOL,
+            "model": "tests/fixtures/tiny-sd",
+            "calibration": {"prompts": list(CALIBRATION_PROMPTS), "steps": CALIBRATION_STEPS, "sampler": "euler",
+                            "seed": 0, "guidance_scale": 7.5},
+            "evaluation": {"prompt": EVAL_PROMPT, "seed": EVAL_SEED, "steps": CALIBRATION_STEPS},
+            "aimet_config": HTP_CONFIG, "opset": OPSET, "precisions": PRECISIONS,
+            "exports": {"aimet-onnx": "QuantizationSimModel.export", "aimet-torch-export": "QuantizationSimModel.export",
+                        "aimet-torch-onnx": "QuantizationSimModel.onnx.export"},
+            "versions": {"tinysd-side": _versions("numpy", "onnx"),
+                         "aimet-onnx venv": json.loads((work / "versions-onnx.json").read_text()),
+                         "aimet-torch venv": json.loads((work / "versions-torch.json").read_text())},
+            "files": {str(p.relative_to(work / "archive")): hashlib.sha256(p.read_bytes()).hexdigest() for p in files},
+        }
+        (out / "GENERATED.json").write_text(json.dumps(meta, indent=1) + "\n")
+        size = sum((out / f).stat().st_size for f in ("exports.tar.xz", "inputs.npz", "quantsim.npz", "GENERATED.json"))
+        print(f"wrote {out}: {len(files)} files archived, {size / 1e6:.2f} MB in total")
+
+
+if __name__ == "__main__":
+    main()
