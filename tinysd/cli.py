@@ -271,24 +271,32 @@ cli.add_command(_golden_compare)
 @click.option("--method", type=click.Choice(CALIBRATION_METHODS), default=None,
               help="Range estimate of the activations: minmax, percentile or mse (least squared quantization "
                    "error per tensor; best for w8a8).  [default: minmax]")
-@click.option("--encodings", "encodings", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Take activation and parameter encodings from this AIMET encodings file (0.6.1 or 1.0.0; tinysd "
-                   "tensor names, see docs/quantization.md) instead of calibrating.")
+@click.option("--encodings", "encodings", multiple=True, metavar="[NET=]FILE",
+              help="AIMET encodings (0.6.1, 1.0.0, 2.0.0, 2.1.0, AdaRound's file) for one network, NET one of "
+                   "text_encoder, unet, vae, vae.decode, vae.encode (repeatable); a bare FILE holds tinysd names of "
+                   "every network. Tensors a file lacks are calibrated.")
+@click.option("--onnx", "onnx", multiple=True, metavar="NET=MODEL.onnx",
+              help="The ONNX graph AIMET exported for NET: the file's names are mapped to tinysd's through it and its "
+                   "weights are used (needs the onnx package: pip install 'tinysd[onnx]').")
 @click.option("--sqnr-calls", type=int, default=None,
               help="Measure the SQNR on the first N calibration calls of each network only.  [default: all]")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it is an existing quantized model folder.")
-def quantize(model, output, precision, calibration_prompts, calibration_steps, method, encodings, sqnr_calls,
+def quantize(model, output, precision, calibration_prompts, calibration_steps, method, encodings, onnx, sqnr_calls,
              overwrite):
     """Quantize the float checkpoint MODEL into a self-contained integer model folder.
 
-    Prints the SQNR of each network's integer output against float on the calibration data.
+    Prints what came from encodings files and what was calibrated, and the SQNR of each network's
+    integer output against float on the calibration data.
     """
     from .quant.workflow import quantize_checkpoint
 
+    summary: dict = {}
     with StageBars() as bars:
         out, sqnr = quantize_checkpoint(model, output, precision, prompts_file=calibration_prompts,
-                                        steps=calibration_steps, method=method, encodings_file=encodings,
-                                        overwrite=overwrite, sqnr_calls=sqnr_calls, progress=bars)
+                                        steps=calibration_steps, method=method, encodings=encodings, onnx=onnx,
+                                        overwrite=overwrite, sqnr_calls=sqnr_calls, progress=bars, summary=summary)
+    for line in summary.get("lines", []):
+        click.echo(line)
     from .quant.model import network_precisions
 
     per_network = network_precisions(precision)
@@ -296,6 +304,36 @@ def quantize(model, output, precision, calibration_prompts, calibration_steps, m
         click.echo(f"{kind:<13} SQNR {db:7.2f} dB  (integer {per_network[kind.split('.')[0]]} vs float, "
                    f"calibration data)")
     click.echo(f"wrote {out} ({precision})", err=True)
+
+
+@cli.command("onnx-map")
+@click.argument("graph", metavar="NET=MODEL.onnx")
+@click.option("--model", type=click.Path(path_type=Path), required=True,
+              help="The float checkpoint the graph was exported from (diffusers folder or .safetensors).")
+@click.option("--encodings", "encodings", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Only the rows of the names in this AIMET encodings file.")
+def onnx_map(graph, model, encodings):
+    """Print how an exported ONNX graph's tensors map to tinysd's: ONNX name, tinysd name, why (tab-separated)."""
+    from .checkpoint import load_checkpoint
+    from .quant.calibration import model_graphs
+    from .quant.imports import SOURCE_KEYS, Source
+    from .quant.onnx_map import map_onnx
+
+    key, sep, path = graph.partition("=")
+    if not sep or key not in SOURCE_KEYS:
+        raise click.BadParameter(f"{graph!r} is not NET=MODEL.onnx with NET one of {', '.join(SOURCE_KEYS)}",
+                                 param_hint="GRAPH")
+    src = Source(key, Path(path), Path(path))
+    loaded = load_checkpoint(model)
+    m = map_onnx(Path(path), src.network, model_graphs(loaded.config)[src.network], loaded.params[src.network],
+                 src.calls)
+    names = None
+    if encodings is not None:
+        from .quant.encodings import load_encodings
+
+        act, par, _ = load_encodings(encodings)
+        names = set(act) | set(par)
+    click.echo(m.table(names), nl=False)
 
 
 for _command in cli.commands.values():

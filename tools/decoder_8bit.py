@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from tinysd.checkpoint import load_checkpoint  # noqa: E402
 from tinysd.eval import shapes  # noqa: E402
-from tinysd.interp.calibrate import COMPUTING_OPS, _positional_name  # noqa: E402
+from tinysd.interp.names import COMPUTING_OPS, positional_name as _positional_name  # noqa: E402
 from tinysd.interp.float import FloatInterpreter  # noqa: E402
 from tinysd.interp.record import RecordingInterpreter  # noqa: E402
 from tinysd.models import VAE  # noqa: E402

@@ -20,8 +20,13 @@ What it does (never edit the output by hand; rerun this script):
    torch modules (same config, bitwidths, calibration), exported with the older `sim.export`
    (ONNX + 0.6.1 / 1.0.0 encodings; its pickled `.pth` and `_torch.encodings` side files are
    deleted) and with `sim.onnx.export` (0.6.1, 1.0.0, 2.0.0, 2.1.0), and QuantSim's outputs.
-   diffusers' `Timesteps` module has no quantized definition in aimet-torch and is excluded with
-   `QuantizationMixin.ignore` (its sinusoidal features are tinysd's `unet.time_proj` input).
+   diffusers' `Timesteps` and transformers' `QuickGELUActivation` have no quantized definition in
+   aimet-torch and are excluded with `QuantizationMixin.ignore` (the sinusoidal features are
+   tinysd's `unet.time_proj` input; CLIP's activation output is then not quantized). AdaRound
+   (`aimet_torch.adaround.adaround_weight.Adaround`, W8A8 UNet, `ADAROUND_ITERATIONS` per layer)
+   writes its version-less parameter file and changes the weights; QuantSim on the AdaRounded
+   model with those encodings frozen is exported with `sim.onnx.export` (1.0.0) under
+   `aimet-torch-adaround/unet/w8a8/`, with its QuantSim outputs.
 
 Networks: `unet` (sample, timestep, encoder_hidden_states), `vae_decoder` (latent / scaling
 factor -> image: `vae.decode(z).sample`), `vae_encoder` (image -> `latent_dist.mean`),
@@ -61,6 +66,7 @@ TORCH_EXPORT_VERSIONS = ("0.6.1", "1.0.0")  # the older sim.export
 TORCH_ONNX_VERSIONS = ("0.6.1", "1.0.0", "2.0.0", "2.1.0")  # sim.onnx.export
 OPSET = 17
 HTP_CONFIG = "htp_quantsim_config_v75.json"
+ADAROUND_ITERATIONS = 30
 IO_NAMES = {  # ONNX input / output names of each exported network
     "unet": (["sample", "timestep", "encoder_hidden_states"], ["out_sample"]),
     "vae_decoder": (["latent"], ["image"]),
@@ -249,8 +255,10 @@ def stage_torch(work: Path) -> None:
     from aimet_torch.nn import QuantizationMixin
     from aimet_torch.quantsim import QuantizationSimModel
     from diffusers.models.embeddings import Timesteps
+    from transformers.activations import QuickGELUActivation
 
     QuantizationMixin.ignore(Timesteps)  # no quantized definition in aimet-torch (see module docstring)
+    QuantizationMixin.ignore(QuickGELUActivation)
     cfg = str(Path(qc.__file__).parent / HTP_CONFIG)
     npz = np.load(work / "inputs.npz")
     outputs = {}
@@ -286,9 +294,50 @@ def stage_torch(work: Path) -> None:
             with torch.no_grad():
                 outputs[f"aimet-torch/{net}/{prec}"] = np.stack([sim.model(*_as_torch(c, net)).numpy() for c in evals])
             print(f"aimet-torch {net} {prec}: {time.time() - t0:.1f} s", flush=True)
+    outputs.update(adaround_unet(work, npz, cfg))
     np.savez(work / "quantsim-torch.npz", **outputs)
     (work / "versions-torch.json").write_text(json.dumps(_versions("aimet-torch", "onnx", "torch", "torchvision",
                                                                    "diffusers", "transformers", "numpy")))
+
+
+def adaround_unet(work: Path, npz, cfg: str) -> dict:
+    """AdaRound (aimet-torch) of the W8A8 UNet, then QuantSim with its frozen weight encodings, exported."""
+    import copy
+
+    import numpy as np
+    import torch
+    from aimet_torch.adaround.adaround_weight import Adaround, AdaroundParameters
+    from aimet_torch.common.defs import QuantScheme
+    from aimet_torch.quantsim import QuantizationSimModel
+
+    t0 = time.time()
+    module = torch_modules()["unet"]
+    calib, evals = load_calls(npz, "calib", "unet"), load_calls(npz, "eval", "unet")
+    batches = [_as_torch(c, "unet") for c in calib]
+    d = work / "archive" / "aimet-torch-adaround" / "unet" / "w8a8"
+    d.mkdir(parents=True, exist_ok=True)
+    params = AdaroundParameters(data_loader=batches, num_batches=len(batches), default_num_iterations=ADAROUND_ITERATIONS,
+                                forward_fn=lambda model, inputs: model(*inputs))
+    torch.manual_seed(0)
+    ada = Adaround.apply_adaround(copy.deepcopy(module), batches[0], params, path=str(d), filename_prefix="unet_adaround",
+                                  default_param_bw=8, default_quant_scheme=QuantScheme.post_training_tf,
+                                  default_config_file=cfg)
+    sim = QuantizationSimModel(ada, batches[0], default_output_bw=8, default_param_bw=8, config_file=cfg)
+    sim.set_and_freeze_param_encodings(encoding_path=str(d / "unet_adaround.encodings"))
+
+    def forward_pass(m):
+        with torch.no_grad():
+            for b in batches:
+                m(*b)
+
+    sim.compute_encodings(forward_pass)
+    ins, outs = IO_NAMES["unet"]
+    sim.onnx.export(batches[0], str(d / "unet_1.0.0.onnx"), encoding_version="1.0.0", dynamo=False, opset_version=OPSET,
+                    input_names=ins, output_names=outs)
+    with torch.no_grad():
+        out = np.stack([sim.model(*_as_torch(c, "unet")).numpy() for c in evals])
+    print(f"aimet-torch AdaRound unet w8a8: {time.time() - t0:.1f} s", flush=True)
+    return {"aimet-torch-adaround/unet/w8a8": out}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from .primitives import (
 )
 
 #: Version of docs/arithmetic.md that this code implements; recorded in every file the engine writes.
-ARITHMETIC_SPEC_VERSION = "1.0"
+ARITHMETIC_SPEC_VERSION = "1.1"
 
 __all__ = [
     "ARITHMETIC_SPEC_VERSION",

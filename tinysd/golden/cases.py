@@ -346,6 +346,13 @@ def _norm_params(P: dict, in_bits: int, out_bits: int) -> NormParams:
                       P["beta_fx"], in_bits, out_bits)
 
 
+def runs_as_parts(rec: OpRecord) -> bool:
+    """Does the recorded op run as its parts (an imported device graph's quantization points inside it,
+    `tinysd.interp.parts`: arrays `{op}.{part}.{field}`, or a softmax requantized to a given encoding)?
+    Such an op is a sequence of kernels; it has no single-kernel layer case (its network case covers it)."""
+    return any("." in k for k in rec.params) or (rec.op == "softmax" and "multiplier" in rec.params)
+
+
 def layer_case(rec: OpRecord, network: str, case_id: str, qnet=None, limits: CropLimits | None = CropLimits(),
                step: int | None = None) -> GoldenCase:
     """A self-contained case of one recorded op, cut by `limits` (None: whole) and checked by recomputation.

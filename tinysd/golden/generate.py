@@ -28,7 +28,7 @@ from typing import Sequence
 from .. import __version__
 from ..errors import TinySDError
 from ..interp.record import RecordingInterpreter
-from .cases import CropLimits, graph_params_case, layer_case, network_case
+from .cases import CropLimits, graph_params_case, layer_case, network_case, runs_as_parts
 from ..png import MODEL_HASH_METHOD, folder_sha256
 from .writer import GoldenWriter, check_target
 
@@ -155,7 +155,10 @@ def generate_golden(model, out_dir, prompts: Sequence[str], *, negative_prompt: 
                 cid = f"{p}/unet/step{call:03d}" if name == "unet" else f"{p}/{name}"
                 w.write_case(network_case(rec.records, name, cid, qnet, step=step))
                 for r in rec.records:
-                    if r.matched:
+                    if r.matched and runs_as_parts(r):
+                        log.info("golden: %s.%s runs as its parts; no layer case (the network case covers it)", name,
+                                 r.name)
+                    elif r.matched:
                         w.write_case(layer_case(r, name, f"{cid}/layers/{r.name}", qnet, limits, step=step))
                         state["layer_cases"] += 1
                 if rec.graph is not None:

@@ -17,28 +17,30 @@ the pipeline over many prompts and steps gives ranges over all of them.
 
 Each op name must occur once per network call (`OpNames`); a repeat raises
 RuntimeError, catching graph naming bugs before they corrupt encodings.
+
+Parts. `parts` ({op name: parts}, `tinysd.interp.parts`) names ops an exported device graph
+computes as parts: their intermediate values are computed in float64 from the op's input
+(the op's own output is unchanged) and recorded as `{network}.{op}.{part}.out`, so that a
+part an encodings file lacks can be calibrated (`_observe_parts`).
 """
 from __future__ import annotations
 
 import logging
+import math
 from typing import Mapping
 
 import numpy as np
 
 from ..quant.observers import MinMaxObserver, PercentileObserver
-from .float import FloatInterpreter
-from .names import OpNames
+from .float import FloatInterpreter, erf, normalized_group, normalized_layer
+from .parts import SQRT2, part_tensor
+from .names import COMPUTING_OPS, OpNames, positional_name
 
 log = logging.getLogger(__name__)
 
 METHODS = ("minmax", "percentile")
 DEFAULT_PERCENTILE = 99.99
 
-#: Ops of the ops interface that compute a named output tensor.
-COMPUTING_OPS = (
-    "embedding", "linear", "conv2d", "group_norm", "layer_norm", "silu", "gelu", "quick_gelu",
-    "softmax", "matmul", "add", "mul", "scale", "concat", "upsample_nearest2x",
-)
 
 
 def make_observer(method: str, name: str, percentile: float = DEFAULT_PERCENTILE):
@@ -58,8 +60,9 @@ class CalibratingInterpreter(FloatInterpreter):
     """
 
     def __init__(self, params: Mapping[str, np.ndarray], network: str, method: str = "minmax",
-                 percentile: float = DEFAULT_PERCENTILE):
+                 percentile: float = DEFAULT_PERCENTILE, parts: Mapping[str, tuple] | None = None):
         super().__init__(params, network)
+        self.parts = dict(parts or {})
         make_observer(method, "check", percentile)  # validates method and percentile
         self.method = method
         self.percentile = percentile
@@ -78,6 +81,44 @@ class CalibratingInterpreter(FloatInterpreter):
         """{tensor name: (min, max)} over everything observed so far, in first-seen order."""
         return {k: tuple(float(v) for v in obs.range()) for k, obs in self.observers.items()}
 
+    def _observe_parts(self, op: str, name: str, args: tuple, kwargs: dict, y: np.ndarray) -> None:
+        """Record the parts of op `name` (PARTS formulas, float64) computed from its inputs."""
+        t = f"{self.network}.{name}.out"
+        parts = self.parts[name]
+        seen = lambda part, v: self.observe(part_tensor(t, part), v) if part in parts else None  # noqa: E731
+        seen("requant", y)
+        x = np.asarray(args[0], np.float64)
+        if op in ("silu", "quick_gelu"):
+            u = x * 1.702 if op == "quick_gelu" else x
+            seen("scaled", u)
+            seen("sigmoid", 0.5 * (1.0 + np.tanh(0.5 * u)))  # = 1 / (1 + exp(-u)), without overflow
+        elif op == "gelu":
+            d = x / SQRT2
+            e = erf(d)
+            seen("div", d)
+            seen("erf", e)
+            seen("add", e + 1.0)
+            seen("mul", x * (e + 1.0))
+        elif op in ("group_norm", "layer_norm"):
+            if op == "group_norm":
+                groups = kwargs.get("groups", args[2] if len(args) > 2 else None)
+                eps = kwargs.get("eps", args[3] if len(args) > 3 else None)
+                n = normalized_group(x, groups, eps)
+                gamma = self.param(f"{name}.weight").astype(np.float64).reshape((1, -1) + (1,) * (x.ndim - 2))
+            else:
+                n = normalized_layer(x, kwargs.get("eps", args[2] if len(args) > 2 else None))
+                gamma = self.param(f"{name}.weight").astype(np.float64)
+            seen("norm", n)
+            seen("mul", n * gamma)
+        elif op == "matmul":
+            b = np.asarray(args[1], np.float64)
+            alpha = float(kwargs.get("alpha", args[3] if len(args) > 3 else 1.0))
+            c = math.sqrt(alpha) if "b_scaled" in parts else alpha
+            seen("a_scaled", x * c)
+            seen("b_scaled", b * c)
+            if "product" in parts:
+                seen("product", np.matmul(x, b))
+
     # --- boundary ------------------------------------------------------------
     def input(self, x, name: str) -> np.ndarray:
         y = super().input(x, name)
@@ -94,27 +135,17 @@ def _recording(op: str):
     base = getattr(FloatInterpreter, op)
 
     def method(self, *args, **kwargs):
-        name = kwargs["name"] if "name" in kwargs else _positional_name(op, args)
+        name = kwargs["name"] if "name" in kwargs else positional_name(op, args)
         tensor = self._names.claim(name)
         y = base(self, *args, **kwargs)
         self.observe(tensor, y)
+        if name in self.parts:
+            self._observe_parts(op, name, args, kwargs, y)
         return y
 
     method.__name__ = op
     method.__doc__ = f"FloatInterpreter.{op}, then record its output as `{{network}}.{{name}}.out`."
     return method
-
-
-# position of the `name` argument of each computing op (after self), per tinysd/nn/ops.py
-_NAME_POS = {
-    "embedding": 1, "linear": 1, "conv2d": 1, "group_norm": 1, "layer_norm": 1, "silu": 1, "gelu": 1,
-    "quick_gelu": 1, "softmax": 1, "matmul": 2, "add": 2, "mul": 2, "scale": 2, "concat": 2,
-    "upsample_nearest2x": 1,
-}
-
-
-def _positional_name(op: str, args: tuple) -> str:
-    return args[_NAME_POS[op]]
 
 
 for _op in COMPUTING_OPS:

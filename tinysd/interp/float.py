@@ -74,6 +74,40 @@ def _softmax_kernel():
     return softmax_rows
 
 
+@functools.lru_cache(maxsize=None)
+def _erf_ufunc():
+    """A float64 -> float64 ufunc: math.erf (numba)."""
+    import numba
+
+    @numba.vectorize(["float64(float64)"], cache=True)
+    def erf(x):
+        return math.erf(x)
+
+    return erf
+
+
+def erf(x) -> np.ndarray:
+    """erf of a float array, in float64 (libm's erf, elementwise)."""
+    return _erf_ufunc()(np.ascontiguousarray(x, dtype=np.float64))
+
+
+def normalized_group(x: np.ndarray, groups: int, eps: float) -> np.ndarray:
+    """GroupNorm without its affine, float64: (x - mean_g) / sqrt(var_g + eps) per (sample, group)."""
+    N = x.shape[0]
+    xg = x.reshape(N, groups, -1).astype(np.float64)  # (N, G, C/G * spatial)
+    mean = xg.mean(axis=-1, keepdims=True)
+    var = np.square(xg - mean).mean(axis=-1, keepdims=True)
+    return ((xg - mean) / np.sqrt(var + eps)).reshape(x.shape)
+
+
+def normalized_layer(x: np.ndarray, eps: float) -> np.ndarray:
+    """LayerNorm without its affine, float64, over the last axis."""
+    x64 = x.astype(np.float64)
+    mean = x64.mean(axis=-1, keepdims=True)
+    var = np.square(x64 - mean).mean(axis=-1, keepdims=True)
+    return (x64 - mean) / np.sqrt(var + eps)
+
+
 def _pad4(padding) -> tuple[int, int, int, int]:
     """An int or (top, bottom, left, right) -> (top, bottom, left, right)."""
     if isinstance(padding, (int, np.integer)):
@@ -182,21 +216,15 @@ class FloatInterpreter:
         return conv2d_nchw(x, self.param(f"{name}.weight"), self._bias(name), stride, padding)
 
     def group_norm(self, x: np.ndarray, name: str, groups: int, eps: float) -> np.ndarray:
-        N, C = x.shape[:2]
-        xg = x.reshape(N, groups, -1).astype(np.float64)  # (N, G, C/G * spatial)
-        mean = xg.mean(axis=-1, keepdims=True)
-        var = np.square(xg - mean).mean(axis=-1, keepdims=True)
-        y = ((xg - mean) / np.sqrt(var + eps)).reshape(x.shape)
+        C = x.shape[1]
+        y = normalized_group(x, groups, eps)
         bshape = (1, C) + (1,) * (x.ndim - 2)
         w = self.param(f"{name}.weight").astype(np.float64).reshape(bshape)
         b = self.param(f"{name}.bias").astype(np.float64).reshape(bshape)
         return (y * w + b).astype(F32)
 
     def layer_norm(self, x: np.ndarray, name: str, eps: float) -> np.ndarray:
-        x64 = x.astype(np.float64)
-        mean = x64.mean(axis=-1, keepdims=True)
-        var = np.square(x64 - mean).mean(axis=-1, keepdims=True)
-        y = (x64 - mean) / np.sqrt(var + eps)
+        y = normalized_layer(x, eps)
         w = self.param(f"{name}.weight").astype(np.float64)
         b = self.param(f"{name}.bias").astype(np.float64)
         return (y * w + b).astype(F32)

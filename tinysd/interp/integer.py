@@ -24,6 +24,12 @@ The kernels are a backend object (`kernels=`, default `CPU_KERNELS`: the functio
 another backend with the same functions runs the same ops elsewhere (`tinysd.hvx.interp.HvxKernels`:
 the HVX kernels under qemu-hexagon).
 
+When the network was prepared with parts (`tinysd.interp.parts`: the quantization points a
+device graph has inside an op, e.g. the Sigmoid of a SiLU), the op runs as its parts, one
+kernel each (docs/arithmetic.md section 4.11): `_sigmoid_gate`, `_gelu_parts`,
+`_norm_parts`, the scaled operands of `matmul`, the 16-bit softmax requantized to a given
+output encoding, and the `requant` step after any op (`_claim` / `_out`).
+
 There is no float arithmetic between `input` and `output`: `input` quantizes a
 host float array with the input's encoding (the only float -> int step) and
 `output` dequantizes (the only int -> float step). Every op refuses anything
@@ -53,6 +59,7 @@ from ..kernels.softmax import softmax as _softmax
 from ..kernels.tables import apply_table
 from ..quant.model import ACTIVATION_BITS, QuantizedNetwork
 from ..quant.prepare import quantize_activation
+from ..interp.parts import const_name, part_tensor
 from .names import OpNames
 
 log = logging.getLogger(__name__)
@@ -138,7 +145,79 @@ class IntegerInterpreter:
         return x
 
     def _out(self, data: np.ndarray, tensor: str) -> QTensor:
+        """QTensor of an op's output; an op that computed into its `requant` part is requantized to its output."""
+        if tensor.endswith(".requant.out"):
+            name = tensor[len(self.network) + 1:-len(".requant.out")]
+            final = f"{self.network}.{name}.out"
+            data = self.kernels.requantize_tensor(data, self._zp(tensor), self._scalar(f"{name}.requant", "multiplier"),
+                                       self._scalar(f"{name}.requant", "shift"), self._zp(final), 0, self.qmax)
+            tensor = final
         return QTensor(data, self._zp(tensor), self.bits, tensor)
+
+    def _claim(self, name: str) -> str:
+        """Claim op `name`; the tensor it computes into: its output, or its `requant` part when prepared so."""
+        tensor = self._names.claim(name)
+        return part_tensor(tensor, "requant") if f"{name}.requant.multiplier" in self.qnet.arrays else tensor
+
+    def _has(self, name: str, field: str) -> bool:
+        return f"{name}.{field}" in self.qnet.arrays
+
+    # --- parts (docs/arithmetic.md section 4.11) ------------------------------------------
+    def _step_out(self, name: str, part: str, final: str) -> tuple[str, str]:
+        return (f"{name}.{part}", part_tensor(f"{self.network}.{name}.out", part)) if part else (name, final)
+
+    def _part(self, data: np.ndarray, tensor: str) -> QTensor:
+        return QTensor(data, self._zp(tensor), self.bits, tensor)
+
+    def _step_scale(self, x: QTensor, name: str, part: str, final: str) -> QTensor:
+        """x times a constant: requantize_tensor with the step's multiplier (spec 4.4)."""
+        prefix, out = self._step_out(name, part, final)
+        y = self.kernels.requantize_tensor(x.data, x.zp, self._scalar(prefix, "multiplier"), self._scalar(prefix, "shift"),
+                                self._zp(out), 0, self.qmax)
+        return self._part(y, out)
+
+    def _step_table(self, x: QTensor, name: str, part: str, final: str) -> QTensor:
+        prefix, out = self._step_out(name, part, final)
+        return self._part(self.kernels.apply_table(x.data, self.array(prefix, "table")), out)
+
+    def _step_mul(self, a: QTensor, b: QTensor, name: str, part: str, final: str) -> QTensor:
+        prefix, out = self._step_out(name, part, final)
+        y = self.kernels.mul(a.data, a.zp, b.data, b.zp, self._scalar(prefix, "multiplier"), self._scalar(prefix, "shift"),
+                  self._zp(out), 0, self.qmax, acc_shift=self._scalar(prefix, "acc_shift"))
+        return self._part(y, out)
+
+    def _step_add(self, a: QTensor, b: QTensor, name: str, part: str, final: str) -> QTensor:
+        prefix, out = self._step_out(name, part, final)
+        s = lambda f: self._scalar(prefix, f)  # noqa: E731
+        y = self.kernels.add(a.data, a.zp, s("a_multiplier"), s("a_shift"), b.data, b.zp, s("b_multiplier"), s("b_shift"),
+                  s("multiplier"), s("shift"), self._zp(out), 0, self.qmax, left_shift=s("left_shift"))
+        return self._part(y, out)
+
+    def _step_const(self, name: str, part: str, shape: tuple) -> QTensor:
+        """A constant operand's stored codes `{op}[.{part}].const_q`, shaped to broadcast as `shape`."""
+        cname = const_name(f"{self.network}.{name}.out", part)
+        q = self.array(f"{name}.{part}" if part else name, "const_q")
+        return QTensor(q.reshape(shape), self._zp(cname), self.bits, cname)
+
+    def _sigmoid_gate(self, x: QTensor, name: str, tensor: str, scaled: bool) -> QTensor:
+        """SiLU / quick_gelu as parts: [scaled = 1.702 x], sigmoid table, x * sigmoid (K.mul)."""
+        g = self._step_scale(x, name, "scaled", tensor) if scaled else x
+        return self._step_mul(x, self._step_table(g, name, "sigmoid", tensor), name, "", tensor)
+
+    def _gelu_parts(self, x: QTensor, name: str, tensor: str) -> QTensor:
+        """GELU as parts: x / sqrt 2, erf table, + 1 (K.add with the constant), x * (1 + erf), * 0.5."""
+        d = self._step_scale(x, name, "div", tensor)
+        e = self._step_table(d, name, "erf", tensor)
+        a = self._step_add(e, self._step_const(name, "add", (1,) * e.data.ndim), name, "add", tensor)
+        m = self._step_mul(x, a, name, "mul", tensor)
+        return self._step_scale(m, name, "", tensor)
+
+    def _norm_parts(self, x: QTensor, name: str, tensor: str, norm, per_channel_shape: tuple) -> QTensor:
+        """Group / layer norm as parts: the norm with weight 1 and bias 0, times the weight, plus the bias."""
+        n_t = part_tensor(tensor, "norm")
+        n = self._part(norm(x.data, self._norm_params(f"{name}.norm")), n_t)
+        m = self._step_mul(n, self._step_const(name, "mul", per_channel_shape), name, "mul", tensor)
+        return self._step_add(m, self._step_const(name, "", per_channel_shape), name, "", tensor)
 
     def _weight(self, op: str):
         w = self._weights.get(op)
@@ -177,18 +256,17 @@ class IntegerInterpreter:
 
     def linear(self, x, name: str) -> QTensor:
         x = self._q(x, name)
-        tensor = self._names.claim(name)
+        tensor = self._claim(name)
         y = self.kernels.linear(x.data, x.zp, self._weight(name), self._bias(name), self.array(name, "multiplier"),
-                                self.array(name, "shift"), self._zp(tensor), 0, self.qmax,
-                                acc_shift=self.array(name, "acc_shift"))
+                     self.array(name, "shift"), self._zp(tensor), 0, self.qmax, acc_shift=self.array(name, "acc_shift"))
         return self._out(y, tensor)
 
     def conv2d(self, x, name: str, stride: int = 1, padding=0) -> QTensor:
         x = self._q(x, name)
-        tensor = self._names.claim(name)
+        tensor = self._claim(name)
         y = self.kernels.conv2d(x.data, x.zp, self._weight(name), self._bias(name), self.array(name, "multiplier"),
-                                self.array(name, "shift"), self._zp(tensor), 0, self.qmax, stride=stride,
-                                padding=padding, acc_shift=self.array(name, "acc_shift"))
+                     self.array(name, "shift"), self._zp(tensor), 0, self.qmax, stride=stride, padding=padding,
+                     acc_shift=self.array(name, "acc_shift"))
         return self._out(y, tensor)
 
     def _norm_params(self, name: str) -> NormParams:
@@ -197,50 +275,75 @@ class IntegerInterpreter:
 
     def group_norm(self, x, name: str, groups: int, eps: float) -> QTensor:
         x = self._q(x, name)
-        tensor = self._names.claim(name)
+        tensor = self._claim(name)
+        if self._has(name, "norm.eps_fx"):
+            shape = (x.shape[1],) + (1,) * (x.data.ndim - 2)  # (C, 1, 1): broadcast over (B, C, H, W)
+            y = self._norm_parts(x, name, tensor, lambda q, p: self.kernels.group_norm(q, groups, p), shape)
+            return self._out(y.data, tensor)
         return self._out(self.kernels.group_norm(x.data, groups, self._norm_params(name)), tensor)
 
     def layer_norm(self, x, name: str, eps: float) -> QTensor:
         x = self._q(x, name)
-        tensor = self._names.claim(name)
+        tensor = self._claim(name)
+        if self._has(name, "norm.eps_fx"):
+            return self._out(self._norm_parts(x, name, tensor, self.kernels.layer_norm, (x.shape[-1],)).data, tensor)
         return self._out(self.kernels.layer_norm(x.data, self._norm_params(name)), tensor)
 
     # --- elementwise / reductions ---------------------------------------------------
-    def _table(self, x, name: str) -> QTensor:
+    def _table(self, x, name: str, parts=None) -> QTensor:
+        """The op's table, or (parts = (first part, its array field), when prepared so) its parts."""
         x = self._q(x, name)
-        tensor = self._names.claim(name)
+        tensor = self._claim(name)
+        if parts is not None and self._has(name, parts[1]):
+            if parts[0] == "div":
+                return self._out(self._gelu_parts(x, name, tensor).data, tensor)
+            return self._out(self._sigmoid_gate(x, name, tensor, scaled=parts[0] == "scaled").data, tensor)
         return self._out(self.kernels.apply_table(x.data, self.array(name, "table")), tensor)
 
     def silu(self, x, name: str) -> QTensor:
-        return self._table(x, name)
+        return self._table(x, name, ("sigmoid", "sigmoid.table"))
 
     def gelu(self, x, name: str) -> QTensor:
-        return self._table(x, name)
+        return self._table(x, name, ("div", "div.multiplier"))
 
     def quick_gelu(self, x, name: str) -> QTensor:
-        return self._table(x, name)
+        return self._table(x, name, ("scaled", "scaled.multiplier"))
 
     def softmax(self, x, name: str, causal: bool = False) -> QTensor:
+        """Softmax (spec 6.2) at the fixed output encoding, or, when the network follows a given output
+        encoding, a 16-bit softmax requantized to it (spec 4.11)."""
         x = self._q(x, name)
-        tensor = self._names.claim(name)
+        tensor = self._claim(name)
+        if self._has(name, "multiplier"):
+            y = self.kernels.softmax(x.data, self.array(name, "exp_table"), out_bits=16, causal=causal)
+            y = self.kernels.requantize_tensor(y, 0, self._scalar(name, "multiplier"), self._scalar(name, "shift"),
+                                    self._zp(tensor), 0, self.qmax)
+            return self._out(y, tensor)
         y = self.kernels.softmax(x.data, self.array(name, "exp_table"), out_bits=self.bits, causal=causal)
         return self._out(y, tensor)
 
     def matmul(self, a, b, name: str, alpha: float = 1.0) -> QTensor:
         a, b = self._q(a, name), self._q(b, name)
-        tensor = self._names.claim(name)
-        max_k = int(self.array(name, "max_k")[0])
+        tensor = self._claim(name)
+        if self._has(name, "a_scaled.multiplier"):  # operands scaled first (spec 4.11)
+            a = self._step_scale(a, name, "a_scaled", tensor)
+            if self._has(name, "b_scaled.multiplier"):
+                b = self._step_scale(b, name, "b_scaled", tensor)
+        product = self._has(name, "product.multiplier")
+        prefix, into = self._step_out(name, "product", tensor) if product else (name, tensor)
+        max_k = int(self.array(prefix, "max_k")[0])
         if a.shape[-1] > max_k:
             raise TinySDError(f"{self.network}: {name}: reduction length {a.shape[-1]} exceeds the {max_k} its "
                               f"accumulator shift was proven for (input too large for this quantized model)")
-        y = self.kernels.matmul(a.data, a.zp, b.data, b.zp, self._scalar(name, "multiplier"),
-                                self._scalar(name, "shift"), self._zp(tensor), 0, self.qmax,
-                                acc_shift=self._scalar(name, "acc_shift"))
+        y = self.kernels.matmul(a.data, a.zp, b.data, b.zp, self._scalar(prefix, "multiplier"), self._scalar(prefix, "shift"),
+                     self._zp(into), 0, self.qmax, acc_shift=self._scalar(prefix, "acc_shift"))
+        if product:
+            y = self._step_scale(self._part(y, into), name, "", tensor).data
         return self._out(y, tensor)
 
     def add(self, a, b, name: str) -> QTensor:
         a, b = self._q(a, name), self._q(b, name)
-        tensor = self._names.claim(name)
+        tensor = self._claim(name)
         s = lambda f: self._scalar(name, f)  # noqa: E731
         y = self.kernels.add(a.data, a.zp, s("a_multiplier"), s("a_shift"), b.data, b.zp, s("b_multiplier"),
                              s("b_shift"), s("multiplier"), s("shift"), self._zp(tensor), 0, self.qmax,
@@ -249,22 +352,21 @@ class IntegerInterpreter:
 
     def mul(self, a, b, name: str) -> QTensor:
         a, b = self._q(a, name), self._q(b, name)
-        tensor = self._names.claim(name)
-        y = self.kernels.mul(a.data, a.zp, b.data, b.zp, self._scalar(name, "multiplier"),
-                             self._scalar(name, "shift"), self._zp(tensor), 0, self.qmax,
-                             acc_shift=self._scalar(name, "acc_shift"))
+        tensor = self._claim(name)
+        y = self.kernels.mul(a.data, a.zp, b.data, b.zp, self._scalar(name, "multiplier"), self._scalar(name, "shift"),
+                  self._zp(tensor), 0, self.qmax, acc_shift=self._scalar(name, "acc_shift"))
         return self._out(y, tensor)
 
     def scale(self, x, factor: float, name: str) -> QTensor:
         x = self._q(x, name)
-        tensor = self._names.claim(name)
-        y = self.kernels.requantize_tensor(x.data, x.zp, self._scalar(name, "multiplier"),
-                                           self._scalar(name, "shift"), self._zp(tensor), 0, self.qmax)
+        tensor = self._claim(name)
+        y = self.kernels.requantize_tensor(x.data, x.zp, self._scalar(name, "multiplier"), self._scalar(name, "shift"),
+                                self._zp(tensor), 0, self.qmax)
         return self._out(y, tensor)
 
     def concat(self, xs: Sequence, axis: int, name: str) -> QTensor:
         xs = [self._q(x, name) for x in xs]
-        tensor = self._names.claim(name)
+        tensor = self._claim(name)
         mults = [int(v) for v in self.array(name, "multipliers")]
         shifts = [int(v) for v in self.array(name, "shifts")]
         if len(mults) != len(xs):
@@ -275,7 +377,7 @@ class IntegerInterpreter:
 
     def upsample_nearest2x(self, x, name: str) -> QTensor:
         x = self._q(x, name)
-        tensor = self._names.claim(name)
+        tensor = self._claim(name)
         y = self.kernels.upsample_nearest2x(x.data)
         if f"{name}.multiplier" in self.qnet.arrays:  # the output encoding differs from the input's
             y = self.kernels.requantize_tensor(y, x.zp, self._scalar(name, "multiplier"),

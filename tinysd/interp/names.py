@@ -12,6 +12,23 @@ of a new call (so only the first name of a call is not checked for repeats).
 """
 from __future__ import annotations
 
+#: Ops of the ops interface that compute a named output tensor.
+COMPUTING_OPS = (
+    "embedding", "linear", "conv2d", "group_norm", "layer_norm", "silu", "gelu", "quick_gelu",
+    "softmax", "matmul", "add", "mul", "scale", "concat", "upsample_nearest2x",
+)
+# position of the `name` argument of each computing op (after self), per tinysd/nn/ops.py
+_NAME_POS = {
+    "embedding": 1, "linear": 1, "conv2d": 1, "group_norm": 1, "layer_norm": 1, "silu": 1, "gelu": 1,
+    "quick_gelu": 1, "softmax": 1, "matmul": 2, "add": 2, "mul": 2, "scale": 2, "concat": 2,
+    "upsample_nearest2x": 1,
+}
+
+
+def positional_name(op: str, args: tuple) -> str:
+    """The op name among the positional arguments `args` (after self) of computing op `op`."""
+    return args[_NAME_POS[op]]
+
 
 class OpNames:
     """The op names seen in the current network call of one network."""

@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -120,9 +120,11 @@ def _check_method(method) -> str:
     return method
 
 
-def calibrating_networks(loaded, method: str = "minmax", percentile: float = DEFAULT_PERCENTILE):
+def calibrating_networks(loaded, method: str = "minmax", percentile: float = DEFAULT_PERCENTILE,
+                         parts: Mapping[str, Mapping] | None = None):
     """(text_encoder, unet, vae) runtime wrappers of `loaded` on CalibratingInterpreters
-    (method "mse" records with percentile observers, whose histograms it searches)."""
+    (method "mse" records with percentile observers, whose histograms it searches). parts:
+    {network: {op: parts}} of ops whose parts are recorded too (`CalibratingInterpreter`)."""
     from ..models import VAE, TextEncoder, UNet, check_params
     from ..nn.clip import CLIPTextModel
     from ..nn.unet import UNet2DConditionModel
@@ -137,7 +139,8 @@ def calibrating_networks(loaded, method: str = "minmax", percentile: float = DEF
                                        (VAE, AutoencoderKL, "vae", cfg.vae)):
         model = graph(c)
         check_params(model, loaded.params[network], network)
-        nets.append(wrapper(model, CalibratingInterpreter(loaded.params[network], network, method, percentile)))
+        nets.append(wrapper(model, CalibratingInterpreter(loaded.params[network], network, method, percentile,
+                                                          (parts or {}).get(network))))
     return tuple(nets)
 
 
@@ -154,11 +157,12 @@ def _check_calibration_args(prompts, steps) -> list[str]:
 def calibrate_observers(loaded, prompts: Sequence[str], steps: int = DEFAULT_CALIBRATION_STEPS,
                         method: str = "minmax", sampler: str = "euler", seed: int = 0, guidance_scale: float = 7.5,
                         size: int | None = None, percentile: float = DEFAULT_PERCENTILE, record: list | None = None,
-                        progress=None) -> dict[str, dict[str, object]]:
+                        progress=None, parts: Mapping[str, Mapping] | None = None) -> dict[str, dict[str, object]]:
     """The observers of every tensor after float pipeline runs over `prompts` (module docstring).
 
     Arguments as `calibrate_model`; progress(done, total) is called after every sampler step
-    (total = prompts x steps). Returns {network: {tensor name: observer}}: MinMaxObservers
+    (total = prompts x steps); parts: {network: {op: parts}} whose parts are observed too
+    (`tinysd.interp.parts`). Returns {network: {tensor name: observer}}: MinMaxObservers
     for "minmax", PercentileObservers for "percentile" and "mse"; `ranges_from_observers` turns
     them into ranges.
     """
@@ -167,7 +171,7 @@ def calibrate_observers(loaded, prompts: Sequence[str], steps: int = DEFAULT_CAL
     from ..tokenizer import CLIPTokenizer
 
     prompts = _check_calibration_args(prompts, steps)
-    te, unet, vae = calibrating_networks(loaded, method, percentile)
+    te, unet, vae = calibrating_networks(loaded, method, percentile, parts)
     tokenizer = CLIPTokenizer.from_dir(loaded.tokenizer_dir or TOKENIZER_DIR)
     vae_tap = _Tap(vae, record)
     pipe = Pipeline(tokenizer, _Tap(te, record), _Tap(unet, record), vae_tap, loaded.config, model_name="calibration")
@@ -294,17 +298,23 @@ def model_graphs(config) -> dict[str, object]:
 
 
 def quantize_model(loaded, precision: str, ranges_or_encodings: Mapping, param_encodings: Mapping | None = None,
-                   ) -> QuantizedModel:
+                   follow_softmax: Collection[str] = ()) -> QuantizedModel:
     """A `QuantizedModel` of all three networks, each at its precision in `precision` (a model
     precision: "w8a8", "w8a16" or per network, "w8a8,vae=w8a16").
 
     ranges_or_encodings: activation ranges {tensor: (min, max)} (from `calibrate_model`) or
     encodings {tensor: Encoding} (e.g. `load_encodings(file)[0]`), nested by network or flat
     with `{network}.` prefixed names. param_encodings: optional {`{network}.{param}`: Encoding}
-    (flat or nested) to quantize weights with. TinySDError naming what is missing.
+    (flat or nested) to quantize weights with (a weight without one, or a network mapped to None,
+    gets per-channel encodings from its values). follow_softmax: networks whose given softmax
+    output encodings are used (an imported file's) instead of the fixed one. TinySDError naming
+    what is missing.
     """
     acts = _per_network(ranges_or_encodings, "activation encodings")
-    params = _per_network(param_encodings, "parameter encodings") if param_encodings is not None else None
+    params = None
+    if param_encodings is not None:
+        nested = set(param_encodings) <= set(NETWORKS)
+        params = dict(param_encodings) if nested else _per_network(param_encodings, "parameter encodings")
     per_net = network_precisions(precision)
     precision = canonical_precision(precision)
     graphs = model_graphs(loaded.config)
@@ -319,8 +329,9 @@ def quantize_model(loaded, precision: str, ranges_or_encodings: Mapping, param_e
             raise TinySDError(f"{net}: activation encodings mix ranges and Encoding objects")
         else:
             encs = encodings_from_ranges(given, per_net[net])
-        net_params = None if params is None else params.get(net, {})
-        networks[net] = quantize_network(graphs[net], loaded.params[net], net, per_net[net], encs, net_params)
+        net_params = None if params is None else params.get(net)
+        networks[net] = quantize_network(graphs[net], loaded.params[net], net, per_net[net], encs, net_params,
+                                         follow_softmax=net in follow_softmax)
     info = {"precision": precision, "arithmetic_spec_version": ARITHMETIC_SPEC_VERSION, "tinysd_version": __version__,
             "param_encodings": "given" if params is not None else "per-channel from weights"}
     return QuantizedModel(config=loaded.config, precision=precision, networks=networks, info=info)

@@ -44,7 +44,9 @@ proven bound on |acc| over every possible input, so narrowing never saturates
 
 Parameters. Weights are int8 symmetric per output channel (`quantize_weight`),
 or quantized with given parameter encodings (an imported AIMET file): 8-bit
-symmetric, per channel along axis 0 or per tensor. Biases are always int32 at
+symmetric, per channel along axis 0 or per tensor. A norm's weight and bias with
+given encodings (AIMET quantizes them on the device) are used as their
+quantize-dequantize values when the fixed-point norm parameters are prepared. Biases are always int32 at
 `s_in * s_w[o]` (as QNN derives them); a given bias encoding is not used.
 `QuantizedNetwork.params` lists the weight and bias encodings used, named
 `{network}.{parameter}`. Embedding tables are stored at their output
@@ -56,6 +58,24 @@ Activation encodings must be per-tensor with the precision's bitwidth; a
 symmetric one is used on its unsigned grid (zero point -offset = 2**(B-1)).
 Every missing or unusable encoding is collected and reported in one
 TinySDError.
+
+Parts (`tinysd.interp.parts`, docs/arithmetic.md section 4.11). When the encodings name
+parts of an op (`{network}.{op}.{part}.out`, e.g. the Sigmoid inside a SiLU), the op is
+prepared as those parts, each step writing arrays `{op}.{part}.{field}` (the last step
+`{op}.{field}`):
+
+| step | arrays | real factor |
+|---|---|---|
+| table (sigmoid, erf) | `table` | `make_table` of the step's input and output encodings |
+| scale by a constant c (x / sqrt 2, 1.702 x, a sqrt(alpha), m * 0.5) | `multiplier`, `shift` | `c s_in / s_out` (a division: `s_in / (c s_out)`) |
+| mul, add (two activations, or an activation and a constant) | as `mul` / `add` | as `mul` / `add` |
+| constant operand (a norm's weight and bias, GELU's 1) | `const_q` (C,) codes | its encoding: given, or the min-max encoding of its values |
+| norm (group / layer norm without its affine) | as the norm with weight 1, bias 0 | `prepare_group_norm` / `prepare_layer_norm` |
+| requant (rescale by 1 after an op) | `requant.multiplier`, `requant.shift` | `s_part / s_out` |
+
+A constant c with an encoding is used as its quantize-dequantize value. A softmax whose
+output encoding is given and differs from the fixed one (`follow_softmax`) is prepared as a
+16-bit softmax (scale 2**-16) requantized to the given encoding (`multiplier`, `shift`).
 """
 from __future__ import annotations
 
@@ -75,7 +95,8 @@ from ..kernels.gemm import CENTRED_BOUND
 from ..kernels.norm import prepare_group_norm, prepare_layer_norm
 from ..kernels.softmax import make_exp_table, softmax_output_encoding
 from ..kernels.tables import make_table
-from ..interp.names import OpNames
+from ..interp.names import COMPUTING_OPS, OpNames, positional_name
+from ..interp.parts import NOT_COMPUTED, PARTS, SQRT2, const_name, part_tensor
 from .encodings import Encoding
 from .model import ACTIVATION_BITS, NETWORKS, PRECISIONS, QuantizedNetwork
 from .observers import encoding_from_range
@@ -145,8 +166,14 @@ def multipliers(real, what: str) -> tuple[np.ndarray, np.ndarray]:
     return m, s
 
 
-def softmax_row_sum_bound(bits: int, t: int) -> int:
+def softmax_row_sum_bound(bits: int, t: int, scale: float | None = None) -> int:
     """2**bits + t: an upper bound on the sum of one row of `kernels.softmax` outputs (t entries).
+
+    With `scale` (a softmax output encoding with zero point 0 given by a file: a 16-bit softmax
+    requantized to `scale`, docs/arithmetic.md section 4.11) the bound is
+    ceil((2**16 + t) / (2**16 scale) (1 + 2**-29)) + t + 1: each requantized code is at most
+    y16 2**-16 / scale (1 + 2**-30) + 1 (one rounding, the multiplier's relative error), and
+    the 16-bit outputs y16 of a row sum to at most 2**16 + t (below).
 
     Proof (docs/arithmetic.md §6.2 notation; n = L - 1 - bits >= 14, S >= 2**(L-1)):
     out_j <= y_j = floor((srdhm(e_j, R) + 2**(n-1)) / 2**n) <= e_j R / 2**(31+n) + 2**-(n+1) + 1/2.
@@ -154,6 +181,8 @@ def softmax_row_sum_bound(bits: int, t: int) -> int:
     sum_j e_j R / 2**(31+n) = S R / 2**(31+n) < 2**bits / (1 - 2**-30) < 2**bits + 2**-13, and
     sum_j out_j < 2**bits + 2**-13 + t (1/2 + 2**-15) <= 2**bits + t. Masked entries are 0.
     """
+    if scale is not None and scale != 2.0**-bits:
+        return math.ceil((2**16 + int(t)) / (2**16 * scale) * (1 + 2**-29)) + int(t) + 1
     return 2**bits + int(t)
 
 
@@ -195,7 +224,8 @@ class Preparer:
     """Interpreter of the ops interface that computes the integer run-time arrays (module docstring)."""
 
     def __init__(self, params: Mapping[str, np.ndarray], network: str, precision: str,
-                 act_encodings: Mapping[str, Encoding], param_encodings: Mapping[str, Encoding] | None = None):
+                 act_encodings: Mapping[str, Encoding], param_encodings: Mapping[str, Encoding] | None = None,
+                 follow_softmax: bool = False):
         self.params = params
         self.network = network
         self.precision = precision
@@ -207,9 +237,11 @@ class Preparer:
         self.arrays: dict[str, np.ndarray] = {}
         self.activations: dict[str, Encoding] = {}
         self.param_encodings_used: dict[str, Encoding] = {}
+        self.params_computed: list[str] = []  # weights without a given encoding (encodings from their values)
         self.problems: list[str] = []
         self.softmax_overridden: list[str] = []  # softmax outputs whose given encoding was replaced
         self.softmax_outputs: set[str] = set()
+        self.follow_softmax = follow_softmax
         self._names = OpNames(network)
 
     # --- lookups -------------------------------------------------------------
@@ -253,17 +285,111 @@ class Preparer:
         for k, v in fields.items():
             self.arrays[f"{op}.{k}"] = v
 
+    # --- parts (module docstring) ------------------------------------------------------
+    def _tensor(self, name: str) -> str:
+        return f"{self.network}.{name}.out"
+
+    def _parts(self, kind: str, name: str) -> tuple[str, ...]:
+        """The parts of op `name` (of `kind`) whose encodings are given, in PARTS order; () = run fused."""
+        t = self._tensor(name)
+        return tuple(p for p in PARTS.get(kind, ()) if (kind, p) not in NOT_COMPUTED and part_tensor(t, p) in self.given)
+
+    def _claim(self, name: str) -> str:
+        """Claim op `name`; the tensor it computes into: its output, or its `requant` part when one is given."""
+        out = self._names.claim(name)
+        req = part_tensor(out, "requant")
+        return req if req in self.given else out
+
+    def _requant_step(self, name: str, y: "PTensor") -> "PTensor":
+        """After an op that computed into its `requant` part: requantize it to the op's output encoding."""
+        out = self._tensor(name)
+        if y.enc == out:
+            return y
+        a_in, a_out = self._act(y.enc), self._act(out)
+        if self.ok:
+            m, s = multipliers(a_in.scale / a_out.scale, f"{self.network}: {name}.requant")
+            self._put(f"{name}.requant", multiplier=m, shift=s)
+        return PTensor(y.shape, out)
+
+    def _step_out(self, name: str, part: str, final: str) -> tuple[str, str]:
+        """(array prefix, output tensor) of one step: `{op}.{part}` / its part tensor, or `{op}` / `final`."""
+        return (f"{name}.{part}", part_tensor(self._tensor(name), part)) if part else (name, final)
+
+    def _const_value(self, name: str, part: str, c: float) -> float:
+        """Scalar constant c of a step, quantize-dequantized with its encoding when one is given."""
+        enc = self.given.get(const_name(self._tensor(name), part))
+        if enc is None:
+            return float(c)
+        self.activations[const_name(self._tensor(name), part)] = enc
+        return float(enc.dequantize(enc.quantize(np.float64(c))))
+
+    def _step_const(self, name: str, part: str, values: np.ndarray) -> PTensor:
+        """A constant operand (C,) as codes on its encoding (given, or the min-max encoding of its values)."""
+        cname = const_name(self._tensor(name), part)
+        v = np.asarray(values, np.float64).reshape(-1)
+        enc = self.given.get(cname) or encoding_from_range(float(v.min()), float(v.max()), self.bits)
+        if enc.bitwidth > self.bits or enc.per_channel:
+            self._problem(f"constant {cname} has a {enc.bitwidth}-bit{' per-channel' if enc.per_channel else ''} "
+                          f"encoding; {self.precision} needs a per-tensor encoding of at most {self.bits} bits")
+            return PTensor(v.shape, cname)
+        self.activations[cname] = enc
+        q = host_quantize(v, float(enc.scale[0]), int(enc.zero_point[0]), 0, 2**enc.bitwidth - 1)
+        self._put(f"{name}.{part}" if part else name, const_q=q.astype(self.act_dtype))
+        return PTensor(v.shape, cname)
+
+    def _step_table(self, fn: str, x: PTensor, name: str, part: str, final: str) -> PTensor:
+        prefix, out = self._step_out(name, part, final)
+        a_in, a_out = self._act(x.enc), self._act(out)
+        if self.ok:
+            self._put(prefix, table=make_table(fn, a_in.scale, a_in.zp, self.bits, a_out.scale, a_out.zp, self.bits))
+        return PTensor(x.shape, out)
+
+    def _step_scale(self, x: PTensor, name: str, part: str, final: str, c: float, divide: bool = False) -> PTensor:
+        """x times the constant c (or divided by it) as a requantization; c is the part's constant."""
+        prefix, out = self._step_out(name, part, final)
+        a_in, a_out = self._act(x.enc), self._act(out)
+        cq = self._const_value(name, part, c)
+        if self.ok:
+            real = a_in.scale / (cq * a_out.scale) if divide else cq * a_in.scale / a_out.scale
+            m, s = multipliers(real, f"{self.network}: {prefix}")
+            self._put(prefix, multiplier=m, shift=s)
+        return PTensor(x.shape, out)
+
+    def _step_mul(self, a: PTensor, b: PTensor, name: str, part: str, final: str) -> PTensor:
+        prefix, out = self._step_out(name, part, final)
+        aa, ab, ao = self._act(a.enc), self._act(b.enc), self._act(out)
+        if self.ok:
+            bound = CENTRED_BOUND[self.act_dtype.name] ** 2  # |(a - a_zp)(b - b_zp)|
+            m, s, n = requant_arrays(aa.scale * ab.scale / ao.scale, bound, f"{self.network}: {prefix}")
+            self._put(prefix, multiplier=m, shift=s, acc_shift=n)
+        return PTensor(a.shape, out)
+
+    def _step_add(self, a: PTensor, b: PTensor, name: str, part: str, final: str) -> PTensor:
+        prefix, out = self._step_out(name, part, final)
+        aa, ab, ao = self._act(a.enc), self._act(b.enc), self._act(out)
+        if self.ok:
+            self._put(prefix, **self._add_arrays(aa, ab, ao, f"{self.network}: {prefix}"))
+        return PTensor(a.shape, out)
+
+    def _add_arrays(self, aa: "_Act", ab: "_Act", ao: "_Act", what: str) -> dict:
+        ls = ADD_LEFT_SHIFT[self.act_dtype.name]
+        big = 2.0 * max(aa.scale, ab.scale)
+        am, ash = multipliers(aa.scale / big, what)
+        bm, bsh = multipliers(ab.scale / big, what)
+        m, s = multipliers(big / (2.0**ls * ao.scale), what)
+        return dict(a_multiplier=am, a_shift=ash, b_multiplier=bm, b_shift=bsh, multiplier=m, shift=s,
+                    left_shift=_i32(ls))
+
     # --- weights -------------------------------------------------------------
     def _weight(self, op: str, w: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """(int8 weight, per-output-channel float64 scale (OUT,)) or None when its encoding is missing."""
         key = f"{self.network}.{op}.weight"
-        if self.param_given is None:
+        enc = None if self.param_given is None else self.param_given.get(key)
+        if enc is None:  # no given encoding: int8 symmetric per output channel from the values
+            if self.param_given is not None:
+                self.params_computed.append(key)
             q, enc = quantize_weight(w, axis=0, name=key)
         else:
-            enc = self.param_given.get(key)
-            if enc is None:
-                self._problem(f"no encoding for parameter {key}")
-                return None
             st = enc.storage()
             if enc.bitwidth != 8 or st.dtype != np.int8:
                 self._problem(f"parameter {key}: weights need an 8-bit symmetric encoding (got {enc.bitwidth}-bit, "
@@ -309,7 +435,7 @@ class Preparer:
 
     # --- parameterised ops -------------------------------------------------------
     def embedding(self, ids, name: str) -> PTensor:
-        out = self._names.claim(name)
+        out = self._claim(name)
         self._act(out)
         w = self.param(f"{name}.weight")  # (V, D)
         if self.ok:
@@ -317,7 +443,7 @@ class Preparer:
         return PTensor(tuple(np.shape(ids)) + (w.shape[1],), out)
 
     def linear(self, x: PTensor, name: str) -> PTensor:
-        out = self._names.claim(name)
+        out = self._claim(name)
         w_shape = np.shape(self.param(f"{name}.weight"))  # (OUT, IN)
         if x.shape[-1] != w_shape[1]:
             raise ValueError(f"{name}: input has {x.shape[-1]} features, weight expects {w_shape[1]}")
@@ -325,7 +451,7 @@ class Preparer:
         return PTensor(x.shape[:-1] + (w_shape[0],), out)
 
     def conv2d(self, x: PTensor, name: str, stride: int = 1, padding=0) -> PTensor:
-        out = self._names.claim(name)
+        out = self._claim(name)
         o, c, kh, kw = np.shape(self.param(f"{name}.weight"))
         if x.shape[1] != c:
             raise ValueError(f"{name}: input has {x.shape[1]} channels, weight expects {c}")
@@ -333,89 +459,143 @@ class Preparer:
         self._gemm_like(x, name, out, self.act_dtype)
         return PTensor((x.shape[0], o, ho, wo), out)
 
-    def _norm(self, prepare, x: PTensor, name: str, eps: float) -> PTensor:
-        out = self._names.claim(name)
+    def _norm_param(self, name: str, field: str) -> np.ndarray:
+        """A norm's weight or bias; quantize-dequantized (float64) with its given parameter encoding, if any."""
+        v = self.param(f"{name}.{field}")
+        key = f"{self.network}.{name}.{field}"
+        enc = None if self.param_given is None else self.param_given.get(key)
+        if enc is None:
+            return v
+        if enc.per_channel and (enc.axis != 0 or enc.channels != v.size):
+            self._problem(f"parameter {key}: per-channel encoding with {enc.channels} channels does not fit {v.shape}")
+            return v
+        self.param_encodings_used[key] = enc
+        return enc.dequantize(enc.quantize(np.asarray(v, np.float64)))
+
+    def _norm(self, prepare, x: PTensor, name: str, eps: float, kind: str) -> PTensor:
+        out = self._claim(name)
+        if self._parts(kind, name):  # normalized value, times weight, plus bias (module docstring)
+            gamma, beta = self._norm_param(name, "weight"), self._norm_param(name, "bias")
+            n_t = part_tensor(self._tensor(name), "norm")
+            a_in, a_n = self._act(x.enc), self._act(n_t)
+            if self.ok:
+                ones, zeros = np.ones(gamma.shape), np.zeros(beta.shape)
+                p = prepare(ones, zeros, eps, a_in.scale, a_in.zp, self.bits, a_n.scale, a_n.zp, self.bits)
+                self._put(f"{name}.norm", eps_fx=np.array([p.eps_fx], np.int64), gamma_multiplier=p.gamma_multiplier,
+                          gamma_shift=p.gamma_shift, beta_fx=p.beta_fx)
+            m = self._step_mul(PTensor(x.shape, n_t), self._step_const(name, "mul", gamma), name, "mul", out)
+            return PTensor(x.shape, self._step_add(m, self._step_const(name, "", beta), name, "", out).enc)
         a_in, a_out = self._act(x.enc), self._act(out)
         if self.ok:
-            p = prepare(self.param(f"{name}.weight"), self.param(f"{name}.bias"), eps, a_in.scale, a_in.zp, self.bits,
-                        a_out.scale, a_out.zp, self.bits)
+            p = prepare(self._norm_param(name, "weight"), self._norm_param(name, "bias"), eps, a_in.scale, a_in.zp,
+                        self.bits, a_out.scale, a_out.zp, self.bits)
             self._put(name, eps_fx=np.array([p.eps_fx], np.int64), gamma_multiplier=p.gamma_multiplier,
                       gamma_shift=p.gamma_shift, beta_fx=p.beta_fx)
         return PTensor(x.shape, out)
 
     def group_norm(self, x: PTensor, name: str, groups: int, eps: float) -> PTensor:
-        return self._norm(prepare_group_norm, x, name, eps)
+        return self._norm(prepare_group_norm, x, name, eps, "group_norm")
 
     def layer_norm(self, x: PTensor, name: str, eps: float) -> PTensor:
-        return self._norm(prepare_layer_norm, x, name, eps)
+        return self._norm(prepare_layer_norm, x, name, eps, "layer_norm")
 
     # --- elementwise / reductions ----------------------------------------------
     def _table(self, fn: str, x: PTensor, name: str) -> PTensor:
-        out = self._names.claim(name)
+        out = self._claim(name)
         a_in, a_out = self._act(x.enc), self._act(out)
         if self.ok:
             self._put(name, table=make_table(fn, a_in.scale, a_in.zp, self.bits, a_out.scale, a_out.zp, self.bits))
         return PTensor(x.shape, out)
 
+    def _sigmoid_gate(self, x: PTensor, name: str, factor: float | None) -> PTensor:
+        """x * sigmoid(x) (silu) or x * sigmoid(factor x) (quick_gelu) as parts."""
+        out = self._claim(name)
+        g = self._step_scale(x, name, "scaled", out, factor) if factor is not None else x
+        s = self._step_table("sigmoid", g, name, "sigmoid", out)
+        return self._step_mul(x, s, name, "", out)
+
     def silu(self, x, name):
+        if self._parts("silu", name):
+            return self._sigmoid_gate(x, name, None)
         return self._table("silu", x, name)
 
     def gelu(self, x, name):
+        if self._parts("gelu", name):  # x / sqrt 2 -> erf -> + 1 -> x * . -> * 0.5
+            out = self._claim(name)
+            d = self._step_scale(x, name, "div", out, SQRT2, divide=True)
+            e = self._step_table("erf", d, name, "erf", out)
+            a = self._step_add(e, self._step_const(name, "add", np.array([1.0])), name, "add", out)
+            m = self._step_mul(x, a, name, "mul", out)
+            return self._step_scale(m, name, "", out, 0.5)
         return self._table("gelu", x, name)
 
     def quick_gelu(self, x, name):
+        if self._parts("quick_gelu", name):
+            return self._sigmoid_gate(x, name, 1.702)
         return self._table("quick_gelu", x, name)
 
     def softmax(self, x: PTensor, name: str, causal: bool = False) -> PTensor:
-        out = self._names.claim(name)
+        out = self._claim(name)
         a_in = self._act(x.enc)
         fixed = softmax_encoding(self.bits)
         given = self.given.get(out)
-        if given is not None and given != fixed:
+        follow = self.follow_softmax and given is not None and given != fixed
+        if given is not None and given != fixed and not follow:
             self.softmax_overridden.append(out)
-        self.activations[out] = fixed
         self.softmax_outputs.add(out)
+        if not follow:
+            self.activations[out] = fixed
+            if self.ok:
+                self._put(name, exp_table=make_exp_table(a_in.scale, self.bits))
+            return PTensor(x.shape, out)
+        a_out = self._act(out)  # the given encoding: a 16-bit softmax, requantized to it
         if self.ok:
-            self._put(name, exp_table=make_exp_table(a_in.scale, self.bits))
+            m, s = multipliers(softmax_output_encoding(16)[0] / a_out.scale, f"{self.network}: {name}")
+            self._put(name, exp_table=make_exp_table(a_in.scale, self.bits), multiplier=m, shift=s)
         return PTensor(x.shape, out)
 
     def matmul(self, a: PTensor, b: PTensor, name: str, alpha: float = 1.0) -> PTensor:
-        out = self._names.claim(name)
-        aa, ab, ao = self._act(a.enc), self._act(b.enc), self._act(out)
+        out = self._claim(name)
         if not alpha > 0:
             raise ValueError(f"{name}: matmul alpha must be > 0, got {alpha}")
         if a.shape[-1] != b.shape[-2]:
             raise ValueError(f"{name}: shapes {a.shape} and {b.shape} do not multiply")
+        parts = self._parts("matmul", name)
+        prefix, into = name, out
+        if "a_scaled" in parts:  # operands scaled first: sqrt(alpha) each, or alpha on `a` alone
+            c = math.sqrt(alpha) if "b_scaled" in parts else float(alpha)
+            a = self._step_scale(a, name, "a_scaled", out, c)
+            if "b_scaled" in parts:
+                b = self._step_scale(b, name, "b_scaled", out, c)
+            alpha = 1.0
+        elif "product" in parts:  # the product, then the scale
+            prefix, into = self._step_out(name, "product", out)
+        aa, ab, ao = self._act(a.enc), self._act(b.enc), self._act(into)
         if self.ok:
-            real = float(alpha) * aa.scale * ab.scale / ao.scale
+            real = float(alpha) * aa.scale * ab.scale / ao.scale if "product" not in parts else aa.scale * ab.scale / ao.scale
             b_bound = CENTRED_BOUND[self.act_dtype.name]
-            if a.enc in self.softmax_outputs:  # probs @ v: rows of `a` sum to at most 2**B + K
+            if a.enc in self.softmax_outputs and aa.zp == 0:  # probs @ v: row sums of `a` are bounded
                 max_k = MAX_TOKENS
-                bound = softmax_row_sum_bound(self.bits, max_k) * b_bound
+                bound = softmax_row_sum_bound(self.bits, max_k, aa.scale) * b_bound
             else:  # K fixed by the weights (the head dimension of q @ k^T)
                 max_k = a.shape[-1]
                 bound = max_k * b_bound * CENTRED_BOUND[self.act_dtype.name]
-            m, s, n = requant_arrays(real, bound, f"{self.network}: {name}")
-            self._put(name, multiplier=m, shift=s, acc_shift=n, max_k=np.array([max_k], np.int64))
+            m, s, n = requant_arrays(real, bound, f"{self.network}: {prefix}")
+            self._put(prefix, multiplier=m, shift=s, acc_shift=n, max_k=np.array([max_k], np.int64))
         shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
+        if "product" in parts:
+            return self._step_scale(PTensor(shape, into), name, "", out, alpha)
         return PTensor(shape, out)
 
     def add(self, a: PTensor, b: PTensor, name: str) -> PTensor:
-        out = self._names.claim(name)
+        out = self._claim(name)
         aa, ab, ao = self._act(a.enc), self._act(b.enc), self._act(out)
         if self.ok:
-            ls = ADD_LEFT_SHIFT[self.act_dtype.name]
-            big = 2.0 * max(aa.scale, ab.scale)
-            what = f"{self.network}: {name}"
-            am, ash = multipliers(aa.scale / big, what)
-            bm, bsh = multipliers(ab.scale / big, what)
-            m, s = multipliers(big / (2.0**ls * ao.scale), what)
-            self._put(name, a_multiplier=am, a_shift=ash, b_multiplier=bm, b_shift=bsh, multiplier=m, shift=s,
-                      left_shift=_i32(ls))
+            self._put(name, **self._add_arrays(aa, ab, ao, f"{self.network}: {name}"))
         return PTensor(np.broadcast_shapes(a.shape, b.shape), out)
 
     def mul(self, a: PTensor, b: PTensor, name: str) -> PTensor:
-        out = self._names.claim(name)
+        out = self._claim(name)
         aa, ab, ao = self._act(a.enc), self._act(b.enc), self._act(out)
         if self.ok:
             bound = CENTRED_BOUND[self.act_dtype.name] ** 2  # |(a - a_zp)(b - b_zp)|
@@ -424,7 +604,7 @@ class Preparer:
         return PTensor(np.broadcast_shapes(a.shape, b.shape), out)
 
     def scale(self, x: PTensor, factor: float, name: str) -> PTensor:
-        out = self._names.claim(name)
+        out = self._claim(name)
         a_in, a_out = self._act(x.enc), self._act(out)
         if not factor > 0:
             raise ValueError(f"{name}: scale factor must be > 0, got {factor}")
@@ -434,7 +614,7 @@ class Preparer:
         return PTensor(x.shape, out)
 
     def concat(self, xs: Sequence[PTensor], axis: int, name: str) -> PTensor:
-        out = self._names.claim(name)
+        out = self._claim(name)
         ins = [self._act(x.enc) for x in xs]
         a_out = self._act(out)
         if self.ok:
@@ -446,7 +626,7 @@ class Preparer:
         return PTensor(tuple(ref), out)
 
     def upsample_nearest2x(self, x: PTensor, name: str) -> PTensor:
-        out = self._names.claim(name)
+        out = self._claim(name)
         a_in, a_out = self._act(x.enc), self._act(out)
         if self.ok and (a_in.scale != a_out.scale or a_in.zp != a_out.zp):
             m, s = multipliers(a_in.scale / a_out.scale, f"{self.network}: {name}")
@@ -471,6 +651,23 @@ class Preparer:
             raise ValueError(f"split: axis {axis} of {x.shape} does not split into {sections}")
         shape[ax] //= sections
         return [PTensor(tuple(shape), x.enc) for _ in range(sections)]
+
+
+def _with_requant(op: str):
+    base = getattr(Preparer, op)
+
+    def method(self, *args, **kwargs):
+        name = kwargs["name"] if "name" in kwargs else positional_name(op, args)
+        return self._requant_step(name, base(self, *args, **kwargs))
+
+    method.__name__, method.__doc__ = op, base.__doc__
+    return method
+
+
+for _op in COMPUTING_OPS:
+    if _op != "embedding":
+        setattr(Preparer, _op, _with_requant(_op))
+del _op
 
 
 # ---------------------------------------------------------------------------------------------
@@ -508,7 +705,8 @@ def run_graph(model, ops, network: str, include_encoder: bool = True) -> None:
 
 def quantize_network(model, float_params: Mapping[str, np.ndarray], network: str, precision: str,
                      act_encodings: Mapping[str, Encoding],
-                     param_encodings: Mapping[str, Encoding] | None = None) -> QuantizedNetwork:
+                     param_encodings: Mapping[str, Encoding] | None = None,
+                     follow_softmax: bool = False) -> QuantizedNetwork:
     """Prepare the integer form of one network (see the module docstring).
 
     model: the graph (`CLIPTextModel`, `UNet2DConditionModel` or `AutoencoderKL` of tinysd.nn);
@@ -517,15 +715,20 @@ def quantize_network(model, float_params: Mapping[str, np.ndarray], network: str
     Encoding}; param_encodings: {`{network}.{parameter}`: Encoding} to quantize weights with
     (None: per-channel weights from the float values). For the VAE, the encoder is prepared
     only when an encoding for its input `vae.image` is given (a decoder-only file is allowed).
+    follow_softmax: use given softmax output encodings (an imported file's) instead of the fixed one.
+    Encodings of parts (`{network}.{op}.{part}.out`) make the op run as its parts (module docstring).
     Raises TinySDError listing every missing or unusable encoding.
     """
     if network not in NETWORKS:
         raise ValueError(f"network: unknown network {network!r}")
-    prep = Preparer(float_params, network, precision, act_encodings, param_encodings)
+    prep = Preparer(float_params, network, precision, act_encodings, param_encodings, follow_softmax)
     include_encoder = network != "vae" or f"{network}.image" in act_encodings
     if not include_encoder:
         log.info("vae: no encoding for vae.image; preparing the decoder only")
     run_graph(model, prep, network, include_encoder)
+    if prep.params_computed:
+        log.info("%s: %d weight(s) without a given encoding are quantized per channel from their values: %s",
+                 network, len(prep.params_computed), ", ".join(prep.params_computed[:_MAX_LISTED]))
     if prep.softmax_overridden:
         log.info("%s: %d softmax outputs use the fixed encoding (scale 2**-%d, zero point 0) instead of the one "
                  "given (e.g. %s)", network, len(prep.softmax_overridden), prep.bits, prep.softmax_overridden[0])

@@ -2,20 +2,27 @@
 
     out, sqnr = quantize_checkpoint("sd15/", "sd15-w8a16/", "w8a16")          # calibrate, quantize, save
     out, sqnr = quantize_checkpoint("sd15/", "sd15-dev/", "w8a8", encodings_file="device.encodings")
+    out, sqnr = quantize_checkpoint("sd15/", "sd15-dev/", "w8a8", encodings=["unet=unet.encodings"],
+                                    onnx=["unet=unet.onnx"])          # AIMET's own files, one per network
 
 Steps: check the options and OUT (before any work); read the calibration
-prompts; with `encodings_file`, read the AIMET file and check it against the
-model (`external_encodings`); load the checkpoint; run the float pipeline over
-the prompts on calibrating interpreters, recording every network call; quantize
-(from the recorded ranges, or from the file's encodings); replay the recorded
-calls through the integer networks for the SQNR of each against float; write
-the folder atomically (`tinysd.quant.folder.save_quantized`).
+prompts; with encodings files, read them (before the checkpoint); load the
+checkpoint; with files, rename their encodings to tinysd's names (through each
+file's ONNX graph when given, `tinysd.quant.imports`) and take the graphs'
+weights; run the float pipeline over the prompts on calibrating interpreters
+(recording the parts of ops the files quantize inside), recording every network
+call; quantize (from the recorded ranges, or from the files' encodings with the
+calibrated ones for what they lack); replay the recorded calls through the integer
+networks for the SQNR of each against float; write the folder atomically
+(`tinysd.quant.folder.save_quantized`).
 """
 from __future__ import annotations
 
 import logging
 import math
 from pathlib import Path
+
+import numpy as np
 from typing import Mapping
 
 from ..errors import TinySDError
@@ -121,31 +128,61 @@ def _finite_or_str(v: float):
     return float(v) if math.isfinite(v) else str(v)
 
 
+def _import_sources(loaded, sources, precision: str):
+    """Read the encodings files of `sources` and put the graphs' weights into `loaded` (in place).
+
+    Returns (imported {network: NetworkImport}, summary lines about the weights)."""
+    from .imports import check_bitwidths, read_sources
+
+    imported = read_sources(loaded, sources)
+    check_bitwidths(imported, precision)
+    lines = []
+    for net, imp in imported.items():
+        if not imp.weights:
+            continue
+        old = loaded.params[net]
+        changed = sum(int(np.count_nonzero(w != np.asarray(old[k], np.float32))) for k, w in imp.weights.items())
+        total = sum(w.size for w in imp.weights.values())
+        loaded.params[net] = {**old, **imp.weights}
+        lines.append(f"{net}: {len(imp.weights)} parameters taken from the graph; {changed} of {total} values "
+                     f"({100.0 * changed / max(total, 1):.2f}%) differ from the checkpoint's")
+    return imported, lines
+
+
 def quantize_checkpoint(model, out_dir, precision: str, prompts_file=None, steps: int | None = None,
                         method: str | None = None, encodings_file=None, overwrite: bool = False,
-                        sqnr_calls: int | None = None, progress=None):
+                        sqnr_calls: int | None = None, progress=None, encodings=(), onnx=(), summary: dict | None = None):
     """Quantize the float checkpoint `model` to a folder `out_dir` (the steps of the module docstring).
 
     precision: "w8a8", "w8a16" or per network ("w8a8,vae=w8a16"). prompts_file: calibration prompts (None: the shipped set).
     steps: sampler steps per prompt (None: DEFAULT_CALIBRATION_STEPS). method: "minmax" (default),
-    "percentile" or "mse" (ranges searched for `precision`'s grid); not with `encodings_file`, whose
-    encodings replace calibration (the prompts then only give the SQNR data). sqnr_calls: replay only the first N recorded calls of each
+    "percentile" or "mse" (ranges searched for `precision`'s grid). encodings: `--encodings` values,
+    `KEY=FILE` per network (KEY: text_encoder, unet, vae, vae.decode, vae.encode) or one bare FILE of
+    tinysd names (`encodings_file` is the same as a bare FILE); onnx: `--onnx KEY=MODEL.onnx` values,
+    the exported graph of a file's network (`tinysd.quant.imports`). Tensors the files lack are
+    calibrated with `method`. sqnr_calls: replay only the first N recorded calls of each
     network for the SQNR (None: all; the integer replay costs as much as the calibration run in
-    integer arithmetic). Returns (out path, {call kind: SQNR dB}); the SQNR and the calibration
-    settings are recorded in the folder's quantization.json ("info"). progress(stage, done, total) is
-    called after every calibration sampler step (stage "calibration") and every replayed call ("SQNR").
+    integer arithmetic). summary: a dict to fill with what came from the files ({"lines": [...],
+    "calibrated": {network: [names]}, "warnings": [...]}). Returns (out path, {call kind: SQNR dB});
+    the SQNR and the calibration settings are recorded in the folder's quantization.json ("info").
+    progress(stage, done, total) is called after every calibration sampler step (stage "calibration")
+    and every replayed call ("SQNR").
     """
     from ..checkpoint import load_checkpoint
     from ..png import model_hash
-    from .calibration import (CALIBRATION_METHODS, DEFAULT_CALIBRATION_STEPS, calibrate_model, quantize_model,
-                              replay_sqnr)
+    from .calibration import (CALIBRATION_METHODS, DEFAULT_CALIBRATION_STEPS, calibrate_observers, quantize_model,
+                              ranges_from_observers, replay_sqnr)
+    from .encodings import load_encodings
     from .engine import build_integer_networks
     from .folder import check_output_dir, is_quantized_folder, save_quantized
+    from .imports import merge, parse_sources, range_warnings
+    from .prepare import encodings_from_ranges
     from .prompts import read_prompts
 
     precision = canonical_precision(precision)
-    if encodings_file is not None and method is not None:
-        raise TinySDError("--method does not apply with --encodings (the file's encodings replace calibration)")
+    encodings = list(encodings) + ([str(encodings_file)] if encodings_file is not None else [])
+    sources = parse_sources(encodings, onnx)
+    method_given = method is not None
     method = method or "minmax"
     if method not in CALIBRATION_METHODS:
         raise TinySDError(f"method {method!r} is not one of {', '.join(CALIBRATION_METHODS)}")
@@ -159,21 +196,48 @@ def quantize_checkpoint(model, out_dir, precision: str, prompts_file=None, steps
     if is_quantized_folder(model):
         raise TinySDError(f"{model}: is already a quantized model; quantize its float checkpoint instead")
     prompts = read_prompts(prompts_file)
-    file_encodings = None
-    if encodings_file is not None:  # a bad file fails before the checkpoint is read
-        file_encodings = load_encodings(encodings_file)
-        check_bitwidths(encodings_file, precision, *file_encodings[:2])
+    for src in sources:  # a bad file fails before the checkpoint is read
+        load_encodings(src.path)
+        if src.onnx is not None:
+            from .onnx_map import _onnx
+
+            _onnx()
+            if not src.onnx.is_file():
+                raise TinySDError(f"{src.onnx}: ONNX file not found")
 
     loaded = load_checkpoint(model)
+    imported, lines = _import_sources(loaded, sources, precision) if sources else ({}, [])
+    if sources and set(imported) == set(NETWORKS) and method_given:
+        raise TinySDError("--method does not apply when every network has an encodings file (nothing is calibrated "
+                          "with it unless the files lack tensors); leave it out")
     calls: list = []
-    ranges = calibrate_model(loaded, prompts, steps, method, sampler=CALIBRATION_SAMPLER, seed=CALIBRATION_SEED,
-                             guidance_scale=CALIBRATION_GUIDANCE, record=calls,
-                             precision=None if file_encodings is not None else precision,
-                             progress=progress and (lambda done, total: progress("calibration", done, total)))
-    if file_encodings is not None:
-        qmodel = external_encodings(loaded, encodings_file, precision, file_encodings)
+    observers = calibrate_observers(loaded, prompts, steps, method, sampler=CALIBRATION_SAMPLER, seed=CALIBRATION_SEED,
+                                    guidance_scale=CALIBRATION_GUIDANCE, record=calls,
+                                    progress=progress and (lambda done, total: progress("calibration", done, total)),
+                                    parts={n: imp.parts for n, imp in imported.items()})
+    ranges = ranges_from_observers(observers, method, precision)
+    per_net = network_precisions(precision)
+    calibrated = {n: encodings_from_ranges(r, per_net[n]) for n, r in ranges.items()}
+    if imported:
+        softmax = {n: _softmax_outputs(loaded.config, n) for n in NETWORKS}
+        acts, report = merge(imported, calibrated, softmax)
+        fixed = set().union(*softmax.values()) | {n for imp in imported.values() for n in imp.activations
+                                                   if n.endswith((".sigmoid.out", ".erf.out"))}
+        warnings = range_warnings(imported, {n: {k: o.range() for k, o in obs.items()} for n, obs in observers.items()},
+                                  fixed)
+        for w in warnings:
+            log.warning("%s", w)
+        params = {n: {**imported[n].params, **imported[n].norm_params} if n in imported else None for n in NETWORKS}
+        qmodel = quantize_model(loaded, precision, acts, params, follow_softmax=set(imported))
+        lines += _summary_lines(imported, report)
     else:
-        qmodel = quantize_model(loaded, precision, ranges)
+        report, warnings = None, []
+        qmodel = quantize_model(loaded, precision, calibrated)
+    for line in lines:
+        log.info("%s", line)
+    if summary is not None:
+        summary.update({"lines": lines, "warnings": warnings,
+                        "calibrated": {} if report is None else report.calibrated})
     if "vae.image" not in qmodel.networks["vae"].activations:  # a decoder-only encodings file
         calls = [c for c in calls if c.kind != "vae.encode"]
     sqnr = replay_sqnr(calls, build_integer_networks(qmodel), max_calls=sqnr_calls,
@@ -182,9 +246,12 @@ def quantize_checkpoint(model, out_dir, precision: str, prompts_file=None, steps
         "source_model": str(model),
         "source_model_name": model.stem if model.is_file() else model.resolve().name,
         "source_model_hash": model_hash(model),
-        "method": None if encodings_file is not None else method,
-        "encodings_file": None if file_encodings is None else {"path": str(encodings_file),
-                                                                "aimet_version": file_encodings[2]},
+        "method": method,
+        "encodings_files": [f for imp in imported.values() for f in imp.files] or None,
+        "encodings_import": None if report is None else {
+            n: {"from_file": report.from_file[n], "calibrated": report.calibrated[n],
+                "fixed_softmax": report.fixed_softmax[n], "parts": {op: list(p) for op, p in imported[n].parts.items()},
+                "weights_from_graph": sorted(imported[n].weights)} for n in imported},
         "calibration": {"prompts_file": None if prompts_file is None else str(prompts_file), "prompts": prompts,
                         "steps": steps, "sampler": CALIBRATION_SAMPLER, "seed": CALIBRATION_SEED,
                         "guidance_scale": CALIBRATION_GUIDANCE,
@@ -194,3 +261,26 @@ def quantize_checkpoint(model, out_dir, precision: str, prompts_file=None, steps
     })
     save_quantized(qmodel, out, overwrite=overwrite, tokenizer_dir=loaded.tokenizer_dir)
     return out, sqnr
+
+
+def _softmax_outputs(config, network: str) -> set[str]:
+    from ..interp.trace import trace_network
+    from .calibration import model_graphs
+
+    return {op.tensor for op in trace_network(model_graphs(config)[network], network).ops if op.kind == "softmax"}
+
+
+def _summary_lines(imported, report) -> list[str]:
+    """One line per network with a file: encodings from the file, calibrated, parts followed."""
+    out = []
+    for net, imp in imported.items():
+        files = ", ".join(Path(f["path"]).name for f in imp.files)
+        cal = report.calibrated[net]
+        parts = sum(1 for p in imp.parts.values() if set(p) - {"requant"})
+        out.append(f"{net}: {report.from_file[net]} encodings from {files}, {len(cal)} calibrated (not in the file), "
+                   f"{len(report.fixed_softmax[net])} softmax outputs at the fixed encoding; {parts} ops run as "
+                   f"their parts, {len(imp.params)} weight encodings used, {len(imp.ignored)} parameter encodings "
+                   f"ignored")
+        if cal:
+            log.info("%s: calibrated (the file has no encoding for them): %s", net, ", ".join(cal))
+    return out
