@@ -149,10 +149,13 @@ def test_encodings_round_trip_reproduces_the_integer_model(quantized, precision,
     out = _folder(quantized, precision)
     res = _quantize(tmp_path / "again", precision, prompts, "--encodings", out / "encodings.json")
     assert res.exit_code == 0, res.output
-    assert res.stdout == quantized[precision][1].stdout  # same integer networks, same SQNR
+    sqnr = lambda r: [line for line in r.stdout.splitlines() if " SQNR " in line]  # noqa: E731
+    assert sqnr(res) == sqnr(quantized[precision][1])  # same integer networks, same SQNR
+    assert "unet: " in res.stdout and "0 calibrated (not in the file)" in res.stdout
     _assert_same_integer_model(out, tmp_path / "again")
     info = json.loads((tmp_path / "again" / "quantization.json").read_text())["info"]
-    assert info["encodings_file"]["aimet_version"] == "1.0.0" and info["method"] is None
+    assert [f["aimet_version"] for f in info["encodings_files"]] == ["1.0.0"] * 3
+    assert all(v["calibrated"] == [] for v in info["encodings_import"].values())
 
 
 def test_encodings_round_trip_through_aimet_0_6_1(quantized, prompts, tmp_path):
@@ -245,8 +248,8 @@ def test_per_network_encodings_round_trip(mixed, prompts, tmp_path):
     res = _quantize(tmp_path / "w8", "w8a8", prompts, "--encodings", mixed / "encodings.json")
     assert_one_line_error(res, "encodings.json", "are 16-bit", "precision w8a8 needs 8-bit activations", "vae.")
     res = _quantize(tmp_path / "w16", "w8a16,vae=w8a8", prompts, "--encodings", mixed / "encodings.json")
-    assert_one_line_error(res, "precision w8a16,vae=w8a8 needs 8-bit activations in vae and 16-bit activations in "
-                               "text_encoder, unet")
+    assert_one_line_error(res, "encodings.json", "are 8-bit, but precision w8a16,vae=w8a8 needs 16-bit activations in "
+                               "text_encoder")
     assert sorted(os.listdir(tmp_path)) == ["again"]
 
 
@@ -277,7 +280,8 @@ def _legacy_4bit(doc):
 
 
 @pytest.mark.parametrize("case", ["wrong bitwidth", "unknown names", "non-positive scale", "missing file",
-                                  "0.6.1 bitwidth", "method with encodings"])
+                                  "0.6.1 bitwidth", "method with encodings", "onnx without encodings", "bad key",
+                                  "key twice", "no onnx package"])
 def test_bad_encodings(quantized, prompts, tmp_path, case):
     w8, w16 = _folder(quantized, "w8a8"), _folder(quantized, "w8a16")
     enc = w8 / "encodings.json"
@@ -288,8 +292,8 @@ def test_bad_encodings(quantized, prompts, tmp_path, case):
         enc, needles = w16 / "encodings.json", ["encodings.json", "16-bit", "w8a8", "needs 8-bit"]
     elif case == "unknown names":
         enc = _edited(enc, work / "e.json", _rename_and_add)
-        needles = ["e.json", "no encoding for activation unet.conv_in.out", "2 name(s) in the file are not tinysd tensors",
-                   "unet.conv_inn.out", "unet.bogus.weight"]
+        needles = ["e.json", "2 name(s) in the file are not tinysd tensors of unet", "unet.conv_inn.out",
+                   "unet.bogus.weight", "--onnx"]
     elif case == "non-positive scale":
         enc = _edited(enc, work / "e.json", _negative_scale)
         needles = ["e.json", "activation tensor", "scale must be > 0"]
@@ -299,11 +303,25 @@ def test_bad_encodings(quantized, prompts, tmp_path, case):
         act, params, _ = load_encodings(enc)
         save_encodings(work / "l.json", act, params, version="0.6.1")
         enc = _edited(work / "l.json", work / "l.json", _legacy_4bit)
-        needles = ["l.json", "activation tensor", "bitwidth 32 not supported"]
+        needles = ["l.json", "are 32-bit", "needs 8-bit activations"]
+    elif case == "onnx without encodings":
+        extra, needles = ["--onnx", "vae=m.onnx"], ["--onnx vae=...", "no --encodings vae=FILE"]
+    elif case == "bad key":
+        enc, needles = f"unett={enc}", ["--encodings", "'unett' is not one of", "text_encoder, unet, vae"]
+    elif case == "key twice":
+        enc, extra, needles = f"unet={enc}", ["--encodings", f"unet={enc}"], ["--encodings", "unet is given twice"]
+    elif case == "no onnx package":
+        import sys
+        enc, extra = f"unet={enc}", ["--onnx", f"unet={work / 'm.onnx'}"]
+        needles = ["onnx", "pip install 'tinysd[onnx]'"]
+        saved = sys.modules.get("onnx")
+        sys.modules["onnx"] = None  # import onnx raises ImportError
     else:
         extra, needles = ["--method", "percentile"], ["--method", "--encodings"]
     before = sorted(os.listdir(work))
     res = _quantize(tmp_path / "out", precision, prompts, "--encodings", enc, *extra)
+    if case == "no onnx package":
+        sys.modules["onnx"] = saved
     assert_one_line_error(res, *needles)
     assert sorted(os.listdir(tmp_path)) == ["work"] and sorted(os.listdir(work)) == before
 

@@ -66,7 +66,7 @@ TORCH_EXPORT_VERSIONS = ("0.6.1", "1.0.0")  # the older sim.export
 TORCH_ONNX_VERSIONS = ("0.6.1", "1.0.0", "2.0.0", "2.1.0")  # sim.onnx.export
 OPSET = 17
 HTP_CONFIG = "htp_quantsim_config_v75.json"
-ADAROUND_ITERATIONS = 30
+ADAROUND_ITERATIONS = 10
 IO_NAMES = {  # ONNX input / output names of each exported network
     "unet": (["sample", "timestep", "encoder_hidden_states"], ["out_sample"]),
     "vae_decoder": (["latent"], ["image"]),
@@ -252,13 +252,9 @@ def stage_torch(work: Path) -> None:
     import torch
     import aimet_torch.common.quantsim as quantsim_settings
     import aimet_torch.common.quantsim_config as qc
-    from aimet_torch.nn import QuantizationMixin
     from aimet_torch.quantsim import QuantizationSimModel
-    from diffusers.models.embeddings import Timesteps
-    from transformers.activations import QuickGELUActivation
 
-    QuantizationMixin.ignore(Timesteps)  # no quantized definition in aimet-torch (see module docstring)
-    QuantizationMixin.ignore(QuickGELUActivation)
+    _ignore_unknown_modules()
     cfg = str(Path(qc.__file__).parent / HTP_CONFIG)
     npz = np.load(work / "inputs.npz")
     outputs = {}
@@ -300,6 +296,16 @@ def stage_torch(work: Path) -> None:
                                                                    "diffusers", "transformers", "numpy")))
 
 
+def _ignore_unknown_modules() -> None:
+    """Modules aimet-torch has no quantized definition of (see the module docstring) are left float."""
+    from aimet_torch.nn import QuantizationMixin
+    from diffusers.models.embeddings import Timesteps
+    from transformers.activations import QuickGELUActivation
+
+    QuantizationMixin.ignore(Timesteps)
+    QuantizationMixin.ignore(QuickGELUActivation)
+
+
 def adaround_unet(work: Path, npz, cfg: str) -> dict:
     """AdaRound (aimet-torch) of the W8A8 UNet, then QuantSim with its frozen weight encodings, exported."""
     import copy
@@ -310,6 +316,7 @@ def adaround_unet(work: Path, npz, cfg: str) -> dict:
     from aimet_torch.common.defs import QuantScheme
     from aimet_torch.quantsim import QuantizationSimModel
 
+    _ignore_unknown_modules()
     t0 = time.time()
     module = torch_modules()["unet"]
     calib, evals = load_calls(npz, "calib", "unet"), load_calls(npz, "eval", "unet")

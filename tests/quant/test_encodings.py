@@ -1,4 +1,4 @@
-"""AIMET encodings files (0.6.1 and 1.0.0) and the Encoding type."""
+"""AIMET encodings files (0.6.1, 1.0.0, 2.0.0, 2.1.0, AdaRound's parameter file) and the Encoding type."""
 import json
 import os
 
@@ -202,9 +202,8 @@ def _legacy_doc(act=None, weight=None):
 
 A, W = "unet.conv_in.out", "unet.conv_in.weight"
 BAD_DOCS = {
-    "v1 activation bw 4": (_v1_doc(act={"bw": 4}), A, "bitwidth 4"),
-    "v1 activation bw 32": (_v1_doc(act={"bw": 32}), A, "bitwidth 32"),
-    "v1 param bw 16": (_v1_doc(params={"bw": 16}), W, "bitwidth 16"),
+    "v1 activation bw 33": (_v1_doc(act={"bw": 33}), A, "bitwidth 33 outside [2, 32]"),
+    "v1 param bw 1": (_v1_doc(params={"bw": 1}), W, "bitwidth 1 outside [2, 32]"),
     "v1 bw not integer": (_v1_doc(act={"bw": 8.5}), A, "'bw' must be an integer"),
     "v1 zero scale": (_v1_doc(act={"scale": [0.0]}), A, "scale must be > 0"),
     "v1 negative scale": (_v1_doc(params={"scale": [0.1, -0.2, 0.1]}), W, "scale must be > 0"),
@@ -214,13 +213,11 @@ BAD_DOCS = {
     "v1 fractional offset": (_v1_doc(act={"offset": [-12.5]}), A, "must be integers"),
     "v1 lengths differ": (_v1_doc(params={"offset": [-128, -128]}), W, "3 scales, 2 offsets"),
     "v1 per-tensor with 2 scales": (_v1_doc(act={"scale": [0.1, 0.2], "offset": [0, 0]}), A, "PER_TENSOR"),
-    "v1 per-channel activation": (
-        _v1_doc(act={"enc_type": "PER_CHANNEL", "scale": [0.1, 0.2], "offset": [0, 0]}), A, "per-channel activation"),
     "v1 float dtype": (_v1_doc(act={"dtype": "FLOAT"}), A, "dtype 'FLOAT'"),
     "v1 per-block": (_v1_doc(params={"enc_type": "PER_BLOCK", "block_size": 2}), W, "PER_BLOCK"),
     "v1 is_sym as string": (_v1_doc(act={"is_sym": "False"}), A, "'is_sym' must be true or false"),
     "v1 missing scale": (_v1_doc(act={"scale": None}), A, "'scale'"),
-    "legacy activation bitwidth 4": (_legacy_doc(act={"bitwidth": 4}), A, "bitwidth 4"),
+    "legacy activation bitwidth 40": (_legacy_doc(act={"bitwidth": 40}), A, "bitwidth 40"),
     "legacy zero scale": (_legacy_doc(act={"scale": 0}), A, "scale must be > 0"),
     "legacy is_symmetric not a bool string": (_legacy_doc(act={"is_symmetric": "yes"}), A, "is_symmetric"),
     "legacy positive offset": (_legacy_doc(weight={"offset": 5}), W, "outside [-255, 0]"),
@@ -267,7 +264,7 @@ def test_duplicate_name(tmp_path):
 @pytest.mark.parametrize(
     "text, fragment",
     [
-        (V1_EXAMPLE.replace('"1.0.0"', '"2.0.0"'), "unknown encodings version '2.0.0'"),
+        (V1_EXAMPLE.replace('"1.0.0"', '"3.0.0"'), "unknown encodings version '3.0.0'"),
         (LEGACY_EXAMPLE.replace('"0.6.1"', '"0.5.0"'), "unknown encodings version '0.5.0'"),
         (V1_EXAMPLE.replace('"version": "1.0.0",', ""), "no 'version' field"),
         (V1_EXAMPLE[:200], "malformed JSON"),
@@ -307,7 +304,7 @@ def test_save_rejects_bad_encodings_and_leaves_file_untouched(tmp_path):
     axis1 = dict(params, **{"unet.t.weight": encoding_from_range([-1, -2], [1, 2], 8, symmetric=True, axis=1)})
     with pytest.raises(TinySDError, match=r"'unet\.t\.weight': per-channel axis 1"):
         save_encodings(path, act, axis1)
-    with pytest.raises(TinySDError, match="unknown encodings version"):
+    with pytest.raises(TinySDError, match="tinysd writes encodings versions 0.6.1, 1.0.0, not '2.0.0'"):
         save_encodings(path, act, params, version="2.0.0")
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["out.encodings"]  # no temporary files left behind
@@ -373,3 +370,114 @@ def test_round_half_away_from_zero():
     y = rng.normal(scale=1000, size=10000)
     r = round_half_away_from_zero(y)
     assert np.all(np.abs(y - r) <= 0.5) and np.all(r == np.trunc(r))
+
+
+def test_bitwidths_are_checked_where_used_not_when_read(tmp_path):
+    """AIMET files hold encodings tinysd does not use (16-bit norm scales, 4-bit weights of another layer):
+    reading accepts every bitwidth the spec allows; the quantizer checks the tensors it uses."""
+    path = tmp_path / "odd.encodings"
+    path.write_text(json.dumps(_v1_doc(act={"bw": 4, "offset": [-3]}, params={"bw": 16})))
+    act, params, _ = load_encodings(path)
+    assert act[A].bitwidth == 4 and params[W].bitwidth == 16
+
+
+# 2.0.0 / 2.1.0: the list layout of AIMET's spec (ONNX QuantizeLinear fields); hand-written test data.
+V2_EXAMPLE = {
+    "version": "2.0.0",
+    "producer": {"package": "aimet-onnx", "version": "2.42.0"},
+    "encodings": [
+        {"name": "/conv_in/Conv_output_0", "output_dtype": "uint8", "y_scale": 0.02, "y_zero_point": 114},
+        {"name": "/act/Sigmoid_output_0", "output_dtype": "uint8", "y_scale": 0.00392156862745098},
+        {"name": "/norm/Add_output_0", "output_dtype": "uint16", "y_scale": 1e-4, "y_zero_point": 30000},
+        {"name": "/x/signed", "output_dtype": "int16", "y_scale": 2e-4, "y_zero_point": -100},
+        {"name": "conv_in.weight", "output_dtype": "int8", "axis": 0, "y_scale": [0.012, 0.015, 0.011]},
+        {"name": "onnx::MatMul_12", "output_dtype": "int8", "axis": 1, "y_scale": [0.5, 0.25],
+         "y_zero_point": [0, 0]},
+        {"name": "conv_in.bias", "output_dtype": "int32", "axis": 0, "y_scale": [1e-6, 2e-6, 3e-6]},
+        {"name": "per_tensor.weight", "output_dtype": "int8", "y_scale": [0.1]},
+    ],
+}
+
+
+@pytest.mark.parametrize("version", ["2.0.0", "2.1.0"])
+def test_read_v2(tmp_path, version):
+    path = tmp_path / "v2.encodings"
+    path.write_text(json.dumps(dict(V2_EXAMPLE, version=version)))
+    act, params, v = load_encodings(path)
+    assert v == version
+    assert list(act) == ["/conv_in/Conv_output_0", "/act/Sigmoid_output_0", "/norm/Add_output_0"]
+    assert set(params) == {"/x/signed", "conv_in.weight", "onnx::MatMul_12", "conv_in.bias", "per_tensor.weight"}
+    a = act["/conv_in/Conv_output_0"]  # uint8, zero point 114: offset -114 on the unsigned grid
+    assert (a.bitwidth, a.offset.tolist(), a.scale.tolist(), a.is_symmetric) == (8, [-114], [0.02], False)
+    assert act["/act/Sigmoid_output_0"].offset.tolist() == [0]  # y_zero_point omitted: 0
+    assert act["/norm/Add_output_0"].storage().dtype == np.uint16
+    s = params["/x/signed"]  # int16 with zero point -100: unsigned grid offset -(2**15 - 100)
+    assert s.bitwidth == 16 and s.offset.tolist() == [-(2**15 - 100)] and not s.is_symmetric
+    assert np.allclose(s.dequantize(s.quantize([0.0, 0.01])), [0.0, 0.01])
+    w = params["conv_in.weight"]  # int8, zero point 0: symmetric, offset -128, per channel on axis 0
+    assert (w.axis, w.channels, w.is_symmetric, w.offset.tolist()) == (0, 3, True, [-128] * 3)
+    assert w.storage().dtype == np.int8
+    assert params["onnx::MatMul_12"].axis == 1  # the graph's axis: the name map moves it with the layout
+    b = params["conv_in.bias"]
+    assert b.bitwidth == 32 and b.storage().dtype == np.int32
+    assert not params["per_tensor.weight"].per_channel
+
+
+V2_BAD = {
+    "float dtype": ({"output_dtype": "float8e4m3fn"}, "not supported"),
+    "unknown dtype": ({"output_dtype": "quint8"}, "output_dtype"),
+    "per block": ({"axis": 1, "block_size": 32, "y_scale": [0.1, 0.2]}, "per-block"),
+    "nested scale": ({"axis": 1, "y_scale": [[0.1, 0.2]]}, "per-block"),
+    "meta scale (2.1.0 double quantization)": ({"y_scale": {"x": [[3]], "x_scale": [0.001]}}, "meta"),
+    "fractional zero point": ({"y_zero_point": -0.5}, "fractional"),
+    "several scales without axis": ({"y_scale": [0.1, 0.2]}, "no 'axis'"),
+    "lengths differ": ({"axis": 0, "y_scale": [0.1, 0.2], "y_zero_point": [1, 2, 3]}, "2 scales, 3 zero points"),
+    "missing scale": ({"y_scale": None}, "'y_scale'"),
+    "zero scale": ({"y_scale": 0.0}, "scale must be > 0"),
+    "zero point outside the grid": ({"y_zero_point": 300}, "outside [-255, 0]"),
+}
+
+
+@pytest.mark.parametrize("case", list(V2_BAD))
+def test_bad_v2_entries(tmp_path, case):
+    change, fragment = V2_BAD[case]
+    entry = dict(V2_EXAMPLE["encodings"][0])
+    entry.update({k: v for k, v in change.items() if v is not None})
+    for k in [k for k, v in change.items() if v is None]:
+        del entry[k]
+    path = tmp_path / "bad2.encodings"
+    path.write_text(json.dumps({"version": "2.0.0", "encodings": [entry]}))
+    with pytest.raises(TinySDError) as info:
+        load_encodings(path)
+    msg = str(info.value)
+    assert str(path) in msg and "/conv_in/Conv_output_0" in msg and fragment in msg, msg
+
+
+def test_v2_duplicate_and_layout(tmp_path):
+    path = tmp_path / "dup.encodings"
+    path.write_text(json.dumps({"version": "2.0.0", "encodings": [V2_EXAMPLE["encodings"][0]] * 2}))
+    with pytest.raises(TinySDError, match="listed twice"):
+        load_encodings(path)
+    path.write_text(json.dumps({"version": "2.0.0", "activation_encodings": []}))
+    with pytest.raises(TinySDError, match="'encodings' must be a list"):
+        load_encodings(path)
+
+
+def test_adaround_parameter_files(tmp_path):
+    """AdaRound's parameter file has no version: aimet-torch writes {"param_encodings": {NAME: [0.6.1 ENC, ...]}},
+    aimet-onnx also accepts a bare 0.6.1 dict or a 1.0.0 list. All read as version "adaround"."""
+    legacy = json.loads(LEGACY_EXAMPLE)["param_encodings"]
+    v1 = json.loads(V1_EXAMPLE)["param_encodings"]
+    for doc in ({"param_encodings": legacy}, legacy, v1, {"param_encodings": v1}):
+        path = tmp_path / "ada.encodings"
+        path.write_text(json.dumps(doc))
+        act, params, version = load_encodings(path)
+        assert version == "adaround" and act == {}
+        assert "unet.conv_in.weight" in params and params["unet.conv_in.weight"].channels in (2, 3)
+    path.write_text(json.dumps({"param_encodings": {"unet.x.weight": [{"bitwidth": 8, "is_symmetric": "True",
+                                                                        "offset": -128, "scale": -1.0}]}}))
+    with pytest.raises(TinySDError, match=r"unet\.x\.weight.*scale must be > 0"):
+        load_encodings(path)
+    path.write_text(json.dumps({"foo": 1}))
+    with pytest.raises(TinySDError, match="no 'version' field"):
+        load_encodings(path)

@@ -570,7 +570,7 @@ def _parse_v2_entry(path, index: int, d) -> tuple[str, Encoding, str]:
 def _is_adaround(doc) -> bool:
     """A version-less parameter-encodings file: {"param_encodings": ...}, a bare 0.6.1 dict or a 1.0.0 list."""
     if isinstance(doc, list):
-        return True
+        return bool(doc) and all(isinstance(d, dict) for d in doc)
     if not isinstance(doc, dict) or "version" in doc or not doc:
         return False
     if set(doc) == {"param_encodings"}:

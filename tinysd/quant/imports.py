@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 #: --encodings / --onnx keys: a network, or one call of the VAE (a decoder or encoder export).
 SOURCE_KEYS = ("text_encoder", "unet", "vae", "vae.decode", "vae.encode")
 MAX_LISTED = 5
-#: a float range this many times wider or narrower than its encoding's is reported (range_warnings)
+#: a float range this many times wider than its encoding's is reported (range_warnings)
 RANGE_FACTOR = 4.0
 
 
@@ -236,7 +236,8 @@ def read_sources(loaded, sources: Sequence[Source]) -> dict[str, NetworkImport]:
                 _import_with_graph(imp, src, act, par, version, loaded, graphs)
                 continue
             known_acts, known_params = _names_of(loaded, graphs, net)
-            mine = lambda d: {n: device_scales(e) for n, e in d.items() if n.split(".", 1)[0] == net}  # noqa: E731
+            mine = lambda d: {n: device_scales(e) for n, e in d.items()  # noqa: E731
+                              if src.network or n.split(".", 1)[0] == net}
             a, p = mine(act), mine(par)
             if version.startswith("2."):  # one list: a known parameter name is a parameter
                 p.update({n: a.pop(n) for n in list(a) if n in known_params})
@@ -354,8 +355,8 @@ def range_warnings(imported: Mapping[str, NetworkImport], ranges: Mapping[str, M
     sigmoid parts: AIMET's [0, 1]), which are not checked.
 
     Far: the float range is more than RANGE_FACTOR times wider than the encoding's, or more than
-    RANGE_FACTOR times narrower (a range a tensor does not have: likely a wrong name), or more
-    than half of it lies outside the encoding's range (mostly clipped).
+    half of it lies outside the encoding's range (mostly clipped). (An encoding much wider than
+    the values is not reported: the file's calibration data may be wider than tinysd's.)
     """
     lines = []
     for net, imp in imported.items():
@@ -370,8 +371,6 @@ def range_warnings(imported: Mapping[str, NetworkImport], ranges: Mapping[str, M
             why = None
             if width > RANGE_FACTOR * ewidth:
                 why = f"its float range is {width / ewidth:.1f}x the encoding's"
-            elif width > 0 and ewidth > RANGE_FACTOR * max(width, abs(hi), abs(lo)):
-                why = f"the encoding's range is {ewidth / max(width, abs(hi), abs(lo)):.1f}x wider than its values"
             elif width > 0 and outside > 0.5 * width:
                 why = f"{100 * outside / width:.0f}% of its float range is clipped"
             if why:

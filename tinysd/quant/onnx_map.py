@@ -99,6 +99,7 @@ class OnnxGraph:
         self.inputs = [i.name for i in g.input if i.name not in self.inits]
         self.outputs = [o.name for o in g.output]
         self.producer = {o: n for n in self.nodes for o in n.output if o}
+        self.order = {id(n): k for k, n in enumerate(self.nodes)}  # topological position
         self.consumers: dict[str, list] = {}
         for n in self.nodes:
             for i, name in enumerate(n.input):
@@ -233,8 +234,7 @@ class OnnxGraph:
             for n, i in self.consumers.get(t, ()):
                 if self.layout_input(n) != t:
                     out.append((n, i))
-        order = {id(n): k for k, n in enumerate(self.nodes)}
-        return sorted(out, key=lambda ni: order[id(ni[0])])
+        return sorted(out, key=lambda ni: self.order[id(ni[0])])
 
     def part_of(self, node) -> tuple | None:
         """(root, k, n) when `node` is a Slice / Split taking the k-th of n equal chunks of a value."""
@@ -884,7 +884,8 @@ def _unmatched_rows(g: OnnxGraph, mp: OnnxMap, used: set[int]) -> None:
     """Rows for every other ONNX value: constants, host-side computation before an input, unfollowed nodes."""
     known = {r.onnx for r in mp.rows}
     upstream: set[str] = set()
-    todo = [t for t, n in mp.activations.items() if n in {r.tinysd for r in mp.rows if r.role == "input"}]
+    inputs = {r.tinysd for r in mp.rows if r.role == "input"}
+    todo = [t for t, n in mp.activations.items() if n in inputs]
     while todo:
         t = todo.pop()
         p = g.producer.get(t)

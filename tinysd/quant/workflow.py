@@ -208,8 +208,8 @@ def quantize_checkpoint(model, out_dir, precision: str, prompts_file=None, steps
     loaded = load_checkpoint(model)
     imported, lines = _import_sources(loaded, sources, precision) if sources else ({}, [])
     if sources and set(imported) == set(NETWORKS) and method_given:
-        raise TinySDError("--method does not apply when every network has an encodings file (nothing is calibrated "
-                          "with it unless the files lack tensors); leave it out")
+        raise TinySDError("--method does not apply: every network has an --encodings file (tinysd calibrates only "
+                          "what a file lacks, with min-max); leave it out")
     calls: list = []
     observers = calibrate_observers(loaded, prompts, steps, method, sampler=CALIBRATION_SAMPLER, seed=CALIBRATION_SEED,
                                     guidance_scale=CALIBRATION_GUIDANCE, record=calls,

@@ -1,0 +1,276 @@
+"""Real AIMET exports in (tests/fixtures/aimet, made by tools/make_aimet_fixtures.py with aimet-onnx and
+aimet-torch 2.42.0; AIMET is not needed here): every file reads with no renaming, every graph maps
+completely, and tinysd's integer UNet and VAE decoder are compared with AIMET's own QuantSim on the
+same encodings and inputs.
+
+Measured on this fixture (tools/aimet_targets.py prints the whole table; tinysd integer output vs
+QuantSim output, SQNR over the evaluation calls):
+
+| export | UNet w8a8 | UNet w8a16 | VAE decoder w8a8 | VAE decoder w8a16 |
+|---|---|---|---|---|
+| aimet-onnx sim.export | 25.5 dB | 74.0 dB | 28.6 dB | 76.6 dB |
+
+The w8a16 target (60 dB) is met; the w8a8 target (40 dB) is not: the first ops agree code for code
+and then single-LSB differences in rounding (tinysd's integer requantization against QuantSim's
+float32) grow through the random-weight 8-bit network (docs/quantization.md section 9.5). The
+assertions below are those measured levels minus a margin, so a regression fails.
+"""
+import hashlib
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tinysd.checkpoint import load_checkpoint
+from tinysd.errors import TinySDError
+from tinysd.interp.trace import trace_network
+from tinysd.quant.calibration import calibrate_observers, model_graphs, sqnr_db
+from tinysd.quant.encodings import load_encodings, save_encodings
+from tinysd.quant.imports import Source, range_warnings, read_sources
+from tinysd.quant.onnx_map import map_onnx
+
+pytest.importorskip("onnx")  # part of the test extra (pip install -e ".[test]")
+
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+AIMET = FIXTURES / "aimet"
+TINY = FIXTURES / "tiny-sd"
+PROMPTS = "a red circle\n"  # the first calibration prompt of GENERATED.json (every tensor the tests compare comes from the files)
+NETS = {"unet": ("unet", ("all",)), "vae_decoder": ("vae", ("decode",)), "vae_encoder": ("vae", ("encode",)),
+        "text_encoder": ("text_encoder", ("all",))}
+KEYS = {"unet": "unet", "vae_decoder": "vae.decode", "vae_encoder": "vae.encode", "text_encoder": "text_encoder"}
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """The archive extracted once; each file checked against the SHA-256 GENERATED.json records."""
+    root = tmp_path_factory.mktemp("aimet")
+    with tarfile.open(AIMET / "exports.tar.xz") as tar:
+        tar.extractall(root, filter="data")
+    meta = json.loads((AIMET / "GENERATED.json").read_text())
+    for rel, digest in meta["files"].items():
+        assert hashlib.sha256((root / rel).read_bytes()).hexdigest() == digest, rel
+    return root, meta
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_checkpoint(TINY)
+
+
+def _graph_of(enc_path: Path) -> Path:
+    """The ONNX graph AIMET wrote with an encodings file: `{net}_{version}.onnx` beside it, else `{net}.onnx`."""
+    own = enc_path.with_suffix(".onnx")
+    return own if own.exists() else enc_path.parent / f"{enc_path.parent.parent.name}.onnx"
+
+
+def test_every_file_reads_and_every_graph_maps_completely(exports, tiny):
+    """Every encodings file reads as AIMET wrote it; through its graph every name it holds has a row of the
+    mapping table (a tinysd tensor, or said to be a folded constant / host-side value); every tensor of
+    tinysd's graph has an ONNX counterpart; conv / linear weights are all found."""
+    root, meta = exports
+    graphs = model_graphs(tiny.config)
+    maps: dict[str, object] = {}
+    n_files = 0
+    for enc_path in sorted(root.rglob("*.encodings")):
+        folder = enc_path.parent.parent.name
+        net, calls = NETS[folder]
+        act, par, version = load_encodings(enc_path)
+        assert version in ("0.6.1", "1.0.0", "2.0.0", "2.1.0", "adaround"), enc_path
+        onnx_path = _graph_of(enc_path) if version != "adaround" else enc_path.parent / "unet_1.0.0.onnx"
+        key = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+        if key not in maps:
+            m = map_onnx(onnx_path, net, graphs[net], tiny.params[net], calls)
+            need = {op.tensor for op in trace_network(graphs[net], net, calls).ops if op.tensor}
+            assert need <= set(m.activations.values()), sorted(need - set(m.activations.values()))[:5]
+            gemm = {f"{net}.{op.name}.weight" for op in trace_network(graphs[net], net, calls).ops
+                    if op.kind in ("conv2d", "linear")}
+            assert gemm <= {t for t, _ in m.params.values()}
+            maps[key] = m
+        m = maps[key]
+        rows = {r.onnx: r for r in m.rows}
+        names = set(act) | set(par)
+        unknown = [n for n in names if n not in rows]
+        assert not unknown, (enc_path, unknown[:5])
+        placed = [n for n in names if rows[n].tinysd is not None]
+        assert len(placed) > 0.5 * len(names) or version == "adaround", enc_path
+        for n in names - set(placed):
+            assert rows[n].why.startswith(("constant", "graph input before", "initializer not read")) or \
+                "computed by tinysd on the host" in rows[n].why, (enc_path, n, rows[n].why)
+        n_files += 1
+    assert n_files == sum(1 for f in meta["files"] if f.endswith(".encodings"))
+    assert n_files >= 50
+
+
+@pytest.fixture(scope="module")
+def quantized(exports, tiny, tmp_path_factory):
+    """The tiny model quantized with aimet-onnx's UNet and VAE decoder files (1.0.0), W8A8 and W8A16,
+    through `quantize_checkpoint` as `tinysd quantize --encodings ... --onnx ...` runs it."""
+    from tinysd.quant.folder import load_quantized
+    from tinysd.quant.workflow import quantize_checkpoint
+
+    root, _ = exports
+    work = tmp_path_factory.mktemp("q")
+    prompts = work / "prompts.txt"
+    prompts.write_text(PROMPTS)
+    out = {}
+    for prec in ("w8a8", "w8a16"):
+        enc, onnx = [], []
+        for folder in ("unet", "vae_decoder"):
+            d = root / "aimet-onnx" / folder / prec
+            enc.append(f"{KEYS[folder]}={d / f'{folder}_1.0.0.encodings'}")
+            onnx.append(f"{KEYS[folder]}={d / f'{folder}.onnx'}")
+        summary: dict = {}
+        folder, _ = quantize_checkpoint(TINY, work / prec, prec, prompts_file=prompts, steps=2, encodings=enc,
+                                        onnx=onnx, sqnr_calls=1, summary=summary)
+        out[prec] = (load_quantized(folder), summary)
+    return out
+
+
+def _against_quantsim(qmodel, net: str, tool: str, prec: str) -> float:
+    from tinysd.quant.engine import build_integer_networks
+
+    inputs = np.load(AIMET / "inputs.npz")
+    ref = np.load(AIMET / "quantsim.npz")[f"{tool}/{net}/{prec}"]
+    _, unet, vae = build_integer_networks(qmodel)
+    outs, i = [], 0
+    while f"eval/{net}/{i}/" + ("sample" if net == "unet" else "latent") in inputs:
+        p = f"eval/{net}/{i}/"
+        outs.append(unet(inputs[p + "sample"], float(inputs[p + "timestep"][0]), inputs[p + "encoder_hidden_states"])
+                    if net == "unet" else vae.decode(inputs[p + "latent"]))
+        i += 1
+    return sqnr_db(ref, np.stack(outs))
+
+
+# measured (module docstring) minus about 2 dB
+FLOORS = {("unet", "w8a8"): 23.5, ("unet", "w8a16"): 70.0, ("vae_decoder", "w8a8"): 26.5,
+          ("vae_decoder", "w8a16"): 72.0}
+
+
+@pytest.mark.parametrize("net,prec", list(FLOORS))
+def test_integer_networks_against_aimet_quantsim(quantized, net, prec):
+    db = _against_quantsim(quantized[prec][0], net, "aimet-onnx", prec)
+    assert db >= FLOORS[net, prec], f"{net} {prec}: {db:.2f} dB"
+    if prec == "w8a16":
+        assert db >= 60.0  # the target
+
+
+def test_what_came_from_the_files_is_reported(quantized):
+    """Everything the UNet and decoder need came from the files (nothing calibrated), the ops the files
+    quantize inside run as their parts, and the graphs' weights are the checkpoint's."""
+    qmodel, summary = quantized["w8a8"]
+    info = qmodel.info["encodings_import"]
+    assert set(info) == {"unet", "vae"}
+    assert info["unet"]["calibrated"] == [] and info["unet"]["from_file"] > 400
+    parts = info["unet"]["parts"]
+    assert any(p == ["sigmoid"] for p in parts.values()) and any("erf" in p for p in parts.values())
+    assert any(p == ["norm", "mul"] for p in parts.values()) and any("a_scaled" in p for p in parts.values())
+    assert any(line.startswith("unet: 304 parameters taken from the graph; 0 of 71500 values") for line in
+               summary["lines"]), summary["lines"]
+    assert any(line.startswith("unet: ") and " calibrated " in line for line in summary["lines"])
+    # networks without a file are calibrated as before
+    assert qmodel.info["encodings_files"] and {f["key"] for f in qmodel.info["encodings_files"]} == {"unet",
+                                                                                                       "vae.decode"}
+    assert summary["warnings"] == []
+
+
+def test_import_adds_no_error(exports, quantized, tiny, tmp_path):
+    """The same AIMET file renamed by hand to tinysd names (a single tinysd-named file, written from the
+    mapping table) gives the same integers as `--encodings unet=FILE --onnx unet=MODEL.onnx`."""
+    from tinysd.quant.folder import load_quantized
+    from tinysd.quant.workflow import quantize_checkpoint
+
+    root, _ = exports
+    d = root / "aimet-onnx" / "unet" / "w8a8"
+    m = map_onnx(d / "unet.onnx", "unet", model_graphs(tiny.config)["unet"], tiny.params["unet"])
+    rows = {}
+    for r in m.rows:
+        rows.setdefault(r.onnx, r)
+    act, par, _ = load_encodings(d / "unet_1.0.0.encodings")
+    renamed_act, renamed_par = {}, {}
+    for name, enc in list(act.items()) + list(par.items()):
+        r = rows[name]
+        if r.tinysd is None or r.role == "bias":
+            continue
+        if r.role in ("weight", "param"):
+            renamed_par[r.tinysd] = enc
+        else:
+            renamed_act.setdefault(r.tinysd, enc)
+    renamed = tmp_path / "renamed.encodings"
+    save_encodings(renamed, renamed_act, renamed_par)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text(PROMPTS)
+    folder, _ = quantize_checkpoint(TINY, tmp_path / "q", "w8a8", prompts_file=prompts, steps=2,
+                                    encodings=[str(renamed)], sqnr_calls=1)
+    by_hand = load_quantized(folder).networks["unet"]
+    via_graph = quantized["w8a8"][0].networks["unet"]
+    assert by_hand.arrays.keys() == via_graph.arrays.keys()
+    for k, a in via_graph.arrays.items():
+        np.testing.assert_array_equal(by_hand.arrays[k], a, err_msg=k)
+
+
+def test_adaround_weights_come_from_the_graph(exports, tiny, tmp_path):
+    """AIMET's AdaRound file (no version) with the graph it exported: the weights are the graph's
+    (AdaRound moved some off the checkpoint's nearest grid points) and lie on the file's grid, so the
+    int8 weights are AdaRound's."""
+    root, meta = exports
+    d = root / "aimet-torch-adaround" / "unet" / "w8a8"
+    imported = read_sources(tiny, [Source("unet", d / "unet_adaround.encodings", d / "unet_1.0.0.onnx")])
+    imp = imported["unet"]
+    assert imp.files[0]["aimet_version"] == "adaround" and not imp.activations
+    assert len(imp.params) == 121 and len(imp.weights) >= 121
+    moved = 0
+    for full, enc in imp.params.items():
+        w = imp.weights[full[len("unet."):]]
+        q = enc.quantize(w)
+        np.testing.assert_allclose(enc.dequantize(q), w, rtol=0, atol=float(np.max(enc.scale)) * 1e-3, err_msg=full)
+        ckpt = np.asarray(tiny.params["unet"][full[len("unet."):]])
+        moved += int(np.count_nonzero(enc.quantize(ckpt) != q))
+    assert moved > 0
+
+
+def test_wrong_mapping_is_caught(exports, tiny):
+    """Two encodings swapped by a wrong renaming: the tensor whose values now lie far outside its
+    encoding gets one warning line naming it (the other, now under a much wider encoding, is only
+    coarser: not reported, since the file's calibration data may be wider than tinysd's)."""
+    root, _ = exports
+    d = root / "aimet-onnx" / "unet" / "w8a16"
+    imp = read_sources(tiny, [Source("unet", d / "unet_2.0.0.encodings", d / "unet.onnx")])
+    obs = calibrate_observers(tiny, PROMPTS.split("\n")[:1], 1)
+    ranges = {n: {k: o.range() for k, o in ob.items()} for n, ob in obs.items()}
+    assert range_warnings(imp, ranges) == []
+    a, b = "unet.conv_in.out", "unet.time_embedding.act.sigmoid.out"
+    acts = imp["unet"].activations
+    acts[a], acts[b] = acts[b], acts[a]
+    lines = range_warnings(imp, ranges)
+    assert len(lines) == 1 and lines[0].startswith(a + ": float range") and "a wrong mapping" in lines[0], lines
+
+
+def test_bad_sources_are_one_line_errors(exports, tiny):
+    from tinysd.quant.imports import parse_sources
+
+    root, _ = exports
+    d = root / "aimet-onnx" / "unet" / "w8a8"
+    for enc, onnx, needle in (
+        (["unet=a", "unet=b"], [], "given twice"),
+        (["a", "unet=b"], [], "cannot be combined"),
+        (["vae=a", "vae.decode=b"], [], "not both"),
+        (["unet=a"], ["vae=b"], "no --encodings vae"),
+        (["unet=a"], ["b.onnx"], "say which network"),
+        (["unet=a"], ["unet=x", "unet=y"], "given twice"),
+        (["foo=a"], [], "'foo' is not one of"),
+    ):
+        with pytest.raises(TinySDError, match=needle):
+            parse_sources(enc, onnx)
+    with pytest.raises(TinySDError, match="not tinysd tensors of unet"):  # AIMET names need the graph
+        read_sources(tiny, [Source("unet", d / "unet_1.0.0.encodings")])
+    with pytest.raises(TinySDError, match="no ONNX node computes tinysd's"):  # the decoder's graph is not a UNet
+        read_sources(tiny, [Source("unet", d / "unet_1.0.0.encodings",
+                                   root / "aimet-onnx" / "vae_decoder" / "w8a8" / "vae_decoder.onnx")])
+    broken = d.parent.parent / "broken.onnx"
+    shutil.copy(d / "unet.onnx", broken)
+    broken.write_bytes(broken.read_bytes()[:1000])
+    with pytest.raises(TinySDError, match="not a readable ONNX model"):
+        read_sources(tiny, [Source("unet", d / "unet_1.0.0.encodings", broken)])
