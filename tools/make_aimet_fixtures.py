@@ -23,10 +23,12 @@ What it does (never edit the output by hand; rerun this script):
    diffusers' `Timesteps` and transformers' `QuickGELUActivation` have no quantized definition in
    aimet-torch and are excluded with `QuantizationMixin.ignore` (the sinusoidal features are
    tinysd's `unet.time_proj` input; CLIP's activation output is then not quantized). AdaRound
-   (`aimet_torch.adaround.adaround_weight.Adaround`, W8A8 UNet, `ADAROUND_ITERATIONS` per layer)
-   writes its version-less parameter file and changes the weights; QuantSim on the AdaRounded
-   model with those encodings frozen is exported with `sim.onnx.export` (1.0.0) under
-   `aimet-torch-adaround/unet/w8a8/`, with its QuantSim outputs.
+   (`aimet_torch.adaround.adaround_weight.Adaround`, W8A8 VAE decoder, `ADAROUND_ITERATIONS` per
+   layer; the decoder because AdaRound's per-layer activation sampling makes the UNet's 121 layers
+   take half an hour on a shared CPU) writes its version-less parameter file and changes the
+   weights; QuantSim on the AdaRounded model with those encodings frozen is exported with
+   `sim.onnx.export` (1.0.0) under `aimet-torch-adaround/vae_decoder/w8a8/`, with its QuantSim
+   outputs.
 
 Networks: `unet` (sample, timestep, encoder_hidden_states), `vae_decoder` (latent / scaling
 factor -> image: `vae.decode(z).sample`), `vae_encoder` (image -> `latent_dist.mean`),
@@ -66,7 +68,7 @@ TORCH_EXPORT_VERSIONS = ("0.6.1", "1.0.0")  # the older sim.export
 TORCH_ONNX_VERSIONS = ("0.6.1", "1.0.0", "2.0.0", "2.1.0")  # sim.onnx.export
 OPSET = 17
 HTP_CONFIG = "htp_quantsim_config_v75.json"
-ADAROUND_ITERATIONS = 10
+ADAROUND_ITERATIONS, ADAROUND_NET = 10, "vae_decoder"
 IO_NAMES = {  # ONNX input / output names of each exported network
     "unet": (["sample", "timestep", "encoder_hidden_states"], ["out_sample"]),
     "vae_decoder": (["latent"], ["image"]),
@@ -290,7 +292,7 @@ def stage_torch(work: Path) -> None:
             with torch.no_grad():
                 outputs[f"aimet-torch/{net}/{prec}"] = np.stack([sim.model(*_as_torch(c, net)).numpy() for c in evals])
             print(f"aimet-torch {net} {prec}: {time.time() - t0:.1f} s", flush=True)
-    outputs.update(adaround_unet(work, npz, cfg))
+    outputs.update(adaround(work, npz, cfg, ADAROUND_NET))
     np.savez(work / "quantsim-torch.npz", **outputs)
     (work / "versions-torch.json").write_text(json.dumps(_versions("aimet-torch", "onnx", "torch", "torchvision",
                                                                    "diffusers", "transformers", "numpy")))
@@ -306,8 +308,8 @@ def _ignore_unknown_modules() -> None:
     QuantizationMixin.ignore(QuickGELUActivation)
 
 
-def adaround_unet(work: Path, npz, cfg: str) -> dict:
-    """AdaRound (aimet-torch) of the W8A8 UNet, then QuantSim with its frozen weight encodings, exported."""
+def adaround(work: Path, npz, cfg: str, net: str) -> dict:
+    """AdaRound (aimet-torch) of one network at W8A8, then QuantSim with its frozen weight encodings, exported."""
     import copy
 
     import numpy as np
@@ -318,19 +320,19 @@ def adaround_unet(work: Path, npz, cfg: str) -> dict:
 
     _ignore_unknown_modules()
     t0 = time.time()
-    module = torch_modules()["unet"]
-    calib, evals = load_calls(npz, "calib", "unet"), load_calls(npz, "eval", "unet")
-    batches = [_as_torch(c, "unet") for c in calib]
-    d = work / "archive" / "aimet-torch-adaround" / "unet" / "w8a8"
+    module = torch_modules()[net]
+    calib, evals = load_calls(npz, "calib", net), load_calls(npz, "eval", net)
+    batches = [_as_torch(c, net) for c in calib]
+    d = work / "archive" / "aimet-torch-adaround" / net / "w8a8"
     d.mkdir(parents=True, exist_ok=True)
     params = AdaroundParameters(data_loader=batches, num_batches=len(batches), default_num_iterations=ADAROUND_ITERATIONS,
                                 forward_fn=lambda model, inputs: model(*inputs))
     torch.manual_seed(0)
-    ada = Adaround.apply_adaround(copy.deepcopy(module), batches[0], params, path=str(d), filename_prefix="unet_adaround",
+    ada = Adaround.apply_adaround(copy.deepcopy(module), batches[0], params, path=str(d), filename_prefix=f"{net}_adaround",
                                   default_param_bw=8, default_quant_scheme=QuantScheme.post_training_tf,
                                   default_config_file=cfg)
     sim = QuantizationSimModel(ada, batches[0], default_output_bw=8, default_param_bw=8, config_file=cfg)
-    sim.set_and_freeze_param_encodings(encoding_path=str(d / "unet_adaround.encodings"))
+    sim.set_and_freeze_param_encodings(encoding_path=str(d / f"{net}_adaround.encodings"))
 
     def forward_pass(m):
         with torch.no_grad():
@@ -338,13 +340,13 @@ def adaround_unet(work: Path, npz, cfg: str) -> dict:
                 m(*b)
 
     sim.compute_encodings(forward_pass)
-    ins, outs = IO_NAMES["unet"]
-    sim.onnx.export(batches[0], str(d / "unet_1.0.0.onnx"), encoding_version="1.0.0", dynamo=False, opset_version=OPSET,
-                    input_names=ins, output_names=outs)
+    ins, outs = IO_NAMES[net]
+    sim.onnx.export(batches[0], str(d / f"{net}_1.0.0.onnx"), encoding_version="1.0.0", dynamo=False,
+                    opset_version=OPSET, input_names=ins, output_names=outs)
     with torch.no_grad():
-        out = np.stack([sim.model(*_as_torch(c, "unet")).numpy() for c in evals])
-    print(f"aimet-torch AdaRound unet w8a8: {time.time() - t0:.1f} s", flush=True)
-    return {"aimet-torch-adaround/unet/w8a8": out}
+        out = np.stack([sim.model(*_as_torch(c, net)).numpy() for c in evals])
+    print(f"aimet-torch AdaRound {net} w8a8: {time.time() - t0:.1f} s", flush=True)
+    return {f"aimet-torch-adaround/{net}/w8a8": out}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -387,8 +389,7 @@ def main() -> None:
                 with open(p, "rb") as f:
                     tar.addfile(info, f)
         (out / "exports.tar.xz").write_bytes(buf.getvalue())
-        os.replace(work / "inputs.npz", out / "inputs.npz") if args.work is None else \
-            (out / "inputs.npz").write_bytes((work / "inputs.npz").read_bytes())
+        (out / "inputs.npz").write_bytes((work / "inputs.npz").read_bytes())
         merged = {**np.load(work / "quantsim-onnx.npz"), **np.load(work / "quantsim-torch.npz")}
         np.savez(out / "quantsim.npz", **merged)
         meta = {

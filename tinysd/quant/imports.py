@@ -2,8 +2,8 @@
 
     sources = parse_sources(["unet=unet.encodings", "vae.decode=dec.encodings"], ["unet=unet.onnx"])
     imported = read_sources(loaded, sources)                 # {network: NetworkImport}
-    plan = imported["unet"].parts                            # ops the device graph computes as parts
-    encs, report = merge(imported, calibrated, precision)    # file encodings, calibrated for the rest
+    plan = imported["unet"].parts                            # ops the device graph computes as their parts
+    encs, report = merge(imported, calibrated, softmax_outputs)  # file encodings, calibrated for the rest
 
 A source is `--encodings KEY=FILE` (KEY: `text_encoder`, `unet`, `vae`, `vae.decode`,
 `vae.encode`) with an optional `--onnx KEY=MODEL.onnx`, or a bare `--encodings FILE` holding
@@ -11,10 +11,12 @@ tinysd names of every network (docs/quantization.md section 9). With a graph, ea
 the file is looked up in the graph's name map (`tinysd.quant.onnx_map`), whatever section
 of the file it is in: activations and parts of ops become activation encodings, constant
 operands constant encodings, conv / linear weights parameter encodings (per-channel axes
-moved with the weight's layout), norm weights and biases encodings that make them
+moved with the weight's layout), and encodings of norm weights and biases make those
 quantize-dequantized values; encodings of parameters tinysd prepares its own way (biases,
-re-derived at `s_in * s_w` as QNN does; embedding tables) are ignored with one log line; names the map places nowhere (folded constants, values computed before a
-network input) are counted and listed at `-v`. Without a graph the names must be tinysd's.
+re-derived at `s_in * s_w` as QNN does; embedding tables) are ignored with one log line;
+names the map places nowhere (folded constants, values computed before a network input) are
+counted and listed at `-v`. Scales are used as float32 (`device_scales`). Without a graph the
+names must be tinysd's.
 
 `merge` gives every network its full set of encodings: the file's, plus the calibrated one
 for each tensor the file lacks (each listed once, as "calibrated"). A softmax output the
@@ -31,8 +33,8 @@ from typing import Collection, Mapping, Sequence
 import numpy as np
 
 from ..errors import TinySDError
-from ..interp.parts import NOT_COMPUTED, PARTS, part_tensor
-from .encodings import ADAROUND, Encoding, load_encodings
+from ..interp.parts import NOT_COMPUTED, PARTS
+from .encodings import Encoding, load_encodings
 from .model import ACTIVATION_BITS, NETWORKS, network_precisions
 
 log = logging.getLogger(__name__)
@@ -211,19 +213,19 @@ def trace_network(graph, network):
     return trace(graph, network)
 
 
-def read_sources(loaded, sources: Sequence[Source]) -> dict[str, NetworkImport]:
+def read_sources(loaded, sources: Sequence[Source], files: Mapping | None = None) -> dict[str, NetworkImport]:
     """{network: NetworkImport} of every network a source covers (module docstring).
 
     Without a graph, a name must be a tinysd tensor or parameter of its network: the unknown
-    ones are one TinySDError (first few and the count), as are encodings of tinysd tensors whose
-    op has parts (only a graph can say where they are).
+    ones are one TinySDError (first few and the count). files: {path: load_encodings(path)} of
+    files already read.
     """
     from .calibration import model_graphs
 
     graphs = model_graphs(loaded.config)
     out: dict[str, NetworkImport] = {}
     for src in sources:
-        act, par, version = load_encodings(src.path)
+        act, par, version = (files or {}).get(src.path) or load_encodings(src.path)
         nets = [src.network] if src.network else sorted({n.split(".", 1)[0] for n in list(act) + list(par)})
         for net in nets:
             if net not in NETWORKS:
@@ -379,16 +381,5 @@ def range_warnings(imported: Mapping[str, NetworkImport], ranges: Mapping[str, M
     return lines
 
 
-def parts_plan(imported: Mapping[str, NetworkImport]) -> dict[str, dict[str, tuple]]:
-    """{network: {op: parts}} of every network with a file: the ops the calibration run records parts of."""
-    return {net: dict(imp.parts) for net, imp in imported.items()}
-
-
-def missing_part_names(plan: Mapping[str, Mapping[str, tuple]]) -> dict[str, list[str]]:
-    """{network: [part tensors of the plan]} (for reporting what a decomposition calibrates)."""
-    return {net: [part_tensor(f"{net}.{op}.out", p) for op, ps in ops.items() for p in ps]
-            for net, ops in plan.items()}
-
-
-__all__ = ["ADAROUND", "Source", "NetworkImport", "parse_sources", "read_sources", "check_bitwidths", "merge",
-           "range_warnings", "parts_plan", "MergeReport"]
+__all__ = ["Source", "NetworkImport", "parse_sources", "read_sources", "check_bitwidths", "merge",
+           "range_warnings", "MergeReport", "device_scales"]

@@ -58,7 +58,8 @@ _REL = 1e-5  # tolerance when comparing a graph constant with the value tinysd e
 def _onnx():
     try:
         import onnx
-        from onnx import numpy_helper, shape_inference  # noqa: F401
+        import onnx.numpy_helper  # noqa: F401
+        import onnx.shape_inference  # noqa: F401
     except ImportError:
         raise TinySDError(ONNX_HINT) from None
     return onnx
@@ -787,7 +788,7 @@ class _Matcher:
         return self.map
 
     def _record(self, op, m: _Match, tinysd_of_input) -> None:
-        g, net, mp = self.g, self.network, self.map
+        g, mp = self.g, self.map
         for t, onnx_in in zip(op.inputs, m.inputs):
             if t not in self.value_of:  # a network input, placed at its first consumer
                 root = g.root(onnx_in)

@@ -23,118 +23,27 @@ import math
 from pathlib import Path
 
 import numpy as np
-from typing import Mapping
 
 from ..errors import TinySDError
-from .encodings import Encoding, load_encodings
-from .model import ACTIVATION_BITS, NETWORKS, canonical_precision, network_precisions
+from .model import NETWORKS, canonical_precision, network_precisions
 
 log = logging.getLogger(__name__)
 
-MAX_LISTED = 5
 # the float pipeline runs of calibration: image i of the prompt list uses seed CALIBRATION_SEED + i
 CALIBRATION_SAMPLER, CALIBRATION_SEED, CALIBRATION_GUIDANCE = "euler", 0, 7.5
-
-
-def _listing(names) -> str:
-    names = list(names)
-    shown = ", ".join(names[:MAX_LISTED])
-    return shown + (f" ... and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else "")
-
-
-def tinysd_tensor_names(loaded) -> tuple[set[str], set[str]]:
-    """(activation names, parameter names) of every tensor tinysd's three graphs have for `loaded`'s config.
-
-    Activations: every network input and op output (`unet.sample`, `unet.conv_in.out`), found by
-    running each graph once on the calibrating interpreter with the smallest dummy inputs (the VAE
-    encoder included). Parameters: `{network}.{diffusers parameter name}` of every parameter.
-    """
-    from ..interp.calibrate import CalibratingInterpreter
-    from .calibration import model_graphs
-    from .prepare import run_graph
-
-    acts: set[str] = set()
-    params: set[str] = set()
-    for network, graph in model_graphs(loaded.config).items():
-        interp = CalibratingInterpreter(loaded.params[network], network)
-        run_graph(graph, interp, network, include_encoder=True)
-        acts.update(interp.observers)
-        params.update(f"{network}.{k}" for k in graph.param_shapes())
-    return acts, params
-
-
-def check_bitwidths(path, precision: str, act: Mapping[str, Encoding], params: Mapping[str, Encoding]) -> None:
-    """TinySDError unless every activation encoding has the bitwidth of its network's precision in
-    `precision`, every `.bias` 32 bits and every other parameter 8 bits (first offender and count named)."""
-    per_net = network_precisions(precision)
-    bits_of = {net: ACTIVATION_BITS[p] for net, p in per_net.items()}
-    bad = [n for n, e in act.items() if e.bitwidth != bits_of.get(n.split(".", 1)[0], e.bitwidth)]
-    if bad:
-        found = sorted({act[n].bitwidth for n in bad})
-        other = [p for p, b in ACTIVATION_BITS.items() if b in found]
-        hint = f" (a {other[0]} file?)" if other and len(set(per_net.values())) == 1 else ""
-        need = f"{bits_of['unet']}-bit activations"
-        if len(set(bits_of.values())) > 1:
-            need = " and ".join(f"{b}-bit activations in {', '.join(n for n in NETWORKS if bits_of[n] == b)}"
-                                for b in sorted(set(bits_of.values())))
-        raise TinySDError(f"{path}: {len(bad)} activation encoding(s) are {'/'.join(map(str, found))}-bit, but "
-                          f"precision {precision} needs {need}{hint}: {_listing(bad)}")
-    want = lambda n: 32 if n.endswith(".bias") else 8  # noqa: E731
-    bad = [n for n, e in params.items() if e.bitwidth != want(n)]
-    if bad:
-        n = bad[0]
-        raise TinySDError(f"{path}: {len(bad)} parameter encoding(s) with the wrong bitwidth (tinysd needs 8-bit "
-                          f"weights and 32-bit biases): {n} is {params[n].bitwidth}-bit"
-                          + (f", and {len(bad) - 1} more" if len(bad) > 1 else ""))
-
-
-def external_encodings(loaded, path, precision: str, encodings=None):
-    """Quantize `loaded` with the encodings of an AIMET encodings file (0.6.1 or 1.0.0).
-
-    encodings: the file's `load_encodings(path)` if already read (else it is read here).
-    Names must be tinysd's (`docs/quantization.md`, section 9). One TinySDError naming the file
-    lists: bitwidths wrong for `precision` (`check_bitwidths`); names the file has that are not
-    tinysd tensors together with encodings tinysd needs that the file lacks (from
-    `quantize_model`). Parameter encodings of tensors tinysd quantizes its own way (norms,
-    embeddings) are ignored with a log message. Returns the QuantizedModel.
-    """
-    from .calibration import quantize_model
-
-    act, params, _ = load_encodings(path) if encodings is None else encodings
-    check_bitwidths(path, precision, act, params)
-    known_acts, known_params = tinysd_tensor_names(loaded)
-    unknown = [f"activation {n}" for n in act if n not in known_acts]
-    unknown += [f"parameter {n}" for n in params if n not in known_params]
-    act_known = {n: e for n, e in act.items() if n in known_acts}
-    par_known = {n: e for n, e in params.items() if n in known_params}
-    unknown_msg = f"{len(unknown)} name(s) in the file are not tinysd tensors: {_listing(unknown)}"
-    try:
-        qmodel = quantize_model(loaded, precision, act_known, par_known)
-    except TinySDError as e:
-        if unknown:
-            raise TinySDError(f"{path}: {e}; and {unknown_msg}") from None
-        raise TinySDError(f"{path}: {e}") from None
-    if unknown:
-        raise TinySDError(f"{path}: {unknown_msg}")
-    used = set().union(*(q.params for q in qmodel.networks.values()))
-    unused = [n for n in par_known if n not in used]
-    if unused:
-        log.info("%s: %d parameter encoding(s) not used (tinysd quantizes norms and embeddings itself): %s",
-                 path, len(unused), _listing(unused))
-    return qmodel
 
 
 def _finite_or_str(v: float):
     return float(v) if math.isfinite(v) else str(v)
 
 
-def _import_sources(loaded, sources, precision: str):
+def _import_sources(loaded, sources, precision: str, files=None):
     """Read the encodings files of `sources` and put the graphs' weights into `loaded` (in place).
 
     Returns (imported {network: NetworkImport}, summary lines about the weights)."""
     from .imports import check_bitwidths, read_sources
 
-    imported = read_sources(loaded, sources)
+    imported = read_sources(loaded, sources, files)
     check_bitwidths(imported, precision)
     lines = []
     for net, imp in imported.items():
@@ -196,8 +105,9 @@ def quantize_checkpoint(model, out_dir, precision: str, prompts_file=None, steps
     if is_quantized_folder(model):
         raise TinySDError(f"{model}: is already a quantized model; quantize its float checkpoint instead")
     prompts = read_prompts(prompts_file)
+    files = {}
     for src in sources:  # a bad file fails before the checkpoint is read
-        load_encodings(src.path)
+        files[src.path] = load_encodings(src.path)
         if src.onnx is not None:
             from .onnx_map import _onnx
 
@@ -206,7 +116,7 @@ def quantize_checkpoint(model, out_dir, precision: str, prompts_file=None, steps
                 raise TinySDError(f"{src.onnx}: ONNX file not found")
 
     loaded = load_checkpoint(model)
-    imported, lines = _import_sources(loaded, sources, precision) if sources else ({}, [])
+    imported, lines = _import_sources(loaded, sources, precision, files) if sources else ({}, [])
     if sources and set(imported) == set(NETWORKS) and method_given:
         raise TinySDError("--method does not apply: every network has an --encodings file (tinysd calibrates only "
                           "what a file lacks, with min-max); leave it out")
