@@ -150,7 +150,8 @@ class IntegerInterpreter:
             name = tensor[len(self.network) + 1:-len(".requant.out")]
             final = f"{self.network}.{name}.out"
             data = self.kernels.requantize_tensor(data, self._zp(tensor), self._scalar(f"{name}.requant", "multiplier"),
-                                       self._scalar(f"{name}.requant", "shift"), self._zp(final), 0, self.qmax)
+                                                  self._scalar(f"{name}.requant", "shift"), self._zp(final), 0,
+                                                  self.qmax)
             tensor = final
         return QTensor(data, self._zp(tensor), self.bits, tensor)
 
@@ -172,8 +173,8 @@ class IntegerInterpreter:
     def _step_scale(self, x: QTensor, name: str, part: str, final: str) -> QTensor:
         """x times a constant: requantize_tensor with the step's multiplier (spec 4.4)."""
         prefix, out = self._step_out(name, part, final)
-        y = self.kernels.requantize_tensor(x.data, x.zp, self._scalar(prefix, "multiplier"), self._scalar(prefix, "shift"),
-                                self._zp(out), 0, self.qmax)
+        y = self.kernels.requantize_tensor(x.data, x.zp, self._scalar(prefix, "multiplier"),
+                                           self._scalar(prefix, "shift"), self._zp(out), 0, self.qmax)
         return self._part(y, out)
 
     def _step_table(self, x: QTensor, name: str, part: str, final: str) -> QTensor:
@@ -182,15 +183,17 @@ class IntegerInterpreter:
 
     def _step_mul(self, a: QTensor, b: QTensor, name: str, part: str, final: str) -> QTensor:
         prefix, out = self._step_out(name, part, final)
-        y = self.kernels.mul(a.data, a.zp, b.data, b.zp, self._scalar(prefix, "multiplier"), self._scalar(prefix, "shift"),
-                  self._zp(out), 0, self.qmax, acc_shift=self._scalar(prefix, "acc_shift"))
+        y = self.kernels.mul(a.data, a.zp, b.data, b.zp, self._scalar(prefix, "multiplier"),
+                             self._scalar(prefix, "shift"), self._zp(out), 0, self.qmax,
+                             acc_shift=self._scalar(prefix, "acc_shift"))
         return self._part(y, out)
 
     def _step_add(self, a: QTensor, b: QTensor, name: str, part: str, final: str) -> QTensor:
         prefix, out = self._step_out(name, part, final)
         s = lambda f: self._scalar(prefix, f)  # noqa: E731
-        y = self.kernels.add(a.data, a.zp, s("a_multiplier"), s("a_shift"), b.data, b.zp, s("b_multiplier"), s("b_shift"),
-                  s("multiplier"), s("shift"), self._zp(out), 0, self.qmax, left_shift=s("left_shift"))
+        y = self.kernels.add(a.data, a.zp, s("a_multiplier"), s("a_shift"), b.data, b.zp, s("b_multiplier"),
+                             s("b_shift"), s("multiplier"), s("shift"), self._zp(out), 0, self.qmax,
+                             left_shift=s("left_shift"))
         return self._part(y, out)
 
     def _step_const(self, name: str, part: str, shape: tuple) -> QTensor:
@@ -200,12 +203,12 @@ class IntegerInterpreter:
         return QTensor(q.reshape(shape), self._zp(cname), self.bits, cname)
 
     def _sigmoid_gate(self, x: QTensor, name: str, tensor: str, scaled: bool) -> QTensor:
-        """SiLU / quick_gelu as parts: [scaled = 1.702 x], sigmoid table, x * sigmoid (K.mul)."""
+        """SiLU / quick_gelu as parts: [scaled = 1.702 x], sigmoid table, x * sigmoid (mul)."""
         g = self._step_scale(x, name, "scaled", tensor) if scaled else x
         return self._step_mul(x, self._step_table(g, name, "sigmoid", tensor), name, "", tensor)
 
     def _gelu_parts(self, x: QTensor, name: str, tensor: str) -> QTensor:
-        """GELU as parts: x / sqrt 2, erf table, + 1 (K.add with the constant), x * (1 + erf), * 0.5."""
+        """GELU as parts: x / sqrt 2, erf table, + 1 (add with the constant), x * (1 + erf), * 0.5."""
         d = self._step_scale(x, name, "div", tensor)
         e = self._step_table(d, name, "erf", tensor)
         a = self._step_add(e, self._step_const(name, "add", (1,) * e.data.ndim), name, "add", tensor)
@@ -317,7 +320,7 @@ class IntegerInterpreter:
         if self._has(name, "multiplier"):
             y = self.kernels.softmax(x.data, self.array(name, "exp_table"), out_bits=16, causal=causal)
             y = self.kernels.requantize_tensor(y, 0, self._scalar(name, "multiplier"), self._scalar(name, "shift"),
-                                    self._zp(tensor), 0, self.qmax)
+                                               self._zp(tensor), 0, self.qmax)
             return self._out(y, tensor)
         y = self.kernels.softmax(x.data, self.array(name, "exp_table"), out_bits=self.bits, causal=causal)
         return self._out(y, tensor)
@@ -335,8 +338,9 @@ class IntegerInterpreter:
         if a.shape[-1] > max_k:
             raise TinySDError(f"{self.network}: {name}: reduction length {a.shape[-1]} exceeds the {max_k} its "
                               f"accumulator shift was proven for (input too large for this quantized model)")
-        y = self.kernels.matmul(a.data, a.zp, b.data, b.zp, self._scalar(prefix, "multiplier"), self._scalar(prefix, "shift"),
-                     self._zp(into), 0, self.qmax, acc_shift=self._scalar(prefix, "acc_shift"))
+        y = self.kernels.matmul(a.data, a.zp, b.data, b.zp, self._scalar(prefix, "multiplier"),
+                                self._scalar(prefix, "shift"), self._zp(into), 0, self.qmax,
+                                acc_shift=self._scalar(prefix, "acc_shift"))
         if product:
             y = self._step_scale(self._part(y, into), name, "", tensor).data
         return self._out(y, tensor)

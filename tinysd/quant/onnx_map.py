@@ -708,7 +708,8 @@ class _Matcher:
                                           why=f"Mul {n.name} + Mul {bn.name} (scales) + MatMul {mm.name}")
                     if self._is(mm.input[1], b) and _close(ca, alpha):
                         return _Match([n, mm], mm.output[0], parts={"a_scaled": n.output[0]},
-                                      consts={"a_scaled": n.input[1 - i]}, why=f"Mul {n.name} (scale) + MatMul {mm.name}")
+                                      consts={"a_scaled": n.input[1 - i]},
+                                      why=f"Mul {n.name} (scale) + MatMul {mm.name}")
         return None
 
     def _binary(self, op, onnx_op):
@@ -777,9 +778,9 @@ class _Matcher:
                 continue
             unplaced = [t for t in op.inputs if t not in self.value_of]
             if unplaced and op.kind not in ("conv2d", "linear"):
-                raise TinySDError(f"{self.g.path}: cannot place tinysd tensor(s) "
-                                  f"{', '.join(tinysd_of_input.get(t, str(t)) for t in unplaced)} (read by {op.tensor}) "
-                                  f"in the graph")
+                names = ", ".join(tinysd_of_input.get(t, str(t)) for t in unplaced)
+                raise TinySDError(f"{self.g.path}: cannot place tinysd tensor(s) {names} (read by {op.tensor}) in "
+                                  f"the graph")
             m = getattr(self, f"m_{op.kind}")(op)
             if m is None:
                 raise TinySDError(f"{self.g.path}: no ONNX node computes tinysd's {op.tensor} ({op.kind}) where the "
@@ -911,7 +912,8 @@ def _unmatched_rows(g: OnnxGraph, mp: OnnxMap, used: set[int]) -> None:
             if not o or o in known:
                 continue
             if o not in g.dynamic:
-                mp.rows.append(MapRow(o, None, "unused", f"constant ({n.op_type} {n.name}): folded, not a network tensor"))
+                mp.rows.append(MapRow(o, None, "unused",
+                                      f"constant ({n.op_type} {n.name}): folded, not a network tensor"))
             elif o in upstream:
                 mp.rows.append(MapRow(o, None, "unused", f"{n.op_type} {n.name}: before a network input, computed by "
                                                          f"tinysd on the host"))

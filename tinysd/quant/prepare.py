@@ -292,7 +292,8 @@ class Preparer:
     def _parts(self, kind: str, name: str) -> tuple[str, ...]:
         """The parts of op `name` (of `kind`) whose encodings are given, in PARTS order; () = run fused."""
         t = self._tensor(name)
-        return tuple(p for p in PARTS.get(kind, ()) if (kind, p) not in NOT_COMPUTED and part_tensor(t, p) in self.given)
+        return tuple(p for p in PARTS.get(kind, ())
+                     if (kind, p) not in NOT_COMPUTED and part_tensor(t, p) in self.given)
 
     def _claim(self, name: str) -> str:
         """Claim op `name`; the tensor it computes into: its output, or its `requant` part when one is given."""
@@ -572,7 +573,7 @@ class Preparer:
             prefix, into = self._step_out(name, "product", out)
         aa, ab, ao = self._act(a.enc), self._act(b.enc), self._act(into)
         if self.ok:
-            real = float(alpha) * aa.scale * ab.scale / ao.scale if "product" not in parts else aa.scale * ab.scale / ao.scale
+            real = (1.0 if "product" in parts else float(alpha)) * aa.scale * ab.scale / ao.scale
             b_bound = CENTRED_BOUND[self.act_dtype.name]
             if a.enc in self.softmax_outputs and aa.zp == 0:  # probs @ v: row sums of `a` are bounded
                 max_k = MAX_TOKENS

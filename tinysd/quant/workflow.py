@@ -63,7 +63,8 @@ def quantize_checkpoint(model, out_dir, precision: str, prompts_file=None, steps
                         sqnr_calls: int | None = None, progress=None, encodings=(), onnx=(), summary: dict | None = None):
     """Quantize the float checkpoint `model` to a folder `out_dir` (the steps of the module docstring).
 
-    precision: "w8a8", "w8a16" or per network ("w8a8,vae=w8a16"). prompts_file: calibration prompts (None: the shipped set).
+    precision: "w8a8", "w8a16" or per network ("w8a8,vae=w8a16"). prompts_file: calibration prompts (None: the
+    shipped set).
     steps: sampler steps per prompt (None: DEFAULT_CALIBRATION_STEPS). method: "minmax" (default),
     "percentile" or "mse" (ranges searched for `precision`'s grid). encodings: `--encodings` values,
     `KEY=FILE` per network (KEY: text_encoder, unet, vae, vae.decode, vae.encode) or one bare FILE of
