@@ -383,9 +383,11 @@ def test_model_from_exported_aimet_encodings(tiny, qmodels, tmp_path):
     del params2["unet.conv_in.weight"], acts2["text_encoder.text_model.final_layer_norm.out"]
     with pytest.raises(TinySDError, match="text_model.final_layer_norm.out"):
         quantize_model(tiny, "w8a8", acts2, params2)
-    with pytest.raises(TinySDError, match="unet.conv_in.weight"):
-        quantize_model(tiny, "w8a8", {**acts2, **{k: v for k, v in acts.items() if k.startswith("text_encoder.")}},
-                       params2)
+    # a weight without an encoding is quantized per channel from its values, as without a file
+    partial = quantize_model(tiny, "w8a8", {**acts2, **{k: v for k, v in acts.items() if k.startswith("text_encoder.")}},
+                             params2)
+    assert partial.networks["unet"].arrays["conv_in.weight_q"].tobytes() == \
+        qm.networks["unet"].arrays["conv_in.weight_q"].tobytes()
 
 
 def test_upsample_with_its_own_encoding(tiny, qmodels):

@@ -53,7 +53,7 @@ def test_table_accuracy(fn, enc):
     real = _expected_real(fn, enc)
     qmax = 2 ** enc[5] - 1
     inside = (real > -0.5) & (real < qmax + 0.5)
-    assert inside.sum() > 0.3 * real.size
+    assert inside.sum() > (0.2 if fn == "erf" else 0.3) * real.size  # erf is flat (+-1) over most of these inputs
     assert np.max(np.abs(table[inside] - real[inside])) <= 0.5 + 1e-9
     assert np.all(table[real <= -0.5] == 0)
     assert np.all(table[real >= qmax + 0.5] == qmax)
