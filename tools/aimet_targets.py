@@ -12,7 +12,7 @@ precisions, quantizes the tiny model exactly as
 does, runs the integer UNet and VAE decoder on the fixture's evaluation inputs and prints the SQNR
 of their outputs against QuantSim's outputs on the same inputs (targets: w8a16 >= 60 dB, w8a8 >=
 40 dB), with QuantSim's and tinysd's SQNR against float for scale and the number of tensors the
-files lack (calibrated by tinysd). The AdaRound export has VAE decoder files only.
+files lack (calibrated by tinysd). The AdaRound export has UNet files only.
 """
 from __future__ import annotations
 

@@ -23,12 +23,10 @@ What it does (never edit the output by hand; rerun this script):
    diffusers' `Timesteps` and transformers' `QuickGELUActivation` have no quantized definition in
    aimet-torch and are excluded with `QuantizationMixin.ignore` (the sinusoidal features are
    tinysd's `unet.time_proj` input; CLIP's activation output is then not quantized). AdaRound
-   (`aimet_torch.adaround.adaround_weight.Adaround`, W8A8 VAE decoder, `ADAROUND_ITERATIONS` per
-   layer; the decoder because AdaRound's per-layer activation sampling makes the UNet's 121 layers
-   take half an hour on a shared CPU) writes its version-less parameter file and changes the
+   (`aimet_torch.adaround.adaround_weight.Adaround`, W8A8 UNet, `ADAROUND_ITERATIONS` per layer:
+   a few minutes for its 121 layers) writes its version-less parameter file and changes the
    weights; QuantSim on the AdaRounded model with those encodings frozen is exported with
-   `sim.onnx.export` (1.0.0) under `aimet-torch-adaround/vae_decoder/w8a8/`, with its QuantSim
-   outputs.
+   `sim.onnx.export` (1.0.0) under `aimet-torch-adaround/unet/w8a8/`, with its QuantSim outputs.
 
 Networks: `unet` (sample, timestep, encoder_hidden_states), `vae_decoder` (latent / scaling
 factor -> image: `vae.decode(z).sample`), `vae_encoder` (image -> `latent_dist.mean`),
@@ -68,7 +66,7 @@ TORCH_EXPORT_VERSIONS = ("0.6.1", "1.0.0")  # the older sim.export
 TORCH_ONNX_VERSIONS = ("0.6.1", "1.0.0", "2.0.0", "2.1.0")  # sim.onnx.export
 OPSET = 17
 HTP_CONFIG = "htp_quantsim_config_v75.json"
-ADAROUND_ITERATIONS, ADAROUND_NET = 10, "vae_decoder"
+ADAROUND_ITERATIONS, ADAROUND_NET = 10, "unet"
 IO_NAMES = {  # ONNX input / output names of each exported network
     "unet": (["sample", "timestep", "encoder_hidden_states"], ["out_sample"]),
     "vae_decoder": (["latent"], ["image"]),
@@ -400,7 +398,9 @@ def main() -> None:
             "evaluation": {"prompt": EVAL_PROMPT, "seed": EVAL_SEED, "steps": CALIBRATION_STEPS},
             "aimet_config": HTP_CONFIG, "opset": OPSET, "precisions": PRECISIONS,
             "exports": {"aimet-onnx": "QuantizationSimModel.export", "aimet-torch-export": "QuantizationSimModel.export",
-                        "aimet-torch-onnx": "QuantizationSimModel.onnx.export"},
+                        "aimet-torch-onnx": "QuantizationSimModel.onnx.export",
+                        "aimet-torch-adaround": f"Adaround.apply_adaround ({ADAROUND_NET}, {ADAROUND_ITERATIONS} "
+                                                f"iterations per layer), then QuantizationSimModel.onnx.export"},
             "versions": {"tinysd-side": _versions("numpy", "onnx"),
                          "aimet-onnx venv": json.loads((work / "versions-onnx.json").read_text()),
                          "aimet-torch venv": json.loads((work / "versions-torch.json").read_text())},

@@ -216,18 +216,17 @@ def test_adaround_weights_come_from_the_graph(exports, tiny, tmp_path):
     (AdaRound moved some off the checkpoint's nearest grid points) and lie on the file's grid, so the
     int8 weights are AdaRound's."""
     root, meta = exports
-    d = root / "aimet-torch-adaround" / "vae_decoder" / "w8a8"
-    imported = read_sources(tiny, [Source("vae.decode", d / "vae_decoder_adaround.encodings",
-                                          d / "vae_decoder_1.0.0.onnx")])
-    imp = imported["vae"]
+    d = root / "aimet-torch-adaround" / "unet" / "w8a8"
+    imported = read_sources(tiny, [Source("unet", d / "unet_adaround.encodings", d / "unet_1.0.0.onnx")])
+    imp = imported["unet"]
     assert imp.files[0]["aimet_version"] == "adaround" and not imp.activations
-    assert len(imp.params) == 21 and len(imp.weights) >= 21  # the decoder's conv / linear weights
+    assert len(imp.params) == 121 and len(imp.weights) >= 121  # every conv / linear weight
     moved = total = 0
     for full, enc in imp.params.items():
-        w = imp.weights[full[len("vae."):]]
+        w = imp.weights[full[len("unet."):]]
         q = enc.quantize(w)
         np.testing.assert_allclose(enc.dequantize(q), w, rtol=0, atol=float(np.max(enc.scale)) * 1e-3, err_msg=full)
-        ckpt = np.asarray(tiny.params["vae"][full[len("vae."):]])
+        ckpt = np.asarray(tiny.params["unet"][full[len("unet."):]])
         moved += int(np.count_nonzero(enc.quantize(ckpt) != q))
         total += q.size
     assert 0 < moved < 0.5 * total  # AdaRound moves some weights one step, not most
