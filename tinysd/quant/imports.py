@@ -168,9 +168,13 @@ def _import_with_graph(imp: NetworkImport, src: Source, act, par, version, loade
     for r in m.rows:
         rows.setdefault(r.onnx, r)
     used_parts: dict[str, set] = {}
+    off_graph = {}  # parameter encodings under a name the graph does not have
     for name, enc in list(act.items()) + list(par.items()):
         enc = device_scales(enc)
         row = rows.get(name)
+        if row is None and name in par:
+            off_graph[name] = enc
+            continue
         if row is None or row.tinysd is None:
             imp.unplaced.append(f"{name}: {row.why if row else 'not in the graph'}")
             continue
@@ -197,6 +201,41 @@ def _import_with_graph(imp: NetworkImport, src: Source, act, par, version, loade
         if set(computed) & used_parts.get(op, set()):
             imp.parts[op] = computed
     imp.weights.update(_graph_weights(loaded.params[net], m.weights, net, src.onnx))
+    if off_graph:
+        _place_by_grid(imp, off_graph, m)
+
+
+#: a weight "lies on" an encoding's grid when every value is this close (in steps) to a grid point
+ON_GRID = 1e-3
+
+
+def _place_by_grid(imp: NetworkImport, encs: Mapping[str, Encoding], m) -> None:
+    """Weight encodings the graph has no name for, placed by the graph's weight values.
+
+    AdaRound's file names weights after PyTorch parameters, while the exported graph may hold a
+    linear weight as a transposed copy with another name (`...to_q.weight_0`). AdaRound also
+    moves the weights onto its grid: a file encoding goes to the one conv / linear weight of the
+    graph whose output channels it fits and whose every value lies on its grid (within ON_GRID
+    of a step); none or several: it stays unplaced (listed at -v).
+    """
+    free = {t: (name, m.weights[name]) for t, _ in m.params.values() for name in [t[len(imp.network) + 1:]]
+            if t.endswith(".weight") and t not in imp.params and name in m.weights and m.weights[name].ndim in (2, 4)}
+    for fname, enc in encs.items():
+        fits = []
+        for t, (_, w) in free.items():
+            if enc.per_channel and enc.channels != w.shape[0]:
+                continue
+            e0 = Encoding(enc.bitwidth, enc.scale, enc.offset, enc.is_symmetric, 0 if enc.per_channel else None)
+            steps = np.asarray(w, np.float64) / e0._broadcast(e0.scale, w.ndim)
+            if np.max(np.abs(steps - np.round(steps))) <= ON_GRID:
+                fits.append((t, e0))
+        if len(fits) == 1:
+            t, e0 = fits[0]
+            imp.params[t] = e0
+            del free[t]
+            log.info("%s: %s is the encoding of %s (the graph's weight lies on its grid)", imp.network, fname, t)
+        else:
+            imp.unplaced.append(f"{fname}: no graph name, and {len(fits)} weights of the graph lie on its grid")
 
 
 def _names_of(loaded, graphs, network: str) -> tuple[set[str], set[str]]:
