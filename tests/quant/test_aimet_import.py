@@ -180,9 +180,8 @@ def test_what_came_from_the_files_is_reported(quantized):
 
 def test_import_adds_no_error(exports, quantized, tiny, tmp_path):
     """The same AIMET file renamed by hand to tinysd names (a single tinysd-named file, written from the
-    mapping table) gives the same integers as `--encodings unet=FILE --onnx unet=MODEL.onnx`."""
-    from tinysd.quant.folder import load_quantized
-    from tinysd.quant.workflow import quantize_checkpoint
+    mapping table) gives the same integers as `--encodings unet=FILE --onnx unet=MODEL.onnx` did."""
+    from tinysd.quant.prepare import quantize_network
 
     root, _ = exports
     d = root / "aimet-onnx" / "unet" / "w8a8"
@@ -202,11 +201,10 @@ def test_import_adds_no_error(exports, quantized, tiny, tmp_path):
             renamed_act.setdefault(r.tinysd, enc)
     renamed = tmp_path / "renamed.encodings"
     save_encodings(renamed, renamed_act, renamed_par)
-    prompts = tmp_path / "p.txt"
-    prompts.write_text(PROMPTS)
-    folder, _ = quantize_checkpoint(TINY, tmp_path / "q", "w8a8", prompts_file=prompts, steps=2,
-                                    encodings=[str(renamed)], sqnr_calls=1)
-    by_hand = load_quantized(folder).networks["unet"]
+    imp = read_sources(tiny, [Source("", renamed)])["unet"]  # a bare file of tinysd names
+    assert set(imp.parts) == set(quantized["w8a8"][0].info["encodings_import"]["unet"]["parts"])
+    by_hand = quantize_network(model_graphs(tiny.config)["unet"], tiny.params["unet"], "unet", "w8a8",
+                               imp.activations, {**imp.params, **imp.norm_params}, follow_softmax=True)
     via_graph = quantized["w8a8"][0].networks["unet"]
     assert by_hand.arrays.keys() == via_graph.arrays.keys()
     for k, a in via_graph.arrays.items():
