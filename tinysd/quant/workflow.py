@@ -60,7 +60,8 @@ def _import_sources(loaded, sources, precision: str, files=None):
 
 def quantize_checkpoint(model, out_dir, precision: str, prompts_file=None, steps: int | None = None,
                         method: str | None = None, encodings_file=None, overwrite: bool = False,
-                        sqnr_calls: int | None = None, progress=None, encodings=(), onnx=(), summary: dict | None = None):
+                        sqnr_calls: int | None = None, progress=None, encodings=(), onnx=(),
+                        summary: dict | None = None):
     """Quantize the float checkpoint `model` to a folder `out_dir` (the steps of the module docstring).
 
     precision: "w8a8", "w8a16" or per network ("w8a8,vae=w8a16"). prompts_file: calibration prompts (None: the
