@@ -37,7 +37,8 @@ pytest.importorskip("onnx")  # part of the test extra (pip install -e ".[test]")
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 AIMET = FIXTURES / "aimet"
 TINY = FIXTURES / "tiny-sd"
-PROMPTS = "a red circle\n"  # the first calibration prompt of GENERATED.json (every tensor the tests compare comes from the files)
+# the first calibration prompt of GENERATED.json (every tensor the tests compare comes from the files)
+PROMPTS = "a red circle\n"
 NETS = {"unet": ("unet", ("all",)), "vae_decoder": ("vae", ("decode",)), "vae_encoder": ("vae", ("encode",)),
         "text_encoder": ("text_encoder", ("all",))}
 KEYS = {"unet": "unet", "vae_decoder": "vae.decode", "vae_encoder": "vae.encode", "text_encoder": "text_encoder"}
