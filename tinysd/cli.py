@@ -280,21 +280,33 @@ cli.add_command(_golden_compare)
                    "weights are used (needs the onnx package: pip install 'tinysd[onnx]').")
 @click.option("--sqnr-calls", type=int, default=None,
               help="Measure the SQNR on the first N calibration calls of each network only.  [default: all]")
+@click.option("--weights", "weights", type=click.Choice(["nearest", "adaround"]), default="nearest", show_default=True,
+              help="Weight rounding: nearest, or adaround (learned up/down rounding per layer on the calibration "
+                   "data; docs/quantization.md section 11).")
+@click.option("--adaround-iterations", type=int, default=None,
+              help="AdaRound: Adam steps per layer.  [default: 1000]")
+@click.option("--adaround-samples", type=int, default=None,
+              help="AdaRound: input columns sampled per layer.  [default: 2048]")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it is an existing quantized model folder.")
 def quantize(model, output, precision, calibration_prompts, calibration_steps, method, encodings, onnx, sqnr_calls,
-             overwrite):
+             weights, adaround_iterations, adaround_samples, overwrite):
     """Quantize the float checkpoint MODEL into a self-contained integer model folder.
 
     Prints what came from encodings files and what was calibrated, and the SQNR of each network's
     integer output against float on the calibration data.
     """
+    from .quant.adaround import AdaRoundSettings
     from .quant.workflow import quantize_checkpoint
 
+    if weights != "adaround" and (adaround_iterations is not None or adaround_samples is not None):
+        raise TinySDError("--adaround-iterations / --adaround-samples need --weights adaround")
+    knobs = {k: v for k, v in (("iterations", adaround_iterations), ("samples", adaround_samples)) if v is not None}
     summary: dict = {}
     with StageBars() as bars:
         out, sqnr = quantize_checkpoint(model, output, precision, prompts_file=calibration_prompts,
                                         steps=calibration_steps, method=method, encodings=encodings, onnx=onnx,
-                                        overwrite=overwrite, sqnr_calls=sqnr_calls, progress=bars, summary=summary)
+                                        overwrite=overwrite, sqnr_calls=sqnr_calls, progress=bars, summary=summary,
+                                        weights=weights, adaround=AdaRoundSettings(**knobs))
     for line in summary.get("lines", []):
         click.echo(line)
     from .quant.model import network_precisions

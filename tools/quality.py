@@ -20,6 +20,10 @@ or mse, the last searched for each precision's grid), and quantized to each prec
 
 Prints a table (Markdown with --markdown) for docs/quantization.md.
 
+--weights nearest adaround compares the weight roundings (each row then names its rounding): AdaRound
+(tinysd.quant.adaround, --adaround-iterations, --adaround-samples) runs once on the calibration calls
+(weights only, so the same integers serve every precision) and its time is printed.
+
 --precisions takes model precisions, per-network ones too ("w8a8,vae=w8a16": the w8a8 text encoder
 and UNet with a w8a16 VAE).
 
@@ -163,6 +167,9 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=20, help="sampler steps of the evaluation images")
     ap.add_argument("--seed", type=int, default=1000, help="evaluation prompts and image seeds")
     ap.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    ap.add_argument("--weights", nargs="+", default=["nearest"], choices=["nearest", "adaround"])
+    ap.add_argument("--adaround-iterations", type=int, default=None)
+    ap.add_argument("--adaround-samples", type=int, default=None)
     ap.add_argument("--layers", choices=CALL_KINDS, default=None,
                     help="also print the SQNR of every tensor of this network (module docstring)")
     ap.add_argument("--layer-calls", type=int, default=4, help="recorded calls the --layers table uses")
@@ -185,13 +192,29 @@ def main(argv=None):
     print(f"float reference: {time.perf_counter() - t0:.1f} s", flush=True)
 
     t0 = time.perf_counter()
-    observers = calibrate_observers(loaded, cal_prompts, args.calibration_steps, args.method)
+    cal_calls: list = []
+    observers = calibrate_observers(loaded, cal_prompts, args.calibration_steps, args.method,
+                                    record=cal_calls if "adaround" in args.weights else None)
     print(f"calibration: {time.perf_counter() - t0:.1f} s", flush=True)
+    variants = [(w, p) for w in args.weights for p in args.precisions]
+    rounded = {"nearest": (loaded, None)}
+    if "adaround" in args.weights:
+        from tinysd.quant.adaround import AdaRoundSettings
+        from tinysd.quant.workflow import _adaround
+
+        knobs = {k: v for k, v in (("iterations", args.adaround_iterations), ("samples", args.adaround_samples))
+                 if v is not None}
+        qloaded, params, info = _adaround(loaded, cal_calls, AdaRoundSettings(**knobs).check(), None)
+        rounded["adaround"] = (qloaded, params)
+        print(f"AdaRound: {info}", flush=True)
+        del cal_calls
     rows = []
-    for precision in args.precisions:
+    for weights, precision in variants:
         t0 = time.perf_counter()
         ranges = ranges_from_observers(observers, args.method, precision)
-        qmodel = quantize_model(loaded, precision, ranges)
+        wl, wp = rounded[weights]
+        qmodel = quantize_model(wl, precision, ranges, wp)
+        precision = precision if len(args.weights) == 1 else f"{precision} {weights}"
         t_q = time.perf_counter() - t0
         t0 = time.perf_counter()
         images, nets = integer_images(loaded, qmodel, prompts, args.steps, args.seed)

@@ -61,7 +61,7 @@ def _import_sources(loaded, sources, precision: str, files=None):
 def quantize_checkpoint(model, out_dir, precision: str, prompts_file=None, steps: int | None = None,
                         method: str | None = None, encodings_file=None, overwrite: bool = False,
                         sqnr_calls: int | None = None, progress=None, encodings=(), onnx=(),
-                        summary: dict | None = None):
+                        summary: dict | None = None, weights: str = "nearest", adaround=None):
     """Quantize the float checkpoint `model` to a folder `out_dir` (the steps of the module docstring).
 
     precision: "w8a8", "w8a16" or per network ("w8a8,vae=w8a16"). prompts_file: calibration prompts (None: the
@@ -78,6 +78,9 @@ def quantize_checkpoint(model, out_dir, precision: str, prompts_file=None, steps
     the SQNR and the calibration settings are recorded in the folder's quantization.json ("info").
     progress(stage, done, total) is called after every calibration sampler step (stage "calibration")
     and every replayed call ("SQNR").
+    weights: "nearest" (round to nearest) or "adaround" (`tinysd.quant.adaround`, with the
+    `AdaRoundSettings` `adaround`, None: the defaults; progress stage "AdaRound {network}" per layer);
+    not with encodings files (their weights and parameter encodings decide the integers).
     """
     from ..checkpoint import load_checkpoint
     from ..png import model_hash
@@ -102,6 +105,14 @@ def quantize_checkpoint(model, out_dir, precision: str, prompts_file=None, steps
         raise TinySDError(f"calibration steps must be an integer >= 1 (got {steps!r})")
     if sqnr_calls is not None and (isinstance(sqnr_calls, bool) or not isinstance(sqnr_calls, int) or sqnr_calls < 1):
         raise TinySDError(f"SQNR calls must be an integer >= 1 (got {sqnr_calls!r})")
+    from .adaround import WEIGHT_METHODS, AdaRoundSettings
+
+    if weights not in WEIGHT_METHODS:
+        raise TinySDError(f"weights {weights!r} is not one of {', '.join(WEIGHT_METHODS)}")
+    if weights == "adaround" and sources:
+        raise TinySDError("--weights adaround does not apply with --encodings files (the files' parameter encodings "
+                          "and weights decide the integers); leave one out")
+    adaround = (adaround or AdaRoundSettings()).check() if weights == "adaround" else None
     out = check_output_dir(out_dir, overwrite)
     model = Path(model)
     if is_quantized_folder(model):
@@ -144,7 +155,11 @@ def quantize_checkpoint(model, out_dir, precision: str, prompts_file=None, steps
         lines += _summary_lines(imported, report)
     else:
         report, warnings = None, []
-        qmodel = quantize_model(loaded, precision, calibrated)
+        if adaround is not None:
+            qloaded, params, weights_info = _adaround(loaded, calls, adaround, progress)
+            qmodel = quantize_model(qloaded, precision, calibrated, params)
+        else:
+            qmodel = quantize_model(loaded, precision, calibrated)
     for line in lines:
         log.info("%s", line)
     if summary is not None:
@@ -159,6 +174,7 @@ def quantize_checkpoint(model, out_dir, precision: str, prompts_file=None, steps
         "source_model_name": model.stem if model.is_file() else model.resolve().name,
         "source_model_hash": model_hash(model),
         "method": method,
+        "weights": weights_info if adaround is not None else {"method": "nearest"},
         "encodings_files": [f for imp in imported.values() for f in imp.files] or None,
         "encodings_import": None if report is None else {
             n: {"from_file": report.from_file[n], "calibrated": report.calibrated[n],
@@ -173,6 +189,36 @@ def quantize_checkpoint(model, out_dir, precision: str, prompts_file=None, steps
     })
     save_quantized(qmodel, out, overwrite=overwrite, tokenizer_dir=loaded.tokenizer_dir)
     return out, sqnr
+
+
+def _adaround(loaded, calls, settings, progress):
+    """AdaRound every linear / conv2d weight of the three networks on the recorded calibration calls.
+
+    Returns (a copy of `loaded` whose AdaRounded weights are q * scale, {network: {weight key: Encoding}},
+    the "weights" entry of quantization.json: method, settings, layers, seconds, mean reconstruction gain)."""
+    import dataclasses
+    import time
+
+    from .adaround import adaround_network, adarounded_params, sample_layer_inputs
+
+    t0 = time.perf_counter()
+    params, encs, layers, gains = {}, {}, 0, []
+    for net in NETWORKS:
+        inputs = sample_layer_inputs(loaded, calls, net, settings)
+        stage = f"AdaRound {net}"
+        codes, stats = adaround_network(loaded.params[net], inputs, net, settings,
+                                        progress=progress and (lambda done, total, s=stage: progress(s, done, total)))
+        del inputs
+        params[net], encs[net] = adarounded_params(loaded.params[net], codes, net)
+        layers += len(codes)
+        gains += [10 * math.log10(r.error_nearest / r.error_adaround) for r in stats.values()
+                  if r.error_adaround > 0 and r.error_nearest > 0]
+    seconds = time.perf_counter() - t0
+    log.info("AdaRound: %d layers in %.1f s", layers, seconds)
+    info = {"method": "adaround", "settings": settings.record(), "layers": layers, "seconds": round(seconds, 1),
+            "inputs": "float network, calibration calls",
+            "mean_reconstruction_gain_db": round(float(np.mean(gains)), 3) if gains else None}
+    return dataclasses.replace(loaded, params=params), encs, info
 
 
 def _softmax_outputs(config, network: str) -> set[str]:

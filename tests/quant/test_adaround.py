@@ -1,0 +1,151 @@
+"""AdaRound (tinysd/quant/adaround.py): a layer with a known optimum, hard decisions, one step from nearest,
+determinism across runs and thread counts, and the sampled layer inputs."""
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tinysd.interp.float import conv2d_nchw
+from tinysd.quant.adaround import (AdaRoundSettings, ColumnSampler, adaround_layer, adarounded_params, beta_at,
+                                   initial_v, rectified_sigmoid, reconstruction_error)
+from tinysd.quant.encodings import round_half_away_from_zero
+from tinysd.quant.weights import quantize_weight
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _paired_layer(seed=1, out=3, k=8, n=256):
+    """Inputs in duplicated pairs (x[2i] ~ x[2i+1]): the output sees w[2i] + w[2i+1]. Every weight has a
+    fraction 0.3..0.45 of a step, so nearest rounds both of a pair down (0.6..0.9 step short) while
+    rounding exactly one of them up is optimal. Weight 0 of each channel sits on the grid (127 steps)."""
+    rng = np.random.default_rng(seed)
+    x = np.repeat(rng.normal(size=(k // 2, n)), 2, axis=0) + 0.01 * rng.normal(size=(k, n))  # (K, N)
+    steps = rng.integers(-100, 100, size=(out, k)) + rng.uniform(0.3, 0.45, size=(out, k))
+    steps[:, 0] = 127
+    w = steps * 0.01  # (OUT, K)
+    _, enc = quantize_weight(w)
+    return w, np.asarray(enc.scale, np.float64), x
+
+
+def _brute_force(w, s, x):
+    """The least reconstruction error over every floor / floor + 1 choice, per channel, summed."""
+    floor = np.floor(w / s[:, None])
+    return sum(min(reconstruction_error(w[o:o + 1], (floor[o] + np.array(b))[None] * s[o], x)
+                   for b in itertools.product((0, 1), repeat=w.shape[1])) for o in range(w.shape[0]))
+
+
+def test_known_optimum_is_found():
+    w, s, x = _paired_layer()
+    res = adaround_layer(w, s, x, AdaRoundSettings(iterations=1000))
+    nearest = round_half_away_from_zero(w / s[:, None])
+    assert res.error_nearest == pytest.approx(reconstruction_error(w, nearest * s[:, None], x))
+    assert res.error_adaround == pytest.approx(reconstruction_error(w, res.q * s[:, None], x))
+    best = _brute_force(w, s, x)
+    assert best < res.error_nearest / 3  # the layer rewards leaving nearest
+    assert res.error_adaround <= best * 1.01
+    up = res.q - np.floor(w / s[:, None])
+    assert np.all(up[:, 2:].reshape(w.shape[0], -1, 2).sum(axis=2) == 1)  # one of each off-grid pair rounds up
+
+
+def test_every_weight_ends_hard_and_within_one_step():
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=(16, 48)) * 0.1
+    x = rng.normal(size=(48, 300)) * rng.uniform(0.1, 3.0, size=(48, 1))
+    x[:12] += x[12:24]
+    _, enc = quantize_weight(w)
+    s = np.asarray(enc.scale)[:, None]
+    res = adaround_layer(w, enc.scale, x, AdaRoundSettings(iterations=600))
+    assert res.soft == 0.0  # the regularizer drove every h(V) to exactly 0 or 1
+    floor = np.floor(w / s)
+    assert res.q.dtype == np.int8
+    assert np.all((res.q == floor) | (res.q == floor + 1))
+    assert np.all(np.abs(res.q - round_half_away_from_zero(w / s)) <= 1)
+    assert 0 < res.flipped < 0.5
+    assert res.error_adaround < res.error_nearest
+
+
+def test_grid_ends_are_clipped():
+    w = np.array([[1.27, -1.28, 0.3349, -0.7351]])  # steps 127, -128: the ends of the int8 grid
+    x = np.random.default_rng(0).normal(size=(4, 50))
+    _, enc = quantize_weight(w)
+    res = adaround_layer(w, enc.scale, x, AdaRoundSettings(iterations=100))
+    assert res.q[0, 0] == 127 and res.q[0, 1] == -128
+
+
+def test_rectified_sigmoid_start_and_schedule():
+    frac = np.array([0.0, 0.1, 0.5, 0.99])
+    assert np.allclose(rectified_sigmoid(initial_v(frac)), frac, atol=1e-12)
+    st = AdaRoundSettings(iterations=100, warm_start=0.2)
+    assert beta_at(19, st) is None
+    assert beta_at(20, st) == pytest.approx(20.0) and beta_at(99, st) == pytest.approx(2.0, abs=0.01)
+
+
+def test_same_result_every_run():
+    w, s, x = _paired_layer(seed=5, out=6, k=10)
+    a = adaround_layer(w, s, x, AdaRoundSettings(iterations=200))
+    b = adaround_layer(w, s, x, AdaRoundSettings(iterations=200))
+    assert np.array_equal(a.q, b.q) and a.error_adaround == b.error_adaround
+
+
+_THREADS_SCRIPT = """
+import json, sys
+import numpy as np
+from tinysd.quant.adaround import AdaRoundSettings, adaround_layer
+rng = np.random.default_rng(7)
+w = rng.normal(size=(96, 320)) * 0.05
+x = rng.normal(size=(320, 400))
+x[:100] += x[100:200]
+s = np.abs(w).max(axis=1) / 127
+r = adaround_layer(w, s, x, AdaRoundSettings(iterations=30, warm_start=0.5))
+print(json.dumps({"q": r.q.tolist(), "err": r.error_adaround.hex()}))
+"""
+
+
+def test_same_result_for_any_thread_count():
+    outs = []
+    for n in ("1", "2"):
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": n, "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n,
+               "PYTHONPATH": str(ROOT)}
+        p = subprocess.run([sys.executable, "-c", _THREADS_SCRIPT], env=env, capture_output=True, text=True,
+                           timeout=120)
+        assert p.returncode == 0, p.stderr
+        outs.append(json.loads(p.stdout))
+    assert outs[0] == outs[1]
+
+
+def test_conv_columns_are_the_im2col_columns():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(2, 3, 5, 6)).astype(np.float32)
+    w = rng.normal(size=(4, 3, 3, 3)).astype(np.float32)
+    params = {"c.weight": w, "l.weight": rng.normal(size=(5, 6)).astype(np.float32)}
+    ip = ColumnSampler(params, "unet", per_call=10**6, seed=0)
+    y = ip.conv2d(x, "c", stride=2, padding=1)  # every position sampled, in (n, ho, wo) order
+    cols = ip.columns["c"][0]  # (27, 2 * 3 * 3)
+    ref = conv2d_nchw(x, w, None, 2, 1)
+    assert np.allclose(w.reshape(4, -1) @ cols, ref.transpose(1, 0, 2, 3).reshape(4, -1), atol=1e-5)
+    assert np.array_equal(y, ref)
+    xl = x.reshape(2, 15, 6)
+    ip.linear(xl, "l")
+    assert np.array_equal(ip.columns["l"][0], xl.reshape(30, 6).T)
+    few = ColumnSampler(params, "unet", per_call=5, seed=0)
+    few.conv2d(x, "c", stride=2, padding=1)
+    few.conv2d(x, "c", stride=2, padding=1)
+    a, b = few.columns["c"]
+    assert a.shape == (27, 5) and not np.array_equal(a, b)  # each call draws its own positions
+    assert all(any(np.array_equal(c, d) for d in cols.T) for c in a.T)
+
+
+def test_adarounded_params_requantize_to_the_same_integers():
+    rng = np.random.default_rng(4)
+    w = (rng.normal(size=(8, 4, 3, 3)) * 0.2).astype(np.float32)
+    q, enc = quantize_weight(w)
+    q = np.clip(q.astype(np.int16) + rng.integers(0, 2, size=q.shape), -128, 127).astype(np.int8)
+    params, encs = adarounded_params({"c.weight": w, "c.bias": np.zeros(8, np.float32)},
+                                     {"unet.c.weight": (q, enc)}, "unet")
+    assert params["c.weight"].dtype == np.float32 and encs["unet.c.weight"] is enc
+    assert np.array_equal(enc.quantize(params["c.weight"]), q)

@@ -1,0 +1,303 @@
+"""AdaRound: learned up/down rounding of int8 weights (Nagel et al. 2020, "Up or Down? Adaptive Rounding").
+
+Per linear / conv2d layer with float weight W (OUT, K) (a conv's weight flattened to (OUT, C*KH*KW))
+and the per-output-channel scale s (OUT,) of `tinysd.quant.weights.quantize_weight` (unchanged: AdaRound
+only decides, per weight, between floor(W/s) and floor(W/s) + 1):
+
+    h(V)    = clip(sigmoid(V) (zeta - gamma) + gamma, 0, 1)          rectified sigmoid, zeta 1.1, gamma -0.1
+    W_soft  = s * clip(floor(W/s) + h(V), -128, 127)
+    recon   = mean over the N sampled inputs x of sum over channels of ((W_soft - W) x)^2
+            = sum_o D_o G D_o^T,  D = W_soft - W,  G = X X^T / N  (X (K, N) the sampled input columns)
+    reg     = sum over weights of 1 - |2 h(V) - 1|^beta                  (0 during the warm start)
+    loss    = recon + lambda * reg
+
+V starts where h(V) = frac(W/s) (so W_soft = W up to the clip); Adam minimises the loss for
+`iterations` steps with the full batch of sampled columns; beta is 0-weighted for the first
+`warm_start` fraction of the steps, then decays from `beta_start` to `beta_end` on AIMET's cosine
+schedule (beta = end + (start - end) (1 + cos(pi t')) / 2, t' the fraction of the annealing steps
+done). The result is the hard rounding q = clip(floor(W/s) + [V >= 0], -128, 127) (int8), so every
+weight ends at floor or floor + 1 of W/s: at most one step from round-to-nearest. The defaults are
+AIMET's (`aimet_torch` AdaroundParameters: reg_param 0.01, beta_range (20, 2), warm_start 0.2, Adam)
+except the iteration count and learning rate (AIMET: 10000 steps at 1e-3; here 1000 at 1e-2 by default:
+the same total movement of V in a tenth of the steps).
+
+Layer inputs come from the float network on the calibration data (`sample_layer_inputs`: every
+recorded call of the calibration run is replayed through a float interpreter that samples input
+columns of each linear / conv2d layer), so every layer is optimised independently of the others, in
+one pass over the data; the quantized-so-far alternative needs one replay of the calibration data per
+layer (hundreds for a UNet) and would make each layer's result depend on the order and outcome of all
+earlier ones. The target is the float layer's own output, as in the paper.
+
+Determinism: the column samples come from a generator seeded by (seed, crc32(layer name), call
+index); everything after sampling is float64 NumPy with one fixed sequence of operations (the
+matrix products are OpenBLAS GEMMs, which split work over output blocks, not the reduction, so their
+result does not depend on the thread count; `tests/quant/test_adaround.py` asserts equal int8 weights
+with 1 and 2 threads).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+import zlib
+from dataclasses import asdict, dataclass
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from ..errors import TinySDError
+from ..interp.float import FloatInterpreter, _pad4
+from .weights import quantize_weight
+
+log = logging.getLogger(__name__)
+
+ZETA, GAMMA = 1.1, -0.1
+QMIN, QMAX = -128, 127
+WEIGHT_METHODS = ("nearest", "adaround")
+
+
+@dataclass(frozen=True)
+class AdaRoundSettings:
+    """The knobs of AdaRound (module docstring); `asdict` of it is what quantization.json records."""
+
+    iterations: int = 1000  # Adam steps per layer
+    samples: int = 2048  # input columns (conv: im2col columns) sampled per layer
+    reg_weight: float = 0.01  # lambda
+    beta_start: float = 20.0
+    beta_end: float = 2.0
+    warm_start: float = 0.2  # fraction of the steps without the regularizer
+    lr: float = 1e-2
+    seed: int = 0
+
+    def check(self) -> "AdaRoundSettings":
+        for name in ("iterations", "samples"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise TinySDError(f"AdaRound {name} must be an integer >= 1 (got {v!r})")
+        for name in ("reg_weight", "lr", "beta_start", "beta_end"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise TinySDError(f"AdaRound {name} must be a finite number >= 0 (got {v!r})")
+        if not 0 <= self.warm_start < 1:
+            raise TinySDError(f"AdaRound warm_start must be in [0, 1) (got {self.warm_start!r})")
+        return self
+
+    def record(self) -> dict:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# the optimisation of one layer
+# ---------------------------------------------------------------------------------------------
+def rectified_sigmoid(v: np.ndarray) -> np.ndarray:
+    """h(V) = clip(sigmoid(V) (zeta - gamma) + gamma, 0, 1), float64."""
+    return np.clip(_sigmoid(v) * (ZETA - GAMMA) + GAMMA, 0.0, 1.0)
+
+
+def _sigmoid(v: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * v))  # no overflow for large |v|
+
+
+def initial_v(frac: np.ndarray) -> np.ndarray:
+    """V with h(V) = frac (frac in [0, 1)): the logit of (frac - gamma) / (zeta - gamma)."""
+    p = (frac - GAMMA) / (ZETA - GAMMA)
+    return np.log(p) - np.log1p(-p)
+
+
+def beta_at(step: int, settings: AdaRoundSettings) -> float | None:
+    """The regularizer's beta at Adam step `step` (0-based); None during the warm start."""
+    warm = int(settings.warm_start * settings.iterations)
+    if step < warm:
+        return None
+    span = max(settings.iterations - warm, 1)
+    t = (step - warm) / span
+    return settings.beta_end + 0.5 * (settings.beta_start - settings.beta_end) * (1.0 + math.cos(math.pi * t))
+
+
+def reconstruction_error(w: np.ndarray, w_hat: np.ndarray, x: np.ndarray) -> float:
+    """mean over columns of sum over channels of ((w_hat - w) x)^2: w, w_hat (OUT, K), x (K, N); float64."""
+    d = (np.asarray(w_hat, np.float64) - np.asarray(w, np.float64)) @ np.asarray(x, np.float64)  # (OUT, N)
+    return float(np.sum(d * d) / x.shape[1])
+
+
+@dataclass
+class LayerResult:
+    """q int8 (OUT, K) the hard rounding; the reconstruction error of nearest and AdaRound rounding on the
+    sampled columns; `soft` the fraction of weights whose h(V) was not exactly 0 or 1 at the end; `flipped`
+    the fraction that differ from round-to-nearest."""
+
+    q: np.ndarray
+    error_nearest: float
+    error_adaround: float
+    soft: float
+    flipped: float
+
+
+def adaround_layer(w, scale, x, settings: AdaRoundSettings = AdaRoundSettings()) -> LayerResult:
+    """AdaRound of one layer (module docstring). w (OUT, K) float weights, scale (OUT,) > 0 the per-channel
+    scale, x (K, N) sampled input columns. Returns LayerResult (q int8 (OUT, K) in [-128, 127])."""
+    w = np.asarray(w, np.float64)
+    s = np.asarray(scale, np.float64).reshape(-1, 1)  # (OUT, 1)
+    x = np.asarray(x, np.float64)
+    if w.ndim != 2 or s.shape[0] != w.shape[0] or x.ndim != 2 or x.shape[0] != w.shape[1]:
+        raise ValueError(f"adaround_layer: shapes w {w.shape}, scale {np.shape(scale)}, x {x.shape} do not fit")
+    n, k = x.shape[1], x.shape[0]
+    gram = n >= k  # G = X X^T / N (K, K) once, or (D X) X^T / N every step when N < K (cheaper then)
+    g = x @ x.T / n if gram else None  # (K, K) float64
+
+    def times_g(a):  # a (OUT, K) -> a G
+        return a @ g if gram else (a @ x) @ x.T / n
+    ws = w / s
+    floor = np.floor(ws)
+    frac = ws - floor
+    # round half away from zero, as quantize_weight
+    nearest = np.clip(np.where(ws >= 0, np.floor(ws + 0.5), np.ceil(ws - 0.5)), QMIN, QMAX)
+    v = initial_v(frac)
+    m1 = np.zeros_like(v)
+    m2 = np.zeros_like(v)
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    for step in range(settings.iterations):
+        sig = _sigmoid(v)
+        h_raw = sig * (ZETA - GAMMA) + GAMMA
+        h = np.clip(h_raw, 0.0, 1.0)
+        grid = floor + h
+        w_soft = np.clip(grid, QMIN, QMAX) * s
+        d = w_soft - w  # (OUT, K)
+        grad_h = 2.0 * times_g(d) * s * ((grid >= QMIN) & (grid <= QMAX))
+        beta = beta_at(step, settings)
+        if beta is not None and settings.reg_weight > 0:
+            u = 2.0 * h - 1.0
+            grad_h = grad_h - settings.reg_weight * 2.0 * beta * np.sign(u) * np.abs(u) ** (beta - 1.0)
+        grad_v = grad_h * (ZETA - GAMMA) * sig * (1.0 - sig) * ((h_raw > 0.0) & (h_raw < 1.0))
+        m1 = b1 * m1 + (1.0 - b1) * grad_v
+        m2 = b2 * m2 + (1.0 - b2) * grad_v * grad_v
+        t = step + 1
+        v = v - settings.lr * (m1 / (1.0 - b1**t)) / (np.sqrt(m2 / (1.0 - b2**t)) + eps)
+    h = rectified_sigmoid(v)
+    q = np.clip(floor + (v >= 0.0), QMIN, QMAX)
+    err_near = reconstruction_error(w, nearest * s, x)
+    err_ada = reconstruction_error(w, q * s, x)
+    return LayerResult(q=q.astype(np.int8), error_nearest=err_near, error_adaround=err_ada,
+                       soft=float(np.mean((h > 0.0) & (h < 1.0))), flipped=float(np.mean(q != nearest)))
+
+
+# ---------------------------------------------------------------------------------------------
+# sampling layer inputs
+# ---------------------------------------------------------------------------------------------
+class ColumnSampler(FloatInterpreter):
+    """FloatInterpreter (arithmetic unchanged) that keeps `per_call` sampled input columns of every
+    linear / conv2d layer per call: `columns[name]` a list of (K, n) float32 arrays (conv: the
+    im2col columns of sampled output positions, in the weight's (c, kh, kw) order, zero padding)."""
+
+    def __init__(self, params: Mapping[str, np.ndarray], network: str, per_call: int, seed: int = 0,
+                 layers: Sequence[str] | None = None):
+        super().__init__(params, network)
+        self.per_call, self.seed = int(per_call), int(seed)
+        self.layers = None if layers is None else set(layers)
+        self.columns: dict[str, list[np.ndarray]] = {}
+        self._calls: dict[str, int] = {}
+
+    def _rng(self, name: str) -> np.random.Generator:
+        i = self._calls.get(name, 0)
+        self._calls[name] = i + 1
+        return np.random.default_rng([self.seed, zlib.crc32(name.encode()), i])
+
+    def _keep(self, name: str) -> bool:
+        return self.layers is None or name in self.layers
+
+    def linear(self, x, name):
+        if self._keep(name):
+            rows = x.reshape(-1, x.shape[-1])  # (M, IN)
+            pick = self._rng(name).choice(rows.shape[0], size=min(self.per_call, rows.shape[0]), replace=False)
+            self.columns.setdefault(name, []).append(np.ascontiguousarray(rows[np.sort(pick)].T, np.float32))
+        return super().linear(x, name)
+
+    def conv2d(self, x, name, stride=1, padding=0):
+        if self._keep(name):
+            _, _, kh, kw = np.shape(self.param(f"{name}.weight"))
+            top, bottom, left, right = _pad4(padding)
+            xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+            win = sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::stride, ::stride]  # (N, C, Ho, Wo, KH, KW)
+            n, c, ho, wo = win.shape[:4]
+            total = n * ho * wo
+            pick = np.sort(self._rng(name).choice(total, size=min(self.per_call, total), replace=False))
+            i, rest = np.divmod(pick, ho * wo)
+            r, q = np.divmod(rest, wo)
+            cols = win[i, :, r, q]  # (n_pick, C, KH, KW)
+            self.columns.setdefault(name, []).append(np.ascontiguousarray(cols.reshape(len(pick), -1).T, np.float32))
+        return super().conv2d(x, name, stride, padding)
+
+
+def sample_layer_inputs(loaded, calls, network: str, settings: AdaRoundSettings) -> dict[str, np.ndarray]:
+    """{layer name: X (K, N) float32}: input columns of every linear / conv2d layer of `network`, sampled
+    while the recorded float calls (`NetworkCall`s of the calibration run) of that network are replayed
+    through a float interpreter. Each call contributes ceil(samples / calls of its kind) columns per layer,
+    at most `settings.samples` per layer in all (the first ones)."""
+    from ..models import VAE, TextEncoder, UNet
+    from .calibration import model_graphs
+
+    graph = model_graphs(loaded.config)[network]
+    wrapper = {"text_encoder": TextEncoder, "unet": UNet, "vae": VAE}[network]
+    kinds = {}
+    for c in calls:
+        if c.kind.split(".")[0] == network:
+            kinds.setdefault(c.kind, []).append(c)
+    sampler = ColumnSampler(loaded.params[network], network, 1, settings.seed)
+    net = wrapper(graph, sampler)
+    for kind, cs in kinds.items():
+        sampler.per_call = -(-settings.samples // len(cs))
+        fn = net.decode if kind == "vae.decode" else net.encode if kind == "vae.encode" else net
+        for c in cs:
+            fn(*c.args, **c.kwargs)
+    return {name: np.concatenate(cols, axis=1)[:, :settings.samples] for name, cols in sampler.columns.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# a whole network
+# ---------------------------------------------------------------------------------------------
+def adaround_network(params: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray], network: str,
+                     settings: AdaRoundSettings, progress: Callable[[int, int], None] | None = None):
+    """AdaRound every layer of `inputs` ({layer: X (K, N)}, `sample_layer_inputs`).
+
+    Returns ({`{network}.{layer}.weight`: (q int8 of the weight's shape, Encoding)}, {layer: LayerResult
+    without q}) with each Encoding the one `quantize_weight` gives the float weight (the scale is unchanged).
+    progress(done, total) after every layer.
+    """
+    out, stats = {}, {}
+    names = sorted(inputs)
+    t0 = time.perf_counter()
+    for i, name in enumerate(names):
+        w = np.asarray(params[f"{name}.weight"])
+        key = f"{network}.{name}.weight"
+        _, enc = quantize_weight(w, axis=0, name=key)
+        res = adaround_layer(w.reshape(w.shape[0], -1), np.broadcast_to(enc.scale, (w.shape[0],)), inputs[name],
+                             settings)
+        out[key] = (res.q.reshape(w.shape), enc)
+        res.q = None
+        stats[name] = res
+        log.debug("%s: reconstruction %.4g -> %.4g, %.1f%% flipped, %.2f%% soft", key, res.error_nearest,
+                  res.error_adaround, 100 * res.flipped, 100 * res.soft)
+        if progress is not None:
+            progress(i + 1, len(names))
+    if names:
+        better = sum(r.error_adaround <= r.error_nearest for r in stats.values())
+        log.info("%s: AdaRound of %d layers in %.1f s; reconstruction error below nearest's in %d", network,
+                 len(names), time.perf_counter() - t0, better)
+    return out, stats
+
+
+def adarounded_params(params: Mapping[str, np.ndarray], codes: Mapping[str, tuple], network: str):
+    """(params, param encodings) to quantize `network` with: each AdaRounded weight replaced by its
+    dequantized value q * scale (float32; quantizing it again with its encoding gives q exactly, since
+    |q| <= 128 keeps q (1 + 2**-24) within 0.5 of q) and {`{network}.{layer}.weight`: Encoding} -- what
+    AIMET's AdaRound exports too: the changed weights and frozen parameter encodings."""
+    new = dict(params)
+    encs = {}
+    prefix = f"{network}."
+    for key, (q, enc) in codes.items():
+        name = key[len(prefix):]
+        shape = (-1,) + (1,) * (q.ndim - 1)
+        new[name] = (q.astype(np.float64) * np.asarray(enc.scale, np.float64).reshape(shape)).astype(np.float32)
+        encs[key] = enc
+    return new, encs
