@@ -380,3 +380,78 @@ def test_interrupted_quantize_leaves_nothing(prompts, tmp_path, monkeypatch):
     res = _quantize(tmp_path / "out", "w8a8", prompts)
     assert res.exit_code == 130 and "aborted" in res.stderr
     assert os.listdir(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# --weights adaround
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def adarounded(tmp_path_factory, prompts):
+    out = tmp_path_factory.mktemp("adaround") / "w8a8"
+    res = _quantize(out, "w8a8", prompts, "--weights", "adaround", "--adaround-iterations", "40",
+                    "--adaround-samples", "48")
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_adaround_changes_only_which_int8_each_weight_is(quantized, adarounded):
+    ada, near = load_quantized(adarounded), load_quantized(_folder(quantized, "w8a8"))
+    info = json.loads((adarounded / "quantization.json").read_text())["info"]["weights"]
+    assert info["method"] == "adaround" and info["settings"]["iterations"] == 40
+    assert info["settings"]["samples"] == 48 and info["layers"] == sum(
+        k.endswith(".weight_q") for n in ada.networks.values() for k in n.arrays)
+    near_info = json.loads((_folder(quantized, "w8a8") / "quantization.json").read_text())["info"]["weights"]
+    assert near_info == {"method": "nearest"}
+    flipped = 0
+    for net in ada.networks:
+        a, b = ada.networks[net].arrays, near.networks[net].arrays
+        assert {k: (v.dtype, v.shape) for k, v in a.items()} == {k: (v.dtype, v.shape) for k, v in b.items()}
+        assert ada.networks[net].activations == near.networks[net].activations
+        for k in a:
+            if k.endswith(".weight_q"):
+                d = a[k].astype(np.int16) - b[k].astype(np.int16)
+                assert np.abs(d).max() <= 1, k
+                flipped += int(np.count_nonzero(d))
+            elif not k.endswith((".multiplier", ".shift", ".acc_shift")):  # these follow the weight bound
+                assert np.array_equal(a[k], b[k]), k
+    assert flipped > 0
+
+
+def test_adaround_weights_and_encodings_reimport_to_the_same_integers(adarounded, tmp_path):
+    """What tinysd exports for AIMET-style tools (the folder's parameter encodings + the dequantized weights)
+    gives the same int8 weights when imported: per weight, and for the whole prepared model."""
+    from tinysd.checkpoint import load_checkpoint
+    from tinysd.quant.adaround import export_weights
+    from tinysd.quant.calibration import quantize_model
+    from tinysd.safetensors_io import SafetensorsFile
+
+    ada = load_quantized(adarounded)
+    path = tmp_path / "weights.safetensors"
+    n = export_weights(adarounded, path)
+    act, params, _ = load_encodings(adarounded / "encodings.json")
+    f = SafetensorsFile(path)
+    weights = f.read_raw(f.keys())
+    assert len(weights) == n == sum(k.endswith(".weight_q") for q in ada.networks.values() for k in q.arrays)
+    for key, w in weights.items():
+        net, op = key.split(".", 1)
+        assert w.dtype == np.float32
+        assert np.array_equal(params[key].quantize(w), ada.networks[net].arrays[op[:-len(".weight")] + ".weight_q"])
+    loaded = load_checkpoint(TINY)
+    for key, w in weights.items():
+        net, name = key.split(".", 1)
+        loaded.params[net][name] = w
+    again = quantize_model(loaded, "w8a8", act, params)
+    for net, qnet in again.networks.items():
+        for k, v in qnet.arrays.items():
+            assert np.array_equal(v, ada.networks[net].arrays[k]), k
+
+
+def test_adaround_option_errors(prompts, tmp_path, quantized):
+    res = _quantize(tmp_path / "o", "w8a8", prompts, "--weights", "adaround", "--adaround-iterations", "0")
+    assert_one_line_error(res, "iterations", "0")
+    res = _quantize(tmp_path / "o", "w8a8", prompts, "--adaround-samples", "10")
+    assert_one_line_error(res, "--adaround-samples", "--weights adaround")
+    res = _quantize(tmp_path / "o", "w8a8", prompts, "--weights", "adaround", "--encodings",
+                    _folder(quantized, "w8a8") / "encodings.json")
+    assert_one_line_error(res, "--weights adaround", "--encodings")
+    assert os.listdir(tmp_path) == []

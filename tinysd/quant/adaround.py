@@ -301,3 +301,41 @@ def adarounded_params(params: Mapping[str, np.ndarray], codes: Mapping[str, tupl
         new[name] = (q.astype(np.float64) * np.asarray(enc.scale, np.float64).reshape(shape)).astype(np.float32)
         encs[key] = enc
     return new, encs
+
+
+# ---------------------------------------------------------------------------------------------
+# export for AIMET-style tools
+# ---------------------------------------------------------------------------------------------
+def dequantized_weights(qmodel) -> dict[str, np.ndarray]:
+    """{`{network}.{layer}.weight`: float32 q * scale} of every int8 linear / conv2d weight of a `QuantizedModel`
+    (e.g. `load_quantized(folder)`), scale the weight's parameter encoding (per output channel, axis 0).
+
+    With the folder's encodings.json (its parameter encodings, AIMET 1.0.0) this is what AIMET's AdaRound
+    exports: weights changed to their rounded values and the encodings to freeze them with. Quantizing
+    each of these weights with its encoding (round half away from zero of w / scale) gives back the
+    folder's int8 weight exactly: |q| <= 128, so the float32 rounding of q * scale moves w / scale by
+    at most 128 * 2**-24 of a step.
+    """
+    out = {}
+    for net, qnet in qmodel.networks.items():
+        for key, q in qnet.arrays.items():
+            if not key.endswith(".weight_q"):
+                continue
+            name = f"{net}.{key[:-len('.weight_q')]}.weight"
+            enc = qnet.params[name]
+            scale = np.asarray(enc.scale, np.float64).reshape((-1,) + (1,) * (q.ndim - 1))
+            out[name] = (np.asarray(q, np.float64) * scale).astype(np.float32)
+    return out
+
+
+def export_weights(folder, path) -> int:
+    """Write `dequantized_weights` of the quantized model folder `folder` to the safetensors file `path`
+    (atomically; names `{network}.{layer}.weight`). Returns the number of weights written."""
+    from ..safetensors_io import write_safetensors
+    from .folder import load_quantized
+
+    weights = dequantized_weights(load_quantized(folder))
+    write_safetensors(path, weights, metadata={"format": "pt", "tinysd": "dequantized int8 weights (q * scale)",
+                                               "encodings": "the folder's encodings.json (param_encodings)"})
+    log.info("wrote %d dequantized weights of %s to %s", len(weights), folder, path)
+    return len(weights)
