@@ -1,4 +1,4 @@
-"""AdaRound on the SD 1.5-size UNet with random weights (tools/bench_unet.py's): time and UNet SQNR, nearest vs AdaRound.
+"""AdaRound on the SD 1.5-size UNet with random weights (tools/bench_unet.py's): time, UNet SQNR, nearest vs AdaRound.
 
     python3 tools/adaround_sd15.py [--size 16] [--batch 2] [--calls 2] [--iterations 100] [--samples 256]
                                    [--every 1] [--precisions w8a8 w8a16]
