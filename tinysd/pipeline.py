@@ -428,7 +428,11 @@ class Pipeline:
 
         t0 = time.perf_counter()
         x = image_to_array(image, width, height)  # (1, 3, H, W) in [-1, 1]
-        moments = _finite(np.asarray(self.vae.encode_moments(x), dtype=np.float32), "the VAE encoder output")
+        try:
+            moments = np.asarray(self.vae.encode_moments(x), dtype=np.float32)  # (1, 2C, h, w)
+        except TinySDError as e:  # e.g. a quantized model imported without its encoder
+            raise TinySDError(f"init image: the VAE encoder cannot run: {e}") from None
+        moments = _finite(moments, "the VAE encoder output")
         z0 = latent_sample(moments, noise.randn(shape), self.vae.scaling_factor)  # (B, C, h, w)
         log.info("vae encoder: %.2f s", time.perf_counter() - t0)
         return sched.add_noise(z0, noise.randn(shape), i0)

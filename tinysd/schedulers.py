@@ -186,7 +186,8 @@ class Scheduler:
         img2img calls it before its first step): sqrt(abar_t) x0 + sqrt(1 - abar_t) noise, t = timesteps[i]."""
         self._check_index(i)
         a = self.alphas_cumprod[int(self.timesteps[i])]
-        return np.sqrt(a) * np.asarray(original, dtype=np.float64) + np.sqrt(1.0 - a) * np.asarray(noise, dtype=np.float64)
+        x0, n = np.asarray(original, dtype=np.float64), np.asarray(noise, dtype=np.float64)
+        return np.sqrt(a) * x0 + np.sqrt(1.0 - a) * n
 
     def _check_index(self, i: int) -> None:
         if not 0 <= i < self.num_inference_steps:

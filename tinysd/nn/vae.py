@@ -145,9 +145,9 @@ class AutoencoderKL(Module):
     def encode_moments(self, ops, x) -> np.ndarray:
         """Image x as in `encode` -> moments (B, 2 latent_channels, H // f, W // f) float32: the latent
         distribution's mean (first half of axis 1) and log variance (second half), unclamped."""
-        shape = np.shape(x)
-        if len(shape) != 4 or shape[1] != self.cfg.in_channels:
-            raise TinySDError(f"vae.encode: image must be (batch, {self.cfg.in_channels}, height, width), got {tuple(shape)}")
+        shape, c = np.shape(x), self.cfg.in_channels
+        if len(shape) != 4 or shape[1] != c:
+            raise TinySDError(f"vae.encode: image must be (batch, {c}, height, width), got {tuple(shape)}")
         h = self.encoder(ops, ops.input(x, "image"))
         return ops.output(self.quant_conv(ops, h), "latent_moments")  # (B, 2L, h, w)
 
