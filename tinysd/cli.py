@@ -222,7 +222,15 @@ def cli(ctx, verbose):
               help="Network precision: fp32, or w8a8 / w8a16 integer networks, or per network such as "
                    "w8a8,vae=w8a16 (a float model is then quantized on the fly with the default calibration prompts). Default: fp32 for a float model, the folder's own "
                    "precision for a quantized model folder.")
-def generate(prompt, output, model, negative_prompt, steps, cfg, seed, sampler, karras, width, height, clip_skip, batch, precision):
+@click.option("--init-image", "init_image", type=click.Path(path_type=Path), default=None,
+              help="img2img: start from this image (PNG, JPEG, ...) instead of noise, as diffusers' "
+                   "StableDiffusionImg2ImgPipeline. The size defaults to the image's, rounded down to the model's "
+                   "size multiple (64 for SD 1.x); --width/--height resize it.")
+@click.option("--strength", type=float, default=None,
+              help="img2img: how much of the init image is repainted, in (0, 1]; int(steps x strength) steps "
+                   "are run.  [default: 0.8]")
+def generate(prompt, output, model, negative_prompt, steps, cfg, seed, sampler, karras, width, height, clip_skip, batch,
+             precision, init_image, strength):
     """Generate an image from PROMPT and write it as a PNG with A1111-style parameters."""
     from .pipeline import Pipeline, check_generation_args
     from .png import check_output_path, write_png
@@ -230,22 +238,31 @@ def generate(prompt, output, model, negative_prompt, steps, cfg, seed, sampler, 
     check_generation_args(prompt=prompt, negative_prompt=negative_prompt, steps=steps, guidance_scale=cfg, seed=seed,
                           sampler=sampler, width=width, height=height, karras=karras, clip_skip=clip_skip,
                           batch_size=batch)
+    run_steps = steps
+    if init_image is not None or strength is not None:  # img2img: checked and read before the model is loaded
+        from . import img2img
+
+        if init_image is None:
+            raise TinySDError("--strength is only used with --init-image")
+        strength = img2img.check_strength(img2img.DEFAULT_STRENGTH if strength is None else strength)
+        run_steps = steps - img2img.start_index(steps, strength)
+        init_image = img2img.load_init_image(init_image)
     outputs = [output] if batch == 1 else [output.with_name(f"{output.stem}-{i}{output.suffix}") for i in range(batch)]
     check_output_path(outputs[0])
 
     pipe = Pipeline.from_pretrained(model, precision=precision)
     width, height = pipe.check_args(prompt=prompt, negative_prompt=negative_prompt, steps=steps, guidance_scale=cfg,
                                     seed=seed, sampler=sampler, width=width, height=height, karras=karras,
-                                    clip_skip=clip_skip, batch_size=batch)
+                                    clip_skip=clip_skip, batch_size=batch, init_image=init_image, strength=strength)
     for p in outputs[1:]:  # after the memory check has bounded the batch; they share the first one's folder
         check_output_path(p, probe=False)
-    with progress_bar(steps, f"tinysd {sampler}") as bar:
+    with progress_bar(run_steps, f"tinysd {sampler}") as bar:
         def progress(done, total):
             bar.update(done - bar.pos)
 
         res = pipe.generate(prompt, negative_prompt=negative_prompt, steps=steps, guidance_scale=cfg, seed=seed,
                             sampler=sampler, width=width, height=height, karras=karras, clip_skip=clip_skip,
-                            batch_size=batch, callback=progress)
+                            batch_size=batch, callback=progress, init_image=init_image, strength=strength)
     for img, params, p in zip(res.images, res.params, outputs):
         write_png(img, p, params)
         click.echo(f"wrote {p} ({params.width}x{params.height}, seed {params.seed})", err=True)

@@ -95,6 +95,10 @@ class VAE(_Network):
         """`AutoencoderKL.encode(x).latent_dist.mean`, float32."""
         return self.model.encode(self.interp, x)
 
+    def encode_moments(self, x) -> np.ndarray:
+        """`AutoencoderKL.encode(x).latent_dist.parameters` (mean, logvar), float32 (B, 2 latent_channels, h, w)."""
+        return self.model.encode_moments(self.interp, x)
+
     def decode(self, z) -> np.ndarray:
         """`AutoencoderKL.decode(z).sample`, float32."""
         return self.model.decode(self.interp, z)

@@ -296,7 +296,13 @@ class Pipeline:
         TinySDError naming the option: see `check_generation_args`, plus sizes that are not
         multiples of `size_multiple` and clip_skip >= the text encoder's layer count.
         """
+        init_image, strength = kwargs.pop("init_image", None), kwargs.pop("strength", None)
         check_generation_args(width=width, height=height, clip_skip=clip_skip, **kwargs)
+        if init_image is not None or strength is not None:  # img2img: the size defaults to the init image's
+            from .img2img import check_img2img_args
+
+            width, height = check_img2img_args(init_image, strength, kwargs.get("steps", 20), self.size_multiple,
+                                               width, height)
         width = self.native_size if width is None else int(width)
         height = self.native_size if height is None else int(height)
         m = self.size_multiple
@@ -316,28 +322,40 @@ class Pipeline:
 
     def __call__(self, prompt: str, negative_prompt: str = "", steps: int = 20, guidance_scale: float = 7.5, seed: int = 0,
                  sampler: str = "euler", width: int | None = None, height: int | None = None, karras: bool = False,
-                 clip_skip: int | None = None, batch_size: int = 1, callback: Callable[[int, int], None] | None = None):
+                 clip_skip: int | None = None, batch_size: int = 1, callback: Callable[[int, int], None] | None = None,
+                 init_image=None, strength: float | None = None):
         """A PIL image (a list of batch_size images when batch_size > 1). See `generate`."""
         res = self.generate(prompt, negative_prompt=negative_prompt, steps=steps, guidance_scale=guidance_scale, seed=seed,
                             sampler=sampler, width=width, height=height, karras=karras, clip_skip=clip_skip,
-                            batch_size=batch_size, callback=callback)
+                            batch_size=batch_size, callback=callback, init_image=init_image, strength=strength)
         return res.images[0] if batch_size == 1 else res.images
 
     @_float_warnings_off
     def generate(self, prompt: str, negative_prompt: str = "", steps: int = 20, guidance_scale: float = 7.5, seed: int = 0,
                  sampler: str = "euler", width: int | None = None, height: int | None = None, karras: bool = False,
                  clip_skip: int | None = None, batch_size: int = 1, callback: Callable[[int, int], None] | None = None,
-                 ) -> GenerationResult:
+                 init_image=None, strength: float | None = None) -> GenerationResult:
         """Generate `batch_size` images of one prompt; image i uses seed + i.
 
         sampler: one of SAMPLERS ("ddim", "euler", "euler_a", "dpmpp_2m"); karras: Karras sigmas
         (not for ddim). width/height: image size, default the native size; multiples of 8 and of
         `size_multiple`. clip_skip: CLIP layers to skip (diffusers' clip_skip; A1111's "Clip skip"
-        is clip_skip + 1). callback(done_steps, total_steps) is called after every step.
+        is clip_skip + 1). callback(done_steps, total_steps) is called after every step run.
+
+        img2img (`tinysd.img2img`, diffusers' StableDiffusionImg2ImgPipeline): init_image, a PIL
+        image or an image file, is encoded, noised to the step where `strength` (in (0, 1], default
+        0.8) starts, and only the int(steps * strength) last steps are run; the size defaults to
+        the init image's, rounded down to `size_multiple`.
         """
+        if init_image is not None:
+            from . import img2img
+
+            init_image = img2img.as_init_image(init_image)
+            strength = img2img.DEFAULT_STRENGTH if strength is None else strength
         width, height = self.check_args(prompt=prompt, negative_prompt=negative_prompt, steps=steps,
                                         guidance_scale=guidance_scale, seed=seed, sampler=sampler, width=width,
-                                        height=height, karras=karras, clip_skip=clip_skip, batch_size=batch_size)
+                                        height=height, karras=karras, clip_skip=clip_skip, batch_size=batch_size,
+                                        init_image=init_image, strength=strength)
         sched = make_scheduler(sampler, self.config.scheduler, karras=karras)
         sched.set_timesteps(int(steps))
         B = int(batch_size)
@@ -358,11 +376,17 @@ class Pipeline:
 
         # 2. initial latents
         noise = NoiseSource(int(seed), B)
-        latents = noise.randn(shape) * sched.init_noise_sigma  # (B, C, h, w) float64
+        i0 = 0
+        if init_image is None:
+            latents = noise.randn(shape) * sched.init_noise_sigma  # (B, C, h, w) float64
+        else:
+            i0 = img2img.start_index(int(steps), float(strength))
+            latents = self._img2img_latents(init_image, width, height, noise, shape, sched, i0)
 
-        # 3. sampler loop
+        # 3. sampler loop (img2img: from step i0)
         t0 = time.perf_counter()
-        for i, t in enumerate(sched.timesteps):
+        for i in range(i0, len(sched.timesteps)):
+            t = sched.timesteps[i]
             x = sched.scale_model_input(latents, i).astype(np.float32)  # (B, C, h, w)
             at = f"step {i + 1}/{steps}: "
             if do_cfg:
@@ -376,8 +400,8 @@ class Pipeline:
                               at + f"the latents after the {sampler} step")
             log.debug("step %d/%d t=%g", i + 1, steps, t)
             if callback is not None:
-                callback(i + 1, int(steps))
-        log.info("sampling: %d steps in %.2f s", steps, time.perf_counter() - t0)
+                callback(i + 1 - i0, int(steps) - i0)
+        log.info("sampling: %d steps in %.2f s", int(steps) - i0, time.perf_counter() - t0)
 
         # 4. decode, one image at a time
         t0 = time.perf_counter()
@@ -392,5 +416,23 @@ class Pipeline:
                     clip_skip=int(clip_skip or 0), version=f"tinysd {__version__}")
         base.update(precision=self.precision, source_model=self.quantized_from.get("name"),
                     source_model_hash=self.quantized_from.get("hash"))
+        if init_image is not None:
+            base.update(denoising_strength=float(strength))
         params = [GenerationParams(seed=s, **base) for s in noise.seeds]
         return GenerationResult(images=images, params=params, latents=latents)
+
+    def _img2img_latents(self, image, width: int, height: int, noise: NoiseSource, shape: tuple, sched, i0: int):
+        """The start latents of img2img (B, C, h, w) float64: `image` encoded once, its latent sample per
+        image (noise's first draw), noised to step i0 (noise's second draw); see tinysd.img2img."""
+        from .img2img import image_to_array, latent_sample
+
+        t0 = time.perf_counter()
+        x = image_to_array(image, width, height)  # (1, 3, H, W) in [-1, 1]
+        try:
+            moments = np.asarray(self.vae.encode_moments(x), dtype=np.float32)  # (1, 2C, h, w)
+        except TinySDError as e:  # e.g. a quantized model imported without its encoder
+            raise TinySDError(f"init image: the VAE encoder cannot run: {e}") from None
+        moments = _finite(moments, "the VAE encoder output")
+        z0 = latent_sample(moments, noise.randn(shape), self.vae.scaling_factor)  # (B, C, h, w)
+        log.info("vae encoder: %.2f s", time.perf_counter() - t0)
+        return sched.add_noise(z0, noise.randn(shape), i0)

@@ -9,7 +9,7 @@ The text follows A1111's `create_infotext` (modules/processing.py) exactly:
 - the prompt line(s); then `Negative prompt: ...` only when the negative prompt
   is not empty; then one line of `key: value` pairs joined by ", ";
 - fields in A1111's order: Steps, Sampler, CFG scale, Seed, Size (WxH), Model
-  hash, Model, Clip skip, Version; fields without a value are left out
+  hash, Model, Denoising strength (img2img only), Clip skip, Version; fields without a value are left out
   (A1111 writes `Clip skip` only when it is > 1, counting 1 as "last layer");
 - a value containing "," is written in double quotes with `\\` and `"`
   backslash-escaped (A1111's `quote`);
@@ -147,6 +147,7 @@ class GenerationParams:
     precision: str | None = None  # tinysd's network precision: fp32, w8a8, w8a16, w8a8,vae=w8a16
     source_model: str | None = None  # a quantized folder's float checkpoint (name) ...
     source_model_hash: str | None = None  # ... and its `model_hash`
+    denoising_strength: float | None = None  # img2img's strength (A1111's "Denoising strength")
 
     def fields(self) -> dict[str, str]:
         """The `key: value` fields of A1111's last line, in its order, unquoted."""
@@ -158,6 +159,7 @@ class GenerationParams:
             "Size": f"{self.width}x{self.height}",
             "Model hash": self.model_hash,
             "Model": self.model_name,
+            "Denoising strength": None if self.denoising_strength is None else _number(self.denoising_strength),
             # A1111 counts the layer it stops at: 1 = last layer (not written), 2 = penultimate
             "Clip skip": str(self.clip_skip + 1) if self.clip_skip else None,
             # tinysd's own fields (A1111 keeps fields it does not know): what ran, and a quantized model's source
@@ -220,6 +222,7 @@ def params_from_text(text: str) -> GenerationParams:
             precision=d.get("Precision"),
             source_model=d.get("Source model"),
             source_model_hash=d.get("Source model hash"),
+            denoising_strength=float(d["Denoising strength"]) if "Denoising strength" in d else None,
         )
     except ValueError as e:
         raise TinySDError(f"parameters text: cannot parse ({e})") from None

@@ -181,6 +181,14 @@ class Scheduler:
     def step(self, model_output: np.ndarray, i: int, sample: np.ndarray, noise: np.ndarray | None = None) -> SchedulerOutput:
         raise NotImplementedError
 
+    def add_noise(self, original: np.ndarray, noise: np.ndarray, i: int) -> np.ndarray:
+        """`original` noised to the level of step i, float64 (diffusers' `add_noise` at timesteps[i], as
+        img2img calls it before its first step): sqrt(abar_t) x0 + sqrt(1 - abar_t) noise, t = timesteps[i]."""
+        self._check_index(i)
+        a = self.alphas_cumprod[int(self.timesteps[i])]
+        x0, n = np.asarray(original, dtype=np.float64), np.asarray(noise, dtype=np.float64)
+        return np.sqrt(a) * x0 + np.sqrt(1.0 - a) * n
+
     def _check_index(self, i: int) -> None:
         if not 0 <= i < self.num_inference_steps:
             raise ValueError(f"i: step index {i} is outside 0..{self.num_inference_steps - 1} (call set_timesteps first)")
@@ -206,6 +214,11 @@ class _SigmaScheduler(Scheduler):
             return sample - sigma * model_output
         # v_prediction: x0 = c_skip * x + c_out * v, c_skip = 1/(sigma^2+1), c_out = -sigma/sqrt(sigma^2+1)
         return model_output * (-sigma / np.sqrt(sigma**2 + 1.0)) + sample / (sigma**2 + 1.0)
+
+    def add_noise(self, original, noise, i):
+        """x0 + sigma_i noise (diffusers' Euler `add_noise` with begin index i), float64."""
+        self._check_index(i)
+        return np.asarray(original, dtype=np.float64) + self.sigmas[i] * np.asarray(noise, dtype=np.float64)
 
     def scale_model_input(self, sample, i):
         """x / sqrt(sigma_i^2 + 1): the UNet expects unit-variance-ish inputs (VP scaling)."""
@@ -342,6 +355,13 @@ class DPMSolverMultistepScheduler(_SigmaScheduler):
         self.init_noise_sigma = 1.0
         self._prev = None  # (step index, x0 prediction) of the last step taken
 
+    def add_noise(self, original, noise, i):
+        """alpha x0 + sigma_vp noise at sigma_i (the VP sample; diffusers' DPM-Solver `add_noise`), float64."""
+        self._check_index(i)
+        s = self.sigmas[i]
+        alpha = 1.0 / np.sqrt(s**2 + 1.0)
+        return alpha * np.asarray(original, dtype=np.float64) + s * alpha * np.asarray(noise, dtype=np.float64)
+
     def scale_model_input(self, sample, i):
         """Identity: DPM-Solver works on the VP sample alpha x0 + sigma_vp eps, which the UNet takes as is."""
         self._check_index(i)
@@ -360,8 +380,10 @@ class DPMSolverMultistepScheduler(_SigmaScheduler):
         else:  # v_prediction
             x0 = alpha0 * x - s0 * alpha0 * m
         prev = self._prev
-        if i > 0 and (prev is None or prev[0] != i - 1):
-            raise ValueError(f"i: dpmpp_2m must be stepped in order (got step {i} after {None if prev is None else prev[0]})")
+        # a run may begin at any step (img2img; diffusers' set_begin_index), then goes on in order
+        first = i == 0 or prev is None
+        if not first and prev[0] != i - 1:
+            raise ValueError(f"i: dpmpp_2m must be stepped in order (got step {i} after {prev[0]})")
         self._prev = (i, x0)
         # 2. last step to sigma = 0: the limit of the update is x0 itself
         if s_next == 0.0:
@@ -370,7 +392,7 @@ class DPMSolverMultistepScheduler(_SigmaScheduler):
         h = np.log(s0) - np.log(s_next)  # lambda_t - lambda_s0
         phi = np.expm1(-h)  # exp(-h) - 1
         lower_order_final = i == n - 1  # final_sigmas_type="zero" forces first order on the last step
-        if i == 0 or lower_order_final:
+        if first or lower_order_final:
             # 3a. first order (DPM-Solver++ 1 = DDIM in lambda)
             x_next = (s_next * alpha_t) / (s0 * alpha0) * x - alpha_t * phi * x0
         else:

@@ -180,3 +180,37 @@ def test_every_op_kind_is_cut_exactly(qmodel):
     assert set(cut) == {"embedding", "linear", "conv2d", "group_norm", "layer_norm", "silu", "gelu", "quick_gelu",
                         "softmax", "matmul", "add", "mul", "concat", "upsample_nearest2x"}
     assert all(n > 0 for n in cut.values()), cut  # every kind was actually cut somewhere
+
+
+def test_img2img_dumps_the_encoder_call(qmodel, tmp_path):
+    """With --init-image the VAE encoder call is a network case (p000/vae.encode) holding exactly the integer
+    encoder's input and output codes on the init image; its layer cases and the decoder case stay as they were."""
+    import numpy as np
+    from PIL import Image
+
+    from tinysd.img2img import image_to_array, load_init_image
+    from tinysd.interp.record import RecordingInterpreter
+    from tinysd.quant.engine import build_integer_networks
+    from tinysd.quant.folder import load_quantized
+
+    init = tmp_path / "in.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (16, 24, 3), dtype=np.uint8)).save(init)
+    out = tmp_path / "golden"
+    res = run("golden", "--model", qmodel, "--prompt", "a red circle", "--steps", 4, "--network", "vae",
+              "--init-image", init, "--strength", 0.5, "--layers", "encoder.conv_in", "-o", out)
+    assert res.exit_code == 0, res.output
+    g = GoldenFolder(out)
+    assert [c["id"] for c in g.cases] == ["p000/vae.encode", "p000/vae.encode/layers/encoder.conv_in", "p000/vae"]
+    assert g.manifest["settings"]["strength"] == 0.5 and g.manifest["graphs"]["vae"]["call"] == "p000/vae"
+    case = {t["name"]: t for t in g.tensors if t["case"] == "p000/vae.encode"}
+    assert set(case) == {"vae.image", "vae.latent_moments"}
+
+    vae = build_integer_networks(load_quantized(qmodel))[2]
+    vae.interp = rec = RecordingInterpreter(vae.interp)
+    vae.encode_moments(image_to_array(load_init_image(init), 24, 16))
+    want_in = rec.records[0].output.data
+    want_out = next(r for r in rec.records if r.op == "output").inputs["x"].data
+    assert np.array_equal(g.load(case["vae.image"]), want_in)
+    assert np.array_equal(g.load(case["vae.latent_moments"]), want_out)
+    res = run("compare", out, out)
+    assert res.exit_code == 0, res.output

@@ -47,10 +47,13 @@ def _read_prompts(path: Path) -> list[str]:
 @click.option("--with-params", is_flag=True,
               help="Also store every op's run-time parameters (graph/NETWORK; as large as the quantized model), so "
                    "that a whole network call can be recomputed from the folder and its recorded graph alone.")
+@click.option("--init-image", type=click.Path(path_type=Path), default=None,
+              help="img2img as `tinysd generate --init-image`; the VAE encoder call is dumped too (p000/vae.encode).")
+@click.option("--strength", type=float, default=None, help="img2img strength in (0, 1].  [default: 0.8]")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Golden folder to write.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 def golden(model, prompt, prompts_file, negative_prompt, seed, steps, sampler, karras, cfg, width, height, network,
-           layers, at_steps, storage, layout, full_layers, with_params, output, overwrite):
+           layers, at_steps, storage, layout, full_layers, with_params, init_image, strength, output, overwrite):
     """Dump golden integer tensors of a quantized model's network calls (and single-layer cases)."""
     from ..cli import progress_bar
     from .cases import CropLimits
@@ -78,7 +81,7 @@ def golden(model, prompt, prompts_file, negative_prompt, seed, steps, sampler, k
                         sampler=sampler, karras=karras, cfg=cfg, width=width, height=height, network=network,
                         layers=layers, at_steps=steps_list, storage=storage, layout=layout,
                         limits=None if full_layers else CropLimits(), overwrite=overwrite, progress=progress,
-                        with_params=with_params)
+                        with_params=with_params, init_image=init_image, strength=strength)
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)

@@ -10,6 +10,8 @@ under a `RecordingInterpreter` and written as one case:
     p{i:03d}/text_encoder              the text encoder call of prompt i (negative + prompt)
     p{i:03d}/unet/step{s:03d}          the UNet call of sampler step s (both CFG halves)
     p{i:03d}/vae                       the VAE decoder call
+    p{i:03d}/vae.encode                with an init image (img2img): the VAE encoder call (its graph
+                                       is not recorded: the manifest's "vae" graph is the decoder's)
     {call case}/layers/{op name}       one cut layer case per op matching --layers
     graph/{network}                    with --with-params: the run-time parameters of every op of
                                        the network (its graph is in the manifest's "graphs")
@@ -67,19 +69,20 @@ class _Tap:
     def __getattr__(self, name):
         return getattr(self._net, name)
 
-    def _run(self, fn):
+    def _run(self, fn, kind: str | None = None):
         i = self.calls
         self.calls += 1
         if not self._select(i):
             return fn()
         inner = self._net.interp
-        rec = RecordingInterpreter(inner, match=self._match, ops=self._match is not None, graph=self._graph())
+        graph = self._graph() if kind is None else False  # a network's graph is that of its main call
+        rec = RecordingInterpreter(inner, match=self._match, ops=self._match is not None, graph=graph)
         self._net.interp = rec
         try:
             y = fn()
         finally:
             self._net.interp = inner
-        self._on_records(i, rec)
+        self._on_records(i, rec, kind)
         return y
 
     def __call__(self, *args, **kwargs):
@@ -89,7 +92,10 @@ class _Tap:
         return self._run(lambda: self._net.decode(*args, **kwargs))
 
     def encode(self, *args, **kwargs):
-        return self._run(lambda: self._net.encode(*args, **kwargs))
+        return self._run(lambda: self._net.encode(*args, **kwargs), "encode")
+
+    def encode_moments(self, *args, **kwargs):
+        return self._run(lambda: self._net.encode_moments(*args, **kwargs), "encode")
 
 
 def generate_golden(model, out_dir, prompts: Sequence[str], *, negative_prompt: str = "", seed: int = 0,
@@ -97,7 +103,7 @@ def generate_golden(model, out_dir, prompts: Sequence[str], *, negative_prompt: 
                     width: int | None = None, height: int | None = None, network: str = "all",
                     layers: str | None = None, at_steps: Sequence[int] | None = None, storage: str = "npy",
                     layout: str = "nchw", limits: CropLimits | None = CropLimits(), overwrite: bool = False,
-                    progress=None, with_params: bool = False) -> Path:
+                    progress=None, with_params: bool = False, init_image=None, strength: float | None = None) -> Path:
     """Write a golden folder for a quantized model folder `model` (see the module docstring).
 
     network: "clip", "unet", "vae" or "all". layers: glob of op names for layer cases (None: none;
@@ -106,7 +112,8 @@ def generate_golden(model, out_dir, prompts: Sequence[str], *, negative_prompt: 
     progress(done, total) is called after every sampler step. The graph of each dumped network
     is recorded from its first dumped call; with_params also stores every op's run-time
     parameters (case `graph/{network}`), so that a call can be recomputed from the folder
-    alone (`tinysd.golden.graph`). Returns the folder path.
+    alone (`tinysd.golden.graph`). init_image, strength: img2img as `Pipeline.generate` (the VAE
+    encoder call is dumped too, as `p{i:03d}/vae.encode`). Returns the folder path.
     """
     from ..pipeline import Pipeline, check_generation_args
     from ..quant.folder import is_quantized_folder
@@ -123,6 +130,15 @@ def generate_golden(model, out_dir, prompts: Sequence[str], *, negative_prompt: 
         bad = [s for s in at_steps if not 0 <= s < steps]
         if bad:
             raise TinySDError(f"--at-steps: step {bad[0]} outside 0..{steps - 1} (--steps {steps})")
+    init_path = None
+    if init_image is not None or strength is not None:
+        from ..img2img import DEFAULT_STRENGTH, as_init_image, check_strength
+
+        if init_image is None:
+            raise TinySDError("--strength is only used with --init-image")
+        strength = check_strength(DEFAULT_STRENGTH if strength is None else strength)
+        init_path = str(init_image) if isinstance(init_image, (str, Path)) else None
+        init_image = as_init_image(init_image)
     check_target(out_dir, overwrite)
     model = Path(model)
     if not is_quantized_folder(model):
@@ -130,7 +146,7 @@ def generate_golden(model, out_dir, prompts: Sequence[str], *, negative_prompt: 
     pipe = Pipeline.from_pretrained(model)
     width, height = pipe.check_args(prompt=prompts[0], negative_prompt=negative_prompt, steps=steps,
                                     guidance_scale=cfg, seed=seed, sampler=sampler, width=width, height=height,
-                                    karras=karras)
+                                    karras=karras, init_image=init_image, strength=strength)
     selected = NETWORK_CHOICES[network]
     settings = {"prompts": prompts, "negative_prompt": negative_prompt, "seed": seed, "steps": steps,
                 "sampler": sampler, "karras": karras, "cfg": cfg, "width": width, "height": height,
@@ -138,6 +154,8 @@ def generate_golden(model, out_dir, prompts: Sequence[str], *, negative_prompt: 
                 "at_steps": None if at_steps is None else sorted(set(at_steps)),
                 "layer_limits": None if limits is None else limits.__dict__, "format": storage, "layout": layout,
                 "with_params": bool(with_params)}
+    if init_image is not None:
+        settings.update(init_image=init_path, strength=strength)
     model_info = {"name": model.resolve().name, "precision": pipe.precision, "sha256": folder_sha256(model),
                   "hash_method": MODEL_HASH_METHOD}
     step_set = None if at_steps is None else set(at_steps)
@@ -149,10 +167,12 @@ def generate_golden(model, out_dir, prompts: Sequence[str], *, negative_prompt: 
         def writer_for(name):
             qnet = nets[name].interp.qnet
 
-            def on_records(call, rec):
+            def on_records(call, rec, kind=None):
                 p = f"p{state['prompt']:03d}"
                 step = call if name == "unet" else None
                 cid = f"{p}/unet/step{call:03d}" if name == "unet" else f"{p}/{name}"
+                if kind is not None:  # the VAE encoder call of img2img
+                    cid = f"{p}/{name}.{kind}"
                 w.write_case(network_case(rec.records, name, cid, qnet, step=step))
                 for r in rec.records:
                     if r.matched and runs_as_parts(r):
@@ -186,7 +206,8 @@ def generate_golden(model, out_dir, prompts: Sequence[str], *, negative_prompt: 
             pipe.text_encoder, pipe.unet, pipe.vae = taps["text_encoder"], taps["unet"], taps["vae"]
             try:
                 pipe.generate(prompt, negative_prompt=negative_prompt, steps=steps, guidance_scale=cfg, seed=seed,
-                              sampler=sampler, width=width, height=height, karras=karras, callback=progress)
+                              sampler=sampler, width=width, height=height, karras=karras, callback=progress,
+                              init_image=init_image, strength=strength)
             finally:
                 pipe.text_encoder, pipe.unet, pipe.vae = nets["text_encoder"], nets["unet"], nets["vae"]
             log.info("golden: prompt %d/%d done", i + 1, len(prompts))

@@ -142,6 +142,15 @@ class AutoencoderKL(Module):
         mean, _logvar = ops.split(moments, 2, axis=1)  # 2 x (B, L, h, w)
         return ops.output(mean, "latent_mean")
 
+    def encode_moments(self, ops, x) -> np.ndarray:
+        """Image x as in `encode` -> moments (B, 2 latent_channels, H // f, W // f) float32: the latent
+        distribution's mean (first half of axis 1) and log variance (second half), unclamped."""
+        shape, c = np.shape(x), self.cfg.in_channels
+        if len(shape) != 4 or shape[1] != c:
+            raise TinySDError(f"vae.encode: image must be (batch, {c}, height, width), got {tuple(shape)}")
+        h = self.encoder(ops, ops.input(x, "image"))
+        return ops.output(self.quant_conv(ops, h), "latent_moments")  # (B, 2L, h, w)
+
     def decode(self, ops, z) -> np.ndarray:
         """Latent z (B, latent_channels, h, w) float32, unscaled -> image (B, out_channels, h*f, w*f) float32."""
         shape = np.shape(z)
