@@ -240,7 +240,7 @@ def test_integer_img2img(pipe, init, quantized):
     np.testing.assert_array_equal(vae.encode_moments(x)[:, :4], vae.encode(x))
     assert res.params[0].precision == "w8a8" and res.params[0].denoising_strength == 0.6
     ref = RUNS["euler_a_s0.6__latents"]  # the float run (diffusers; tinysd's float run matches it)
-    assert sqnr_db(ref, res.latents) >= 15.0  # measured 21.9 dB (2-prompt calibration)
+    assert sqnr_db(ref, res.latents) >= 15.0  # measured 22.7 dB (w8a16: 30.9 dB)
 
 
 def test_encoder_that_cannot_run_is_one_error(pipe, init):
