@@ -294,7 +294,9 @@ class Pipeline:
         """All checks of `generate`'s arguments, before any work; returns the image (width, height).
 
         TinySDError naming the option: see `check_generation_args`, plus sizes that are not
-        multiples of `size_multiple` and clip_skip >= the text encoder's layer count.
+        multiples of `size_multiple` and clip_skip >= the text encoder's layer count. With
+        init_image (a PIL image) / strength: img2img's checks, and the size defaults to the
+        image's (`tinysd.img2img.check_img2img_args`).
         """
         init_image, strength = kwargs.pop("init_image", None), kwargs.pop("strength", None)
         check_generation_args(width=width, height=height, clip_skip=clip_skip, **kwargs)

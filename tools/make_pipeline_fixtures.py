@@ -79,6 +79,10 @@ IMG2IMG_STEPS = 5
 IMG2IMG_RUNS = [("ddim", False, 0.6), ("euler", False, 0.6), ("euler", False, 1.0), ("euler_a", False, 0.6),
                 ("dpmpp_2m", False, 0.6), ("dpmpp_2m", True, 0.6)]
 IMG2IMG_SIZE = (24, 16)  # width, height of the init image (multiples of the tiny model's size multiple, 8)
+# and one run from a 25x17 image: diffusers resizes it (Lanczos) to 24x16, rounding down to a multiple of its
+# vae_scale_factor (2 for tiny-sd); tinysd rounds down to its size multiple (8), which is the same size here
+RESIZED_RUN = ("euler", False, 0.6)
+RESIZED_SIZE = (25, 17)
 
 
 def img2img_key(name, karras, strength):
@@ -175,12 +179,13 @@ def img2img_runs(tok, te, unet, vae, base_sched, common):
     width, height = IMG2IMG_SIZE
     pixels = init_image(width, height)
     pil = Image.fromarray(pixels, mode="RGB")
-    arrays = {"init_image": pixels}
+    arrays = {"init_image": pixels, "init_image_25x17": init_image(*RESIZED_SIZE)}
     modules = (vae_module, img2img_module, euler_a_module)
     originals = [m.randn_tensor for m in modules]
     try:
-        for name, karras, strength in IMG2IMG_RUNS:
-            key = img2img_key(name, karras, strength)
+        runs = [(r, img2img_key(*r), pil) for r in IMG2IMG_RUNS]
+        runs.append((RESIZED_RUN, img2img_key(*RESIZED_RUN) + "_resized", Image.fromarray(arrays["init_image_25x17"])))
+        for (name, karras, strength), key, image in runs:
             sched = scheduler(name, karras, base_sched.config)
             pipe = StableDiffusionImg2ImgPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, scheduler=sched,
                                                   safety_checker=None, feature_extractor=None,
@@ -196,7 +201,7 @@ def img2img_runs(tok, te, unet, vae, base_sched, common):
                 for m in modules:
                     m.randn_tensor = draw
                 with torch.no_grad():
-                    res = pipe(PROMPT, image=[pil] * BATCH, strength=strength, negative_prompt=NEGATIVE,
+                    res = pipe(PROMPT, image=[image] * BATCH, strength=strength, negative_prompt=NEGATIVE,
                                num_inference_steps=IMG2IMG_STEPS, guidance_scale=CFG, num_images_per_prompt=BATCH,
                                output_type=output_type)
                 outs[output_type] = np.asarray(res.images, dtype=np.float32)
@@ -211,6 +216,8 @@ def img2img_runs(tok, te, unet, vae, base_sched, common):
         **common,
         "seed": SEED, "batch": BATCH, "steps": IMG2IMG_STEPS, "cfg": CFG, "prompt": PROMPT, "negative_prompt": NEGATIVE,
         "runs": [{"key": img2img_key(n, k, s), "sampler": n, "karras": k, "strength": s} for n, k, s in IMG2IMG_RUNS],
+        "resized_run": {"key": img2img_key(*RESIZED_RUN) + "_resized", "sampler": RESIZED_RUN[0],
+                        "karras": RESIZED_RUN[1], "strength": RESIZED_RUN[2], "init_image": "init_image_25x17"},
         "init_image": f"init_image: uint8 (H, W, 3) = ({IMG2IMG_SIZE[1]}, {IMG2IMG_SIZE[0]}, 3), passed as "
                       f"image=[PIL image] * batch",
         "noise": "tinysd.schedulers.NoiseSource(seed, batch): the VAE latent sample's noise, add_noise's noise, then "
