@@ -66,13 +66,14 @@ def main(argv=None):
 
     t0 = time.perf_counter()
     calib = CalibratingInterpreter(params, "unet", "minmax")
-    sampler = ColumnSampler(params, "unet", -(-args.samples // args.calls), settings.seed)
+    sampler = ColumnSampler(params, "unet", -(-args.samples // args.calls), settings.seed,
+                            gram_max_k=2 * args.samples)
     for i in range(args.calls):
         x = call_inputs(cfg, args.size, args.batch, i)
         UNet(graph, calib)(*x)
         UNet(graph, sampler)(*x)
     ranges = calib.ranges()
-    inputs = {k: np.concatenate(v, axis=1)[:, :args.samples] for k, v in sampler.columns.items()}
+    inputs = sampler.inputs()
     del sampler
     print(f"calibration + input sampling: {time.perf_counter() - t0:.1f} s; {len(inputs)} layers", flush=True)
     chosen = sorted(inputs)[::args.every]
@@ -90,7 +91,8 @@ def main(argv=None):
     t_ada = time.perf_counter() - t0
 
     def cost(name):
-        k, n = inputs[name].shape
+        d = inputs[name]
+        k, n = d["gram"].shape if "gram" in d else d["x"].shape
         return params[f"{name}.weight"].shape[0] * k * min(k, n)
 
     rate = t_ada / sum(cost(n) for n in chosen)  # seconds per unit of OUT * K * min(K, N)

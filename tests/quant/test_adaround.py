@@ -140,6 +140,28 @@ def test_conv_columns_are_the_im2col_columns():
     assert all(any(np.array_equal(c, d) for d in cols.T) for c in a.T)
 
 
+def test_gram_inputs_give_the_same_result_as_columns():
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(2, 3, 6, 6)).astype(np.float32)
+    w = (rng.normal(size=(5, 3, 3, 3)) * 0.3).astype(np.float32)
+    a = ColumnSampler({"c.weight": w}, "unet", per_call=20, seed=1)
+    b = ColumnSampler({"c.weight": w}, "unet", per_call=20, seed=1, gram_max_k=27)
+    for ip in (a, b):
+        for _ in range(3):
+            ip.conv2d(x, "c", padding=1)
+    xa, gb = a.inputs()["c"]["x"], b.inputs()["c"]["gram"]
+    assert xa.shape == (27, 60) and b.counts["c"] == 60 and not b.columns
+    xa64 = xa.astype(np.float64)
+    assert np.allclose(gb, xa64 @ xa64.T / 60, rtol=1e-12, atol=1e-12)
+    _, enc = quantize_weight(w)
+    st = AdaRoundSettings(iterations=150)
+    ra = adaround_layer(w.reshape(5, -1), enc.scale, xa, st)
+    rb = adaround_layer(w.reshape(5, -1), enc.scale, settings=st, gram=gb)
+    assert np.array_equal(ra.q, rb.q) and ra.error_adaround == pytest.approx(rb.error_adaround, rel=1e-9)
+    few = adaround_layer(w.reshape(5, -1), enc.scale, xa[:, :20], st)  # N < K: the (D X) X^T path
+    assert few.error_adaround <= few.error_nearest
+
+
 def test_adarounded_params_requantize_to_the_same_integers():
     rng = np.random.default_rng(4)
     w = (rng.normal(size=(8, 4, 3, 3)) * 0.2).astype(np.float32)

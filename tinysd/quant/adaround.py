@@ -134,20 +134,36 @@ class LayerResult:
     flipped: float
 
 
-def adaround_layer(w, scale, x, settings: AdaRoundSettings = AdaRoundSettings()) -> LayerResult:
+def adaround_layer(w, scale, x=None, settings: AdaRoundSettings = AdaRoundSettings(), gram=None) -> LayerResult:
     """AdaRound of one layer (module docstring). w (OUT, K) float weights, scale (OUT,) > 0 the per-channel
-    scale, x (K, N) sampled input columns. Returns LayerResult (q int8 (OUT, K) in [-128, 127])."""
+    scale, and either x (K, N) sampled input columns or gram = X X^T / N (K, K) of them (float64). Returns
+    LayerResult (q int8 (OUT, K) in [-128, 127]; errors on the same columns)."""
     w = np.asarray(w, np.float64)
     s = np.asarray(scale, np.float64).reshape(-1, 1)  # (OUT, 1)
-    x = np.asarray(x, np.float64)
-    if w.ndim != 2 or s.shape[0] != w.shape[0] or x.ndim != 2 or x.shape[0] != w.shape[1]:
-        raise ValueError(f"adaround_layer: shapes w {w.shape}, scale {np.shape(scale)}, x {x.shape} do not fit")
-    n, k = x.shape[1], x.shape[0]
-    gram = n >= k  # G = X X^T / N (K, K) once, or (D X) X^T / N every step when N < K (cheaper then)
-    g = x @ x.T / n if gram else None  # (K, K) float64
+    if (x is None) == (gram is None):
+        raise ValueError("adaround_layer: give either x or gram")
+    if gram is not None:
+        g = np.asarray(gram, np.float64)
+        k = g.shape[0]
+        if g.shape != (k, k):
+            raise ValueError(f"adaround_layer: gram must be square, got {g.shape}")
+    else:
+        x = np.asarray(x, np.float64)
+        if x.ndim != 2:
+            raise ValueError(f"adaround_layer: x must be (K, N), got {x.shape}")
+        n, k = x.shape[1], x.shape[0]
+        # G = X X^T / N (K, K) once, or (D X) X^T / N every step when N < K (cheaper then)
+        g = x @ x.T / n if n >= k else None
+    if w.ndim != 2 or s.shape[0] != w.shape[0] or w.shape[1] != k:
+        raise ValueError(f"adaround_layer: shapes w {w.shape}, scale {np.shape(scale)}, inputs ({k}, ...) do not fit")
 
     def times_g(a):  # a (OUT, K) -> a G
-        return a @ g if gram else (a @ x) @ x.T / n
+        return a @ g if g is not None else (a @ x) @ x.T / n
+
+    def error(q):  # sum_o D_o G D_o^T, D = q s - w
+        d = q * s - w
+        return float(np.sum(times_g(d) * d))
+
     ws = w / s
     floor = np.floor(ws)
     frac = ws - floor
@@ -176,9 +192,7 @@ def adaround_layer(w, scale, x, settings: AdaRoundSettings = AdaRoundSettings())
         v = v - settings.lr * (m1 / (1.0 - b1**t)) / (np.sqrt(m2 / (1.0 - b2**t)) + eps)
     h = rectified_sigmoid(v)
     q = np.clip(floor + (v >= 0.0), QMIN, QMAX)
-    err_near = reconstruction_error(w, nearest * s, x)
-    err_ada = reconstruction_error(w, q * s, x)
-    return LayerResult(q=q.astype(np.int8), error_nearest=err_near, error_adaround=err_ada,
+    return LayerResult(q=q.astype(np.int8), error_nearest=error(nearest), error_adaround=error(q),
                        soft=float(np.mean((h > 0.0) & (h < 1.0))), flipped=float(np.mean(q != nearest)))
 
 
@@ -186,16 +200,20 @@ def adaround_layer(w, scale, x, settings: AdaRoundSettings = AdaRoundSettings())
 # sampling layer inputs
 # ---------------------------------------------------------------------------------------------
 class ColumnSampler(FloatInterpreter):
-    """FloatInterpreter (arithmetic unchanged) that keeps `per_call` sampled input columns of every
-    linear / conv2d layer per call: `columns[name]` a list of (K, n) float32 arrays (conv: the
-    im2col columns of sampled output positions, in the weight's (c, kh, kw) order, zero padding)."""
+    """FloatInterpreter (arithmetic unchanged) that samples `per_call` input columns of every linear / conv2d
+    layer per call (conv: the im2col columns of random output positions, in the weight's (c, kh, kw) order,
+    zero padding; linear: rows of the input). A layer with K <= `gram_max_k` inputs keeps only the sum of
+    x x^T (`gram_sum[name]`, float64 (K, K), summed call by call in call order) and the column count
+    (`counts[name]`); the others keep the columns, `columns[name]`, a list of (K, n) float32 arrays."""
 
     def __init__(self, params: Mapping[str, np.ndarray], network: str, per_call: int, seed: int = 0,
-                 layers: Sequence[str] | None = None):
+                 layers: Sequence[str] | None = None, gram_max_k: int = 0):
         super().__init__(params, network)
-        self.per_call, self.seed = int(per_call), int(seed)
+        self.per_call, self.seed, self.gram_max_k = int(per_call), int(seed), int(gram_max_k)
         self.layers = None if layers is None else set(layers)
         self.columns: dict[str, list[np.ndarray]] = {}
+        self.gram_sum: dict[str, np.ndarray] = {}
+        self.counts: dict[str, int] = {}
         self._calls: dict[str, int] = {}
 
     def _rng(self, name: str) -> np.random.Generator:
@@ -206,11 +224,23 @@ class ColumnSampler(FloatInterpreter):
     def _keep(self, name: str) -> bool:
         return self.layers is None or name in self.layers
 
+    def _store(self, name: str, cols: np.ndarray) -> None:  # cols (K, n) float32
+        self.counts[name] = self.counts.get(name, 0) + cols.shape[1]
+        if cols.shape[0] <= self.gram_max_k:
+            c = cols.astype(np.float64)
+            g = c @ c.T
+            if name in self.gram_sum:
+                self.gram_sum[name] += g
+            else:
+                self.gram_sum[name] = g
+        else:
+            self.columns.setdefault(name, []).append(cols)
+
     def linear(self, x, name):
         if self._keep(name):
             rows = x.reshape(-1, x.shape[-1])  # (M, IN)
             pick = self._rng(name).choice(rows.shape[0], size=min(self.per_call, rows.shape[0]), replace=False)
-            self.columns.setdefault(name, []).append(np.ascontiguousarray(rows[np.sort(pick)].T, np.float32))
+            self._store(name, np.ascontiguousarray(rows[np.sort(pick)].T, np.float32))
         return super().linear(x, name)
 
     def conv2d(self, x, name, stride=1, padding=0):
@@ -225,15 +255,22 @@ class ColumnSampler(FloatInterpreter):
             i, rest = np.divmod(pick, ho * wo)
             r, q = np.divmod(rest, wo)
             cols = win[i, :, r, q]  # (n_pick, C, KH, KW)
-            self.columns.setdefault(name, []).append(np.ascontiguousarray(cols.reshape(len(pick), -1).T, np.float32))
+            self._store(name, np.ascontiguousarray(cols.reshape(len(pick), -1).T, np.float32))
         return super().conv2d(x, name, stride, padding)
 
+    def inputs(self) -> dict[str, dict]:
+        """{layer: {"gram": X X^T / N} or {"x": X (K, N) float32}}, what `adaround_layer` takes."""
+        out = {name: {"gram": g / self.counts[name]} for name, g in self.gram_sum.items()}
+        out.update({name: {"x": np.concatenate(cols, axis=1)} for name, cols in self.columns.items()})
+        return out
 
-def sample_layer_inputs(loaded, calls, network: str, settings: AdaRoundSettings) -> dict[str, np.ndarray]:
-    """{layer name: X (K, N) float32}: input columns of every linear / conv2d layer of `network`, sampled
-    while the recorded float calls (`NetworkCall`s of the calibration run) of that network are replayed
-    through a float interpreter. Each call contributes ceil(samples / calls of its kind) columns per layer,
-    at most `settings.samples` per layer in all (the first ones)."""
+
+def sample_layer_inputs(loaded, calls, network: str, settings: AdaRoundSettings) -> dict[str, dict]:
+    """{layer name: {"gram": G} or {"x": X}} (`ColumnSampler.inputs`) of every linear / conv2d layer of
+    `network`, from its recorded float calls (`NetworkCall`s of the calibration run) replayed through a
+    float interpreter. Each call contributes up to ceil(samples / calls of its kind) columns per layer
+    (fewer when the layer's input has fewer positions). Layers with K <= 2 samples keep G = X X^T / N
+    (no more memory than the columns), the others the columns."""
     from ..models import VAE, TextEncoder, UNet
     from .calibration import model_graphs
 
@@ -243,14 +280,14 @@ def sample_layer_inputs(loaded, calls, network: str, settings: AdaRoundSettings)
     for c in calls:
         if c.kind.split(".")[0] == network:
             kinds.setdefault(c.kind, []).append(c)
-    sampler = ColumnSampler(loaded.params[network], network, 1, settings.seed)
+    sampler = ColumnSampler(loaded.params[network], network, 1, settings.seed, gram_max_k=2 * settings.samples)
     net = wrapper(graph, sampler)
     for kind, cs in kinds.items():
         sampler.per_call = -(-settings.samples // len(cs))
         fn = net.decode if kind == "vae.decode" else net.encode if kind == "vae.encode" else net
         for c in cs:
             fn(*c.args, **c.kwargs)
-    return {name: np.concatenate(cols, axis=1)[:, :settings.samples] for name, cols in sampler.columns.items()}
+    return sampler.inputs()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,7 +295,7 @@ def sample_layer_inputs(loaded, calls, network: str, settings: AdaRoundSettings)
 # ---------------------------------------------------------------------------------------------
 def adaround_network(params: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray], network: str,
                      settings: AdaRoundSettings, progress: Callable[[int, int], None] | None = None):
-    """AdaRound every layer of `inputs` ({layer: X (K, N)}, `sample_layer_inputs`).
+    """AdaRound every layer of `inputs` ({layer: {"x": X} or {"gram": G}}, `sample_layer_inputs`).
 
     Returns ({`{network}.{layer}.weight`: (q int8 of the weight's shape, Encoding)}, {layer: LayerResult
     without q}) with each Encoding the one `quantize_weight` gives the float weight (the scale is unchanged).
@@ -271,8 +308,8 @@ def adaround_network(params: Mapping[str, np.ndarray], inputs: Mapping[str, np.n
         w = np.asarray(params[f"{name}.weight"])
         key = f"{network}.{name}.weight"
         _, enc = quantize_weight(w, axis=0, name=key)
-        res = adaround_layer(w.reshape(w.shape[0], -1), np.broadcast_to(enc.scale, (w.shape[0],)), inputs[name],
-                             settings)
+        res = adaround_layer(w.reshape(w.shape[0], -1), np.broadcast_to(enc.scale, (w.shape[0],)),
+                             settings=settings, **inputs[name])
         out[key] = (res.q.reshape(w.shape), enc)
         res.q = None
         stats[name] = res
