@@ -1,6 +1,7 @@
 """`tinysd quantize` and `tinysd generate` on quantized models, on the tiny fixture model with two prompts."""
 import json
 import math
+import re
 import os
 import shutil
 import sys
@@ -38,9 +39,15 @@ def _quantize(out, precision, prompts, *extra):
 
 @pytest.fixture(scope="module")
 def quantized(tmp_path_factory, prompts):
-    """{precision: (folder, CliRunner result)}."""
+    """{precision: (folder, CliRunner result)}; w8a8 with -v (per-network time and peak memory)."""
     root = tmp_path_factory.mktemp("quantized")
-    return {p: (root / p, _quantize(root / p, p, prompts)) for p in PRECISIONS}
+    return {p: (root / p, _quantize(root / p, p, prompts, *(["-v"] if p == "w8a8" else []))) for p in PRECISIONS}
+
+
+def _stats(stderr: str) -> dict[str, tuple[int, float, float]]:
+    """{name: (calls, seconds, peak RSS MiB)} from the -v summary lines (tinysd.runstats)."""
+    pat = re.compile(r"^tinysd: (.+?): (\d+) calls?, ([0-9.]+) s(?: \([0-9.]+ s/call\))?, peak RSS (\d+) MiB")
+    return {m[1]: (int(m[2]), float(m[3]), float(m[4])) for m in map(pat.match, stderr.splitlines()) if m}
 
 
 def _folder(quantized, precision):
@@ -65,6 +72,19 @@ def test_quantize_prints_sqnr_per_network(quantized, precision):
     assert {k: round(v, 2) for k, v in info["sqnr_db"].items()} == printed
     assert info["calibration"]["prompts"] == ["a red circle", "a small blue square on the left"]
     assert info["calibration"]["steps"] == 2 and info["method"] == "minmax"
+
+
+def test_quantize_verbose_prints_time_and_peak_memory_per_network(quantized):
+    """-v: one line per network and stage with its calls, time and peak RSS; without -v none."""
+    stats = _stats(quantized["w8a8"][1].stderr)
+    # 2 prompts x 2 steps: 2 text encoder calls, 4 UNet calls (CFG pairs), 2 decodes, 2 encodes; replayed all
+    want = {"text_encoder": 2, "unet": 4, "vae.decode": 2, "vae.encode": 2}
+    for kind, n in want.items():
+        assert stats[f"{kind} (float calibration)"][0] == n, stats
+        assert stats[f"{kind} (integer SQNR)"][0] == n, stats
+    assert stats["quantize (all networks)"][0] == 1
+    assert all(s >= 0 and 20 < mib < 1 << 20 for _, s, mib in stats.values()), stats  # a Python process is > 20 MiB
+    assert _stats(quantized["w8a16"][1].stderr) == {}
 
 
 def test_sqnr_on_the_first_calls_only(quantized, prompts, tmp_path):
@@ -99,11 +119,15 @@ def test_w8a16_is_more_accurate_than_w8a8(quantized):
 def test_generate_from_quantized_folder(quantized, precision, tmp_path):
     out = _folder(quantized, precision)
     a, b = tmp_path / "a.png", tmp_path / "b.png"
-    res = run(["generate", "a red circle", "--model", out, "--steps", "2", "--seed", "5", "-o", a])
+    res = run(["generate", "a red circle", "--model", out, "--steps", "2", "--seed", "5", "-o", a, "-v"])
     assert res.exit_code == 0, res.output
+    stats = _stats(res.stderr)  # -v: per-network calls, time, peak RSS
+    assert {k: v[0] for k, v in stats.items()} == {"text_encoder": 1, "unet": 2, "vae.decode": 1}, res.stderr
+    assert all(20 < mib < 1 << 20 for _, _, mib in stats.values()), stats
     res = run(["generate", "a red circle", "--model", out, "--precision", precision, "--steps", "2", "--seed", "5",
                "-o", b])
     assert res.exit_code == 0, res.output
+    assert _stats(res.stderr) == {}
     assert a.read_bytes() == b.read_bytes()
     p = params_from_text(read_parameters(a))
     assert (p.prompt, p.steps, p.seed, p.model_name) == ("a red circle", 2, 5, precision)

@@ -256,6 +256,10 @@ def generate(prompt, output, model, negative_prompt, steps, cfg, seed, sampler, 
                                     clip_skip=clip_skip, batch_size=batch, init_image=init_image, strength=strength)
     for p in outputs[1:]:  # after the memory check has bounded the batch; they share the first one's folder
         check_output_path(p, probe=False)
+    if verbosity(click.get_current_context()):
+        from .runstats import NetworkStats
+
+        pipe.stats = NetworkStats()
     with progress_bar(run_steps, f"tinysd {sampler}") as bar:
         def progress(done, total):
             bar.update(done - bar.pos)
@@ -266,6 +270,13 @@ def generate(prompt, output, model, negative_prompt, steps, cfg, seed, sampler, 
     for img, params, p in zip(res.images, res.params, outputs):
         write_png(img, p, params)
         click.echo(f"wrote {p} ({params.width}x{params.height}, seed {params.seed})", err=True)
+    _log_stats(pipe.stats)
+
+
+def _log_stats(stats) -> None:
+    """-v: per-network time and peak memory (tinysd.runstats), one log line each."""
+    for line in stats.lines() if stats is not None else ():
+        log.info("%s", line)
 
 
 from .golden.cli import compare as _golden_compare, golden as _golden  # noqa: E402
@@ -319,11 +330,16 @@ def quantize(model, output, precision, calibration_prompts, calibration_steps, m
         raise TinySDError("--adaround-iterations / --adaround-samples need --weights adaround")
     knobs = {k: v for k, v in (("iterations", adaround_iterations), ("samples", adaround_samples)) if v is not None}
     summary: dict = {}
+    stats = None
+    if verbosity(click.get_current_context()):
+        from .runstats import NetworkStats
+
+        stats = NetworkStats()
     with StageBars() as bars:
         out, sqnr = quantize_checkpoint(model, output, precision, prompts_file=calibration_prompts,
                                         steps=calibration_steps, method=method, encodings=encodings, onnx=onnx,
                                         overwrite=overwrite, sqnr_calls=sqnr_calls, progress=bars, summary=summary,
-                                        weights=weights, adaround=AdaRoundSettings(**knobs))
+                                        weights=weights, adaround=AdaRoundSettings(**knobs), stats=stats)
     for line in summary.get("lines", []):
         click.echo(line)
     from .quant.model import network_precisions
@@ -333,6 +349,7 @@ def quantize(model, output, precision, calibration_prompts, calibration_steps, m
         click.echo(f"{kind:<13} SQNR {db:7.2f} dB  (integer {per_network[kind.split('.')[0]]} vs float, "
                    f"calibration data)")
     click.echo(f"wrote {out} ({precision})", err=True)
+    _log_stats(stats)
 
 
 @cli.command("onnx-map")

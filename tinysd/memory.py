@@ -5,10 +5,11 @@ The estimate counts the largest tensors of each network call at the requested si
 * UNet (batch 2B with classifier-free guidance): the skip stack (every down-block resnet and
   downsampler output, kept until the up path reads it), ACTIVATION_COPIES tensors of the widest
   activation of a level (an up-path concat doubles the channels), and per attention level
-  three (heads, HW, HW) tensors (scores, probabilities, one temporary);
+  three (heads, HW, HW) tensors (scores, probabilities, one temporary), or three tiles of
+  ATTENTION_TILE_ELEMENTS when the scores are larger (the interpreters then tile the queries);
 * VAE decoder (one image at a time): ACTIVATION_COPIES tensors of the largest level
   (channels x height x width) and three (HW, HW) tensors of the mid block's single-head attention
-  at the latent size;
+  at the latent size (at most three tiles);
 * each level's convolution also holds an im2col band (at most IM2COL_ELEMENTS) and its product.
 
 Elements are 4 bytes (float32) for the float engine and 8 for the integer engines (their
@@ -27,6 +28,7 @@ from .errors import TinySDError
 
 ACTIVATION_COPIES = 12  # float32-sized tensors alive in one op: a group norm keeps float64 temporaries
 IM2COL_ELEMENTS = 1 << 24  # the float engine's im2col band (tinysd.interp.float._IM2COL_BUDGET)
+ATTENTION_TILE_ELEMENTS = 1 << 22  # larger attention scores are computed in query tiles (interpreters' `attention`)
 GiB = 1 << 30
 
 
@@ -52,13 +54,13 @@ def estimate_generation_bytes(config, width: int, height: int, batch: int, items
         work = max(work, ACTIVATION_COPIES * 2 * c * n + 2 * min(9 * 2 * c * n, IM2COL_ELEMENTS))
         if i in attention:
             attn = max(attn, 3 * u.heads(i) * n * n)  # scores, probabilities, one temporary
-    unet = 2 * batch * (skips + work + attn) * itemsize
+    unet = (2 * batch * (skips + work) + min(2 * batch * attn, 3 * ATTENTION_TILE_ELEMENTS)) * itemsize
     vae_work = 0
     for j, c in enumerate(v.block_out_channels):
         n = math.ceil(height / 2**j) * math.ceil(width / 2**j)
         c_in = v.block_out_channels[min(j + 1, len(v.block_out_channels) - 1)]  # the upsampler's conv reads the wider level
         vae_work = max(vae_work, ACTIVATION_COPIES * c_in * n + 2 * min(9 * c_in * n, IM2COL_ELEMENTS))
-    vae_attn = 3 * (h * w) ** 2 if v.mid_block_add_attention else 0
+    vae_attn = min(3 * (h * w) ** 2, 3 * ATTENTION_TILE_ELEMENTS) if v.mid_block_add_attention else 0
     vae = (vae_work + vae_attn) * itemsize
     return {"unet": unet, "vae": vae}
 

@@ -39,6 +39,7 @@ from .errors import TinySDError
 from .memory import check_generation_memory
 from .paths import DEFAULT_MODEL_DIR, TOKENIZER_DIR
 from .png import GenerationParams, file_sha256_prefix
+from .runstats import NO_STATS
 from .schedulers import SAMPLERS, NoiseSource, make_scheduler
 
 log = logging.getLogger(__name__)
@@ -200,6 +201,7 @@ class Pipeline:
         self.precision = precision
         self._model_hash: str | None = None
         self.quantized_from: dict = {}  # a quantized folder's source checkpoint: {"name": ..., "hash": ...}
+        self.stats = None  # a tinysd.runstats.NetworkStats: per-network time and peak RSS of generate's calls
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, precision: str | None = None,
@@ -367,8 +369,10 @@ class Pipeline:
         shape = (self.config.unet.in_channels, height // f, width // f)
 
         # 1. text features: negative and positive prompt in one text encoder call
+        stats = NO_STATS if self.stats is None else self.stats
         t0 = time.perf_counter()
-        ctx = _finite(self.encode_prompt([negative_prompt, prompt], clip_skip), "the text encoder output")  # (2, 77, D)
+        with stats.measure("text_encoder"):
+            ctx = _finite(self.encode_prompt([negative_prompt, prompt], clip_skip), "the text encoder output")  # (2, 77, D)
         ctx_neg, ctx_pos = ctx[:1], ctx[1:]
         if do_cfg:
             context = np.concatenate([np.repeat(ctx_neg, B, axis=0), np.repeat(ctx_pos, B, axis=0)])  # (2B, 77, D)
@@ -391,12 +395,13 @@ class Pipeline:
             t = sched.timesteps[i]
             x = sched.scale_model_input(latents, i).astype(np.float32)  # (B, C, h, w)
             at = f"step {i + 1}/{steps}: "
+            with stats.measure("unet"):
+                out = self.unet(np.concatenate([x, x]) if do_cfg else x, t, context)  # (2B or B, C, h, w)
             if do_cfg:
-                out = np.asarray(self.unet(np.concatenate([x, x]), t, context), dtype=np.float64)  # (2B, C, h, w)
-                eps_neg, eps_pos = np.split(_finite(out, at + "the UNet output"), 2)
+                eps_neg, eps_pos = np.split(_finite(np.asarray(out, dtype=np.float64), at + "the UNet output"), 2)
                 eps = eps_neg + g * (eps_pos - eps_neg)
             else:
-                eps = _finite(np.asarray(self.unet(x, t, context), dtype=np.float64), at + "the UNet output")
+                eps = _finite(np.asarray(out, dtype=np.float64), at + "the UNet output")
             step_noise = noise.randn(shape) if sched.needs_noise else None
             latents = _finite(sched.step(eps, i, latents, noise=step_noise).prev_sample,
                               at + f"the latents after the {sampler} step")
@@ -410,7 +415,9 @@ class Pipeline:
         z = (latents / self.vae.scaling_factor).astype(np.float32)
         images = []
         for b in range(B):
-            images += latents_to_images(_finite(np.asarray(self.vae.decode(z[b : b + 1])), "the VAE decoder output"))
+            with stats.measure("vae.decode"):
+                dec = self.vae.decode(z[b : b + 1])  # (1, 3, H, W)
+            images += latents_to_images(_finite(np.asarray(dec), "the VAE decoder output"))
         log.info("vae decoder: %.2f s", time.perf_counter() - t0)
 
         base = dict(prompt=prompt, negative_prompt=negative_prompt, steps=int(steps), sampler=sampler, karras=bool(karras),

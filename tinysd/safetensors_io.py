@@ -130,37 +130,51 @@ class SafetensorsFile:
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {k: i.shape for k, i in self.infos.items()}
 
-    def read_raw(self, names: Iterable[str]) -> dict[str, np.ndarray]:
-        """The named tensors as stored (BF16 as raw uint16), in file order of reads."""
+    def read_raw(self, names: Iterable[str], writable: bool = False) -> dict[str, np.ndarray]:
+        """The named tensors as stored (BF16 as raw uint16), in file order of reads.
+
+        Each array is a view of the bytes read for it (one copy of the file's bytes, no other): read-only,
+        or, with writable=True, over a bytearray the caller may write to.
+        """
+        return dict(self.iter_raw(names, writable))
+
+    def iter_raw(self, names: Iterable[str], writable: bool = False):
+        """(name, array) of `read_raw`, one tensor at a time in file order (only the current one is held here)."""
         names = sorted(names, key=lambda k: self.infos[k].begin)
-        out = {}
         try:
             with open_regular(self.path) as f:
                 for name in names:
                     info = self.infos[name]
                     f.seek(info.begin)
-                    buf = f.read(info.nbytes)
-                    if len(buf) != info.nbytes:
+                    if writable:
+                        buf = bytearray(info.nbytes)
+                        n = f.readinto(buf)
+                    else:
+                        buf = f.read(info.nbytes)
+                        n = len(buf)
+                    if n != info.nbytes:
                         raise TinySDError(f"{self.path}: tensor {name!r} is truncated")
-                    out[name] = np.frombuffer(buf, dtype=DTYPES[info.dtype][0]).reshape(info.shape)
+                    yield name, np.frombuffer(buf, dtype=DTYPES[info.dtype][0]).reshape(info.shape)
         except OSError as e:
             raise TinySDError(f"{self.path}: cannot read ({e.strerror or e})") from None
-        return out
 
     def read_float32(self, names: Iterable[str]) -> dict[str, np.ndarray]:
         """The named tensors as writable, C-contiguous float32 arrays.
 
-        F32: copied; F16: exact cast; F64: rounded to nearest float32; BF16:
-        exact (bits << 16). Any other dtype is a TinySDError naming the tensor.
+        F32: the bytes read, as they are (no second copy); F16: exact cast; F64: rounded to nearest
+        float32; BF16: exact (bits << 16). Tensors are read and converted one at a time, so at most one
+        tensor's stored bytes are held beside the float32 arrays. Any other dtype is a TinySDError
+        naming the tensor.
         """
         names = list(names)
         for name in names:
             if self.infos[name].dtype not in FLOAT_DTYPES:
                 raise TinySDError(f"{self.path}: tensor {name!r} has dtype {self.infos[name].dtype}, expected a float type")
         out = {}
-        for name, a in self.read_raw(names).items():
-            out[name] = to_float32(a, self.infos[name].dtype)
-        return out
+        for name, a in self.iter_raw(names, writable=True):
+            dtype = self.infos[name].dtype
+            out[name] = a if dtype == "F32" and a.dtype == np.float32 and a.dtype.isnative else to_float32(a, dtype)
+        return {k: out[k] for k in names}
 
 
 def to_float32(a: np.ndarray, dtype: str) -> np.ndarray:

@@ -342,6 +342,58 @@ def test_deterministic(tiny, qmodels):
         assert all(o.tobytes() == outs[0].tobytes() for o in outs)
 
 
+def _counting_kernels():
+    """The CPU kernels with a counter of softmax calls (one per attention tile)."""
+    from types import SimpleNamespace
+
+    from tinysd.interp.integer import CPU_KERNELS
+
+    count = [0]
+
+    def softmax(*a, **kw):
+        count[0] += 1
+        return CPU_KERNELS.softmax(*a, **kw)
+
+    return SimpleNamespace(**{**vars(CPU_KERNELS), "softmax": softmax}), count
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_attention_in_query_tiles_gives_the_same_integers(tiny, qmodels, precision):
+    """Attention computed in tiles of query rows (scores -> softmax -> context per tile) gives the integers
+    of the untiled ops: UNet (self- and cross-attention, several heads) and VAE decoder (mid-block attention)."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)
+    ctx = _ctx(7, tiny.config.unet.cross_attention_dim)
+    z = rng.standard_normal((1, 4, 4, 4)).astype(np.float32)  # VAE mid attention: 16 rows in tiles of 6, 6, 4
+    qm = qmodels[precision]
+    outs = {}
+    for tile in (1 << 40, 100):  # untiled; tiles of a few rows (rows = 100 // (B * H * S), at least 1)
+        kernels, count = _counting_kernels()
+        unet_i = IntegerInterpreter(qm.networks["unet"], kernels=kernels)
+        vae_i = IntegerInterpreter(qm.networks["vae"], kernels=kernels)
+        unet_i.attention_tile_elements = vae_i.attention_tile_elements = tile
+        u = UNet(UNet2DConditionModel(tiny.config.unet), unet_i)(x, 321, ctx)
+        d = VAE(AutoencoderKL(tiny.config.vae), vae_i).decode(z)
+        outs[tile] = (u, d, count[0])
+    (u0, d0, n0), (u1, d1, n1) = outs.values()
+    assert n1 > 4 * n0  # the tiled run made many more softmax calls
+    assert u1.tobytes() == u0.tobytes() and d1.tobytes() == d0.tobytes()
+
+
+def test_float_attention_in_query_tiles(tiny):
+    """The float interpreter's tiled attention agrees with the untiled one to float32 rounding."""
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)
+    ctx = _ctx(8, tiny.config.unet.cross_attention_dim)
+    outs = []
+    for tile in (1 << 40, 100):
+        f = FloatInterpreter(tiny.params["unet"], "unet")
+        f.attention_tile_elements = tile
+        outs.append(UNet(UNet2DConditionModel(tiny.config.unet), f)(x, 321, ctx))
+    scale = np.max(np.abs(outs[0]))
+    assert np.max(np.abs(outs[1] - outs[0])) <= 1e-5 * scale
+
+
 # ------------------------------------------------------------------------------------------------
 # pipeline precisions
 # ------------------------------------------------------------------------------------------------

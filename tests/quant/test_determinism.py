@@ -2,7 +2,10 @@
 
 Each network of the tiny fixture model, quantized in both precisions, runs on fixed inputs; every op output
 (integer codes) is hashed (tests/quantfix.py). The hashes of two in-process runs and of fresh processes with
-1 and 2 threads must all be equal. Run as a script (`python test_determinism.py w8a8=FOLDER ...`), this
+1 and 2 threads must all be equal, and equal to the stored golden hashes (tests/fixtures/golden_hashes.json, made
+by tools/make_golden_hashes.py): the model is quantized from the fixture's stored float64 activation ranges (no
+float run, so no BLAS-order dependence), and any change to a kernel, fast path or interpreter that moves one
+integer of a golden output fails `test_golden_outputs_match_stored_hashes`. Run as a script (`python test_determinism.py w8a8=FOLDER ...`), this
 file prints the hashes of each quantized folder as JSON.
 """
 import json
@@ -13,24 +16,57 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))  # quantfix, also when run as a script
+sys.path.insert(0, str(ROOT / "tools"))  # make_golden_hashes
 
 import pytest  # noqa: E402
 
 from quantfix import KINDS, digests, integer_tensors  # noqa: E402
 
 TINY = ROOT / "tests" / "fixtures" / "tiny-sd"
+GOLDEN = ROOT / "tests" / "fixtures" / "golden_hashes.json"
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory):
+def golden():
+    return json.loads(GOLDEN.read_text())
+
+
+@pytest.fixture(scope="module")
+def models(golden):
+    """{precision: QuantizedModel} of the tiny model quantized from the golden fixture's stored ranges."""
     from tinysd.checkpoint import load_checkpoint
-    from tinysd.quant.calibration import calibrate_model, quantize_model
-    from tinysd.quant.folder import save_quantized
+    from tinysd.quant.calibration import quantize_model
 
     loaded = load_checkpoint(TINY)
-    ranges = calibrate_model(loaded, ["a red circle", "a large green triangle on the right"], steps=2)
+    ranges = {net: {t: tuple(v) for t, v in r.items()} for net, r in golden["ranges"].items()}
+    return {p: quantize_model(loaded, p, ranges) for p in ("w8a8", "w8a16")}
+
+
+@pytest.fixture(scope="module")
+def folders(models, tmp_path_factory):
+    from tinysd.quant.folder import save_quantized
+
     root = tmp_path_factory.mktemp("determinism")
-    return {p: save_quantized(quantize_model(loaded, p, ranges), root / p) for p in ("w8a8", "w8a16")}
+    return {p: save_quantized(q, root / p) for p, q in models.items()}
+
+
+@pytest.fixture(scope="module")
+def first(folders):
+    """{precision: {call kind: digest}} of one run through each saved folder."""
+    return {p: _hashes(f) for p, f in folders.items()}
+
+
+def test_golden_outputs_match_stored_hashes(models, first, golden):
+    """Parameters and every op's integer output (all entry points, w8a8 and w8a16) match the stored hashes."""
+    from make_golden_hashes import arrays_digest
+
+    for p, q in models.items():
+        want = golden["hashes"][p]
+        assert arrays_digest(q) == want["arrays"], f"{p}: quantized parameters changed (quantize_model, not kernels)"
+        got = first[p]  # through the folder, as a user runs it
+        assert set(got) == set(KINDS)
+        changed = [k for k in KINDS if got[k] != want["outputs"][k]]
+        assert not changed, f"{p}: integer outputs changed in {', '.join(changed)}"
 
 
 def _hashes(folder) -> dict[str, str]:
@@ -49,8 +85,7 @@ def _in_subprocess(folders: dict, threads: int) -> dict[str, dict[str, str]]:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def test_integer_outputs_identical_across_runs_and_threads(folders):
-    first = {p: _hashes(f) for p, f in folders.items()}
+def test_integer_outputs_identical_across_runs_and_threads(folders, first):
     for p in folders:
         assert set(first[p]) == set(KINDS)
     assert first["w8a8"] != first["w8a16"]

@@ -19,6 +19,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ..errors import TinySDError
+from ..memory import ATTENTION_TILE_ELEMENTS  # scores above this many elements: `attention` tiles the queries
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +169,7 @@ class FloatInterpreter:
         self.params = params
         self.network = network
         self._f32: dict[str, np.ndarray] = {}
+        self.attention_tile_elements = ATTENTION_TILE_ELEMENTS
 
     # --- parameters ---------------------------------------------------------
     def param(self, name: str) -> np.ndarray:
@@ -256,6 +258,33 @@ class FloatInterpreter:
             else:
                 b = b * F32(alpha)
         return np.matmul(a, b)  # (..., M, N)
+
+    def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, name: str, alpha: float = 1.0,
+                  causal: bool = False) -> np.ndarray:
+        """softmax(alpha q k [causal]) v: ops `{name}.scores`, `.probs`, `.context`, in tiles of query rows
+        when the scores have more than `attention_tile_elements` elements.
+
+        q (B, H, T, d), k (B, H, d, S), v (B, H, S, d) -> (B, H, T, d) float32. alpha scales the operand
+        `matmul` would scale untiled (the smaller of q and k, decided on the whole q), so each element is
+        rounded as untiled; the products may differ from the untiled ones in the last bits where BLAS blocks
+        a tile differently. Untiled when causal or when a subclass overrides `matmul` / `softmax`.
+        """
+        B, H, T, _ = q.shape
+        S = k.shape[-1]
+        rows = max(1, self.attention_tile_elements // max(1, B * H * S))
+        own = type(self).matmul is FloatInterpreter.matmul and type(self).softmax is FloatInterpreter.softmax
+        if causal or rows >= T or not own:
+            scores = self.matmul(q, k, f"{name}.scores", alpha=alpha)
+            return self.matmul(self.softmax(scores, f"{name}.probs", causal=causal), v, f"{name}.context")
+        scale_q = alpha != 1.0 and q.size <= k.size
+        if alpha != 1.0 and not scale_q:
+            k = k * F32(alpha)
+        out = np.empty(q.shape[:3] + (v.shape[-1],), dtype=F32)  # (B, H, T, d)
+        for r0 in range(0, T, rows):
+            qt = q[:, :, r0:r0 + rows]
+            scores = np.matmul(qt * F32(alpha) if scale_q else qt, k)  # (B, H, rows, S)
+            out[:, :, r0:r0 + rows] = np.matmul(self.softmax(scores, f"{name}.probs"), v)
+        return out
 
     def add(self, a: np.ndarray, b: np.ndarray, name: str) -> np.ndarray:
         return np.add(a, b, dtype=F32)

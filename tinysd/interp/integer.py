@@ -53,6 +53,7 @@ import numpy as np
 
 from .. import kernels as K
 from ..errors import TinySDError
+from ..memory import ATTENTION_TILE_ELEMENTS  # scores above this many elements: `attention` tiles the queries
 from ..fixedpoint import dequantize as host_dequantize
 from ..kernels.norm import NormParams, group_norm, layer_norm
 from ..kernels.softmax import softmax as _softmax
@@ -113,6 +114,7 @@ class IntegerInterpreter:
         self.cache_weights = cache_weights
         self._weights: dict[str, K.PreparedWeight] = {}
         self._names = OpNames(qnet.network)
+        self.attention_tile_elements = ATTENTION_TILE_ELEMENTS
 
     # --- lookups ----------------------------------------------------------------
     def array(self, op: str, field: str) -> np.ndarray:
@@ -316,7 +318,10 @@ class IntegerInterpreter:
         """Softmax (spec 6.2) at the fixed output encoding, or, when the network follows a given output
         encoding, a 16-bit softmax requantized to it (spec 4.11)."""
         x = self._q(x, name)
-        tensor = self._claim(name)
+        return self._softmax_into(x, name, self._claim(name), causal)
+
+    def _softmax_into(self, x: QTensor, name: str, tensor: str, causal: bool) -> QTensor:
+        """The computation of `softmax` once op `name` has claimed `tensor`."""
         if self._has(name, "multiplier"):
             y = self.kernels.softmax(x.data, self.array(name, "exp_table"), out_bits=16, causal=causal)
             y = self.kernels.requantize_tensor(y, 0, self._scalar(name, "multiplier"), self._scalar(name, "shift"),
@@ -328,10 +333,18 @@ class IntegerInterpreter:
     def matmul(self, a, b, name: str, alpha: float = 1.0) -> QTensor:
         a, b = self._q(a, name), self._q(b, name)
         tensor = self._claim(name)
+        return self._matmul_into(a, self._scaled_b(b, name, tensor), name, tensor)
+
+    def _scaled_b(self, b: QTensor, name: str, tensor: str) -> QTensor:
+        """matmul's right operand, scaled first when prepared so (spec 4.11: only with a scaled left operand)."""
+        if self._has(name, "a_scaled.multiplier") and self._has(name, "b_scaled.multiplier"):
+            return self._step_scale(b, name, "b_scaled", tensor)
+        return b
+
+    def _matmul_into(self, a: QTensor, b: QTensor, name: str, tensor: str) -> QTensor:
+        """The computation of `matmul` once op `name` has claimed `tensor` and b is `_scaled_b`."""
         if self._has(name, "a_scaled.multiplier"):  # operands scaled first (spec 4.11)
             a = self._step_scale(a, name, "a_scaled", tensor)
-            if self._has(name, "b_scaled.multiplier"):
-                b = self._step_scale(b, name, "b_scaled", tensor)
         product = self._has(name, "product.multiplier")
         prefix, into = self._step_out(name, "product", tensor) if product else (name, tensor)
         max_k = int(self.array(prefix, "max_k")[0])
@@ -344,6 +357,37 @@ class IntegerInterpreter:
         if product:
             y = self._step_scale(self._part(y, into), name, "", tensor).data
         return self._out(y, tensor)
+
+    def attention(self, q, k, v, name: str, alpha: float = 1.0, causal: bool = False) -> QTensor:
+        """Ops `{name}.scores` = matmul(q, k, alpha), `{name}.probs` = softmax, `{name}.context` = matmul(probs, v),
+        computed in tiles of query rows when the scores have more than `attention_tile_elements` elements.
+
+        q (B, H, T, d), k (B, H, d, S), v (B, H, S, d) -> (B, H, T, d). Every row of the scores, of the
+        probabilities and of the context depends only on the same query row (the matmul requantization is
+        elementwise, softmax is row-wise), so the integers are those of the untiled ops; only one tile of
+        scores and probabilities (and its int64 / float work buffers) is alive at a time. Untiled when causal
+        (the mask is indexed by the row) or when a subclass overrides `matmul` / `softmax`.
+        """
+        B, H, T, _ = q.shape
+        S = k.shape[-1]
+        rows = max(1, self.attention_tile_elements // max(1, B * H * S))
+        own = type(self).matmul is IntegerInterpreter.matmul and type(self).softmax is IntegerInterpreter.softmax
+        if causal or rows >= T or not own:
+            scores = self.matmul(q, k, f"{name}.scores", alpha=alpha)
+            return self.matmul(self.softmax(scores, f"{name}.probs", causal=causal), v, f"{name}.context")
+        q, k, v = (self._q(x, name) for x in (q, k, v))
+        names = (f"{name}.scores", f"{name}.probs", f"{name}.context")
+        t_scores, t_probs, t_ctx = (self._claim(n) for n in names)
+        k, v = self._scaled_b(k, names[0], t_scores), self._scaled_b(v, names[2], t_ctx)
+        out = None
+        for r0 in range(0, T, rows):
+            qt = QTensor(q.data[:, :, r0:r0 + rows], q.zp, q.bits, q.enc)  # (B, H, rows, d)
+            p = self._softmax_into(self._matmul_into(qt, k, names[0], t_scores), names[1], t_probs, False)
+            c = self._matmul_into(p, v, names[2], t_ctx)  # (B, H, rows, d)
+            if out is None:
+                out = np.empty(c.shape[:2] + (T,) + c.shape[3:], dtype=c.data.dtype)  # (B, H, T, d)
+            out[:, :, r0:r0 + rows] = c.data
+        return QTensor(out, c.zp, c.bits, c.enc)
 
     def add(self, a, b, name: str) -> QTensor:
         a, b = self._q(a, name), self._q(b, name)

@@ -134,7 +134,10 @@ def multihead_attention(ops, q, k, v, heads: int, name: str, causal: bool = Fals
 
     q (B, T, C), k and v (B, S, C), d = C // heads -> (B, T, C). The scale is
     applied to the q k^T product (`matmul` alpha), as torch's attention does.
-    Ops: `{name}.scores`, `{name}.probs`, `{name}.context`.
+    Ops: `{name}.scores`, `{name}.probs`, `{name}.context`. When the scores have more than
+    `ops.attention_tile_elements` elements and the interpreter's class has an `attention` method (float,
+    integer), the three run as one `ops.attention` call, in tiles of query rows; a proxy whose class has
+    none (the recording interpreter) always sees the three ops.
     """
     B, T, C = q.shape
     S = k.shape[1]
@@ -142,9 +145,13 @@ def multihead_attention(ops, q, k, v, heads: int, name: str, causal: bool = Fals
     q = ops.transpose(ops.reshape(q, (B, T, heads, d)), (0, 2, 1, 3))  # (B, H, T, d)
     k = ops.transpose(ops.reshape(k, (B, S, heads, d)), (0, 2, 3, 1))  # (B, H, d, S)
     v = ops.transpose(ops.reshape(v, (B, S, heads, d)), (0, 2, 1, 3))  # (B, H, S, d)
-    scores = ops.matmul(q, k, f"{name}.scores", alpha=float(d) ** -0.5)  # (B, H, T, S)
-    probs = ops.softmax(scores, f"{name}.probs", causal=causal)
-    ctx = ops.matmul(probs, v, f"{name}.context")  # (B, H, T, d)
+    tile = getattr(ops, "attention_tile_elements", 0) if getattr(type(ops), "attention", None) else 0
+    if tile and B * heads * T * S > tile:  # large scores: the three ops in one call, in query tiles
+        ctx = ops.attention(q, k, v, name, alpha=float(d) ** -0.5, causal=causal)  # (B, H, T, d)
+    else:
+        scores = ops.matmul(q, k, f"{name}.scores", alpha=float(d) ** -0.5)  # (B, H, T, S)
+        probs = ops.softmax(scores, f"{name}.probs", causal=causal)
+        ctx = ops.matmul(probs, v, f"{name}.context")  # (B, H, T, d)
     return ops.reshape(ops.transpose(ctx, (0, 2, 1, 3)), (B, T, heads * d))  # (B, T, C)
 
 

@@ -36,6 +36,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import TinySDError
+from ..runstats import measure
 from ..fixedpoint import ARITHMETIC_SPEC_VERSION
 from ..interp.calibrate import DEFAULT_PERCENTILE, CalibratingInterpreter
 from .encodings import Encoding
@@ -157,12 +158,14 @@ def _check_calibration_args(prompts, steps) -> list[str]:
 def calibrate_observers(loaded, prompts: Sequence[str], steps: int = DEFAULT_CALIBRATION_STEPS,
                         method: str = "minmax", sampler: str = "euler", seed: int = 0, guidance_scale: float = 7.5,
                         size: int | None = None, percentile: float = DEFAULT_PERCENTILE, record: list | None = None,
-                        progress=None, parts: Mapping[str, Mapping] | None = None) -> dict[str, dict[str, object]]:
+                        progress=None, parts: Mapping[str, Mapping] | None = None, stats=None,
+                        ) -> dict[str, dict[str, object]]:
     """The observers of every tensor after float pipeline runs over `prompts` (module docstring).
 
     Arguments as `calibrate_model`; progress(done, total) is called after every sampler step
     (total = prompts x steps); parts: {network: {op: parts}} whose parts are observed too
-    (`tinysd.interp.parts`). Returns {network: {tensor name: observer}}: MinMaxObservers
+    (`tinysd.interp.parts`); stats: a `tinysd.runstats.NetworkStats` the float calls are recorded in
+    ("unet (float calibration)", ...), or None. Returns {network: {tensor name: observer}}: MinMaxObservers
     for "minmax", PercentileObservers for "percentile" and "mse"; `ranges_from_observers` turns
     them into ranges.
     """
@@ -175,6 +178,7 @@ def calibrate_observers(loaded, prompts: Sequence[str], steps: int = DEFAULT_CAL
     tokenizer = CLIPTokenizer.from_dir(loaded.tokenizer_dir or TOKENIZER_DIR)
     vae_tap = _Tap(vae, record)
     pipe = Pipeline(tokenizer, _Tap(te, record), _Tap(unet, record), vae_tap, loaded.config, model_name="calibration")
+    pipe.stats = None if stats is None else _Suffixed(stats, " (float calibration)")
     t0 = time.perf_counter()
     for i, prompt in enumerate(prompts):
         def step_done(done, total, i=i):
@@ -185,7 +189,8 @@ def calibrate_observers(loaded, prompts: Sequence[str], steps: int = DEFAULT_CAL
                             sampler=sampler, width=size, height=size, callback=step_done)
         pixels = np.asarray(res.images[0], dtype=np.float32)  # (H, W, 3) in [0, 255]
         image = pixels.transpose(2, 0, 1)[None] / np.float32(127.5) - np.float32(1.0)  # (1, 3, H, W) in [-1, 1]
-        vae_tap.encode(image)
+        with measure(stats, "vae.encode (float calibration)"):
+            vae_tap.encode(image)
         log.info("calibration prompt %d/%d done (%.1f s)", i + 1, len(prompts), time.perf_counter() - t0)
     return {net.interp.network: dict(net.interp.observers) for net in (te, unet, vae)}
 
@@ -243,12 +248,24 @@ def calibrate_model(loaded, prompts: Sequence[str], steps: int = DEFAULT_CALIBRA
     return ranges_from_observers(observers, method, precision)
 
 
-def replay_sqnr(calls: Sequence[NetworkCall], networks, max_calls: int | None = None, progress=None) -> dict[str, float]:
+class _Suffixed:
+    """A NetworkStats whose names get a suffix ("unet" -> "unet (float calibration)")."""
+
+    def __init__(self, stats, suffix: str):
+        self.stats, self.suffix = stats, suffix
+
+    def measure(self, name: str):
+        return self.stats.measure(name + self.suffix)
+
+
+def replay_sqnr(calls: Sequence[NetworkCall], networks, max_calls: int | None = None, progress=None,
+                stats=None) -> dict[str, float]:
     """SQNR (dB) of `networks` = (text_encoder, unet, vae) against recorded float calls.
 
     Each recorded call of a kind in CALL_KINDS (at most `max_calls` per kind, the first ones) is
     run again with the same arguments; the outputs of one kind are compared as one signal
-    (`sqnr_db` over all of them). progress(done, total) is called after every replayed call.
+    (`sqnr_db` over all of them). progress(done, total) is called after every replayed call; stats: a
+    `tinysd.runstats.NetworkStats` each replayed call is recorded in ("unet (integer SQNR)", ...), or None.
     Returns {kind: dB} for the kinds recorded.
     """
     te, unet, vae = networks
@@ -262,7 +279,8 @@ def replay_sqnr(calls: Sequence[NetworkCall], networks, max_calls: int | None = 
     outs: dict[str, list] = {}
     for done, call in enumerate(chosen, 1):
         refs.setdefault(call.kind, []).append(np.asarray(call.output, np.float64).reshape(-1))
-        out = fns[call.kind](*call.args, **call.kwargs)
+        with measure(stats, f"{call.kind} (integer SQNR)"):
+            out = fns[call.kind](*call.args, **call.kwargs)
         outs.setdefault(call.kind, []).append(np.asarray(out, np.float64).reshape(-1))
         if progress is not None:
             progress(done, len(chosen))

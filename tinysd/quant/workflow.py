@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import TinySDError
+from ..runstats import measure
 from .model import NETWORKS, canonical_precision, network_precisions
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ def _import_sources(loaded, sources, precision: str, files=None):
 def quantize_checkpoint(model, out_dir, precision: str, prompts_file=None, steps: int | None = None,
                         method: str | None = None, encodings_file=None, overwrite: bool = False,
                         sqnr_calls: int | None = None, progress=None, encodings=(), onnx=(),
-                        summary: dict | None = None, weights: str = "nearest", adaround=None):
+                        summary: dict | None = None, weights: str = "nearest", adaround=None, stats=None):
     """Quantize the float checkpoint `model` to a folder `out_dir` (the steps of the module docstring).
 
     precision: "w8a8", "w8a16" or per network ("w8a8,vae=w8a16"). prompts_file: calibration prompts (None: the
@@ -81,6 +82,8 @@ def quantize_checkpoint(model, out_dir, precision: str, prompts_file=None, steps
     weights: "nearest" (round to nearest) or "adaround" (`tinysd.quant.adaround`, with the
     `AdaRoundSettings` `adaround`, None: the defaults; progress stage "AdaRound {network}" per layer);
     not with encodings files (their weights and parameter encodings decide the integers).
+    stats: a `tinysd.runstats.NetworkStats` to record per-network time and peak RSS in (the float
+    calibration calls, quantization, the integer SQNR replay), or None.
     """
     from ..checkpoint import load_checkpoint
     from ..png import model_hash
@@ -137,7 +140,7 @@ def quantize_checkpoint(model, out_dir, precision: str, prompts_file=None, steps
     observers = calibrate_observers(loaded, prompts, steps, method, sampler=CALIBRATION_SAMPLER, seed=CALIBRATION_SEED,
                                     guidance_scale=CALIBRATION_GUIDANCE, record=calls,
                                     progress=progress and (lambda done, total: progress("calibration", done, total)),
-                                    parts={n: imp.parts for n, imp in imported.items()})
+                                    parts={n: imp.parts for n, imp in imported.items()}, stats=stats)
     ranges = ranges_from_observers(observers, method, precision)
     per_net = network_precisions(precision)
     calibrated = {n: encodings_from_ranges(r, per_net[n]) for n, r in ranges.items()}
@@ -155,11 +158,11 @@ def quantize_checkpoint(model, out_dir, precision: str, prompts_file=None, steps
         lines += _summary_lines(imported, report)
     else:
         report, warnings = None, []
+        qloaded, params = loaded, None
         if adaround is not None:
             qloaded, params, weights_info = _adaround(loaded, calls, adaround, progress)
+        with measure(stats, "quantize (all networks)"):
             qmodel = quantize_model(qloaded, precision, calibrated, params)
-        else:
-            qmodel = quantize_model(loaded, precision, calibrated)
     for line in lines:
         log.info("%s", line)
     if summary is not None:
@@ -168,7 +171,7 @@ def quantize_checkpoint(model, out_dir, precision: str, prompts_file=None, steps
     if "vae.image" not in qmodel.networks["vae"].activations:  # a decoder-only encodings file
         calls = [c for c in calls if c.kind != "vae.encode"]
     sqnr = replay_sqnr(calls, build_integer_networks(qmodel), max_calls=sqnr_calls,
-                       progress=progress and (lambda done, total: progress("SQNR", done, total)))
+                       progress=progress and (lambda done, total: progress("SQNR", done, total)), stats=stats)
     qmodel.info.update({
         "source_model": str(model),
         "source_model_name": model.stem if model.is_file() else model.resolve().name,
