@@ -207,11 +207,14 @@ def cli(ctx, verbose):
               help="Checkpoint: a diffusers folder or an SD 1.x .safetensors file. "
                    "Default: the shipped model (weights/tinysd-shapes/), at its native size.")
 @click.option("--negative-prompt", "--negative", "negative_prompt", default="", show_default=True, help="Negative prompt.")
-@click.option("--steps", type=int, default=20, show_default=True, help="Sampling steps.")
-@click.option("--cfg", "cfg", type=float, default=7.5, show_default=True,
-              help="Classifier-free guidance scale (<= 1 turns guidance off).")
+@click.option("--steps", type=int, default=None,
+              help="Sampling steps.  [default: the model's own (4 for the shipped LCM model), else 20]")
+@click.option("--cfg", "cfg", type=float, default=None,
+              help="Classifier-free guidance scale (<= 1 turns guidance off; a w-conditioned LCM UNet takes it as "
+                   "w = cfg - 1).  [default: the model's own, else 7.5]")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed; image i of a batch uses seed + i.")
-@click.option("--sampler", type=click.Choice(SAMPLERS), default="euler", show_default=True, help="Sampler.")
+@click.option("--sampler", type=click.Choice(SAMPLERS), default=None,
+              help="Sampler.  [default: the model's own (lcm for the shipped model), else euler]")
 @click.option("--karras", is_flag=True, help="Karras sigmas (euler, euler_a, dpmpp_2m).")
 @click.option("--width", type=int, default=None, help="Image width, a multiple of 8 (default: the model's native size).")
 @click.option("--height", type=int, default=None, help="Image height, a multiple of 8 (default: the model's native size).")
@@ -224,16 +227,20 @@ def cli(ctx, verbose):
                    "precision for a quantized model folder.")
 def generate(prompt, output, model, negative_prompt, steps, cfg, seed, sampler, karras, width, height, clip_skip, batch, precision):
     """Generate an image from PROMPT and write it as a PNG with A1111-style parameters."""
+    from .defaults import GenerationDefaults
     from .pipeline import Pipeline, check_generation_args
     from .png import check_output_path, write_png
 
-    check_generation_args(prompt=prompt, negative_prompt=negative_prompt, steps=steps, guidance_scale=cfg, seed=seed,
-                          sampler=sampler, width=width, height=height, karras=karras, clip_skip=clip_skip,
-                          batch_size=batch)
+    given = (sampler, steps, cfg)  # None: the model's default, known once it is loaded
+    early_sampler, early_steps, early_cfg = GenerationDefaults().resolve(*given)  # check the given values at once
+    check_generation_args(prompt=prompt, negative_prompt=negative_prompt, steps=early_steps, guidance_scale=early_cfg,
+                          seed=seed, sampler=early_sampler, width=width, height=height, karras=karras,
+                          clip_skip=clip_skip, batch_size=batch)
     outputs = [output] if batch == 1 else [output.with_name(f"{output.stem}-{i}{output.suffix}") for i in range(batch)]
     check_output_path(outputs[0])
 
     pipe = Pipeline.from_pretrained(model, precision=precision)
+    sampler, steps, cfg = pipe.defaults.resolve(*given)
     width, height = pipe.check_args(prompt=prompt, negative_prompt=negative_prompt, steps=steps, guidance_scale=cfg,
                                     seed=seed, sampler=sampler, width=width, height=height, karras=karras,
                                     clip_skip=clip_skip, batch_size=batch)
