@@ -274,7 +274,8 @@ cli.add_command(_golden_compare)
 @click.option("--calibration-prompts", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Prompt file, one prompt per line ('#' comments). Default: the shipped calibration prompts.")
 @click.option("--calibration-steps", type=int, default=None,
-              help=f"Sampler steps per calibration prompt.  [default: {DEFAULT_CALIBRATION_STEPS}]")
+              help=f"Sampler steps per calibration prompt.  [default: {DEFAULT_CALIBRATION_STEPS}, or a w-conditioned "
+                   "(LCM) model's own step count; such a model is calibrated with its own sampler and guidance too]")
 @click.option("--method", type=click.Choice(CALIBRATION_METHODS), default=None,
               help="Range estimate of the activations: minmax, percentile or mse (least squared quantization "
                    "error per tensor; best for w8a8).  [default: minmax]")
