@@ -205,7 +205,7 @@ def cli(ctx, verbose):
                    "link is written through; a device or FIFO is refused.")
 @click.option("--model", type=click.Path(path_type=Path), default=None,
               help="Checkpoint: a diffusers folder or an SD 1.x .safetensors file. "
-                   "Default: the shipped model (weights/tinysd-shapes/), at its native size.")
+                   "Default: the shipped model (weights/tinysd-shapes-lcm/, 4 LCM steps), at its native size.")
 @click.option("--negative-prompt", "--negative", "negative_prompt", default="", show_default=True, help="Negative prompt.")
 @click.option("--steps", type=int, default=None,
               help="Sampling steps.  [default: the model's own (4 for the shipped LCM model), else 20]")
