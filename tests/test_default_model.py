@@ -1,4 +1,5 @@
-"""The shipped default model (weights/tinysd-shapes) through the same path as a real SD folder.
+"""The shipped default model (weights/tinysd-shapes-lcm: 4 LCM steps, guidance 5, its folder's own
+defaults) through the same path as a real SD folder.
 
 Prompt adherence is scored by the deterministic detector of tinysd.eval.shapes on
 a fixed set of fully specified prompts (every attribute named) with fixed seeds.
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "model_index.json").is_
                                 reason="default model not present in weights/")
 
 N_PROMPTS = 24
-SETTINGS = dict(steps=20, guidance_scale=5.0, sampler="dpmpp_2m")  # as tools/score_adherence.py
+SETTINGS = {}  # the model's own defaults: lcm, 4 steps, guidance 5 (w = 4), as its model card's scores
 TARGETS = {"color": 0.90, "shape": 0.80, "position": 0.80, "background": 0.90}
 PRECISIONS = ["fp32", "w8a16", "w8a8"]
 
@@ -79,4 +80,5 @@ def test_cli_generate_uses_the_default_model(tmp_path):
 
     with Image.open(out) as im:
         assert im.size == (64, 64)  # the default model's native size
-    assert "Size: 64x64" in read_parameters(out)
+    params = read_parameters(out)
+    assert "Size: 64x64" in params and "Steps: 4," in params and "Sampler: LCM," in params

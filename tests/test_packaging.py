@@ -41,7 +41,8 @@ def test_sdist_and_wheel_install_and_generate_from_anywhere(tmp_path):
         tar.extractall(tmp_path / "unpacked", filter="data")
     top = f"tinysd-{__version__}"
     for needed in ("weights/tokenizer/vocab.json", "weights/tokenizer/merges.txt",
-                   "weights/tinysd-shapes/unet/diffusion_pytorch_model.safetensors", "setup.py"):
+                   "weights/tinysd-shapes/unet/diffusion_pytorch_model.safetensors",
+                   "weights/tinysd-shapes-lcm/unet/diffusion_pytorch_model.safetensors", "setup.py"):
         assert f"{top}/{needed}" in names, needed
 
     wheel = _build("build_wheel", tmp_path / "unpacked" / top, dist)  # the wheel is built from the sdist
@@ -52,6 +53,7 @@ def test_sdist_and_wheel_install_and_generate_from_anywhere(tmp_path):
     assert top_level == ["tinysd"]  # no top-level `cli` or `weights` module
     assert not any(f.split("/")[0] in ("cli.py", "weights", "tests", "tools") for f in files)
     for needed in ("tinysd/weights/tokenizer/vocab.json", "tinysd/weights/tinysd-shapes/model_index.json",
+                   "tinysd/weights/tinysd-shapes-lcm/model_index.json",
                    "tinysd/weights/tinysd-shapes/vae/diffusion_pytorch_model.safetensors",
                    "tinysd/data/calibration_prompts.txt"):
         assert needed in files, needed

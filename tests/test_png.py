@@ -68,7 +68,7 @@ def test_parse_a1111_docstring_example():
 
 
 def test_sampler_names():
-    assert [a1111_sampler_name(s, False) for s in SAMPLERS] == ["DDIM", "Euler", "Euler a", "DPM++ 2M"]
+    assert [a1111_sampler_name(s, False) for s in SAMPLERS] == ["DDIM", "Euler", "Euler a", "DPM++ 2M", "LCM"]
     assert a1111_sampler_name("dpmpp_2m", True) == "DPM++ 2M Karras"
     for s in SAMPLERS:
         for k in (False, True):

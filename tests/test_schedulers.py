@@ -165,3 +165,33 @@ def test_noise_source_streams():
     for bad in (-1, 1.5, True, "3"):
         with pytest.raises(TinySDError, match="seed"):
             NoiseSource(bad)
+
+
+def test_lcm_timesteps_and_limits():
+    """LCM's 4 steps of SD's schedule are 999, 759, 499, 259 whatever the spacing; more steps than
+    original_inference_steps are refused (diffusers raises too)."""
+    for spacing in ("leading", "trailing"):
+        s = make_scheduler("lcm", SchedulerConfig(timestep_spacing=spacing))
+        s.set_timesteps(4)
+        np.testing.assert_array_equal(s.timesteps, [999, 759, 499, 259])
+    with pytest.raises(TinySDError, match="original_inference_steps"):
+        make_scheduler("lcm", SchedulerConfig(original_inference_steps=8)).set_timesteps(9)
+    with pytest.raises(TinySDError, match="Karras"):
+        make_scheduler("lcm", karras=True)
+
+
+@pytest.mark.parametrize("dim", [16, 256])
+def test_guidance_embedding_matches_diffusers(dim):
+    from tinysd.nn.unet import guidance_embedding
+
+    ours = guidance_embedding(FIX["w_embedding__w"], dim)
+    theirs = FIX[f"w_embedding__d{dim}"]
+    assert ours.dtype == np.float32 and ours.shape == theirs.shape
+    # both float32 with the same operations; an argument e = 1000 w f_i up to 11000 is rounded to float32 (and
+    # NumPy's and torch's exp differ by an ulp), so sin/cos may differ by a few ulps of e: allow 2 ulps of e
+    w = FIX["w_embedding__w"].astype(np.float64)
+    half = dim // 2
+    e = 1000.0 * w[:, None] * np.exp(-np.arange(half) * np.log(10000.0) / (half - 1))[None, :]  # (B, half)
+    tol = 2.0 * np.abs(np.concatenate([e, e], axis=1)) * 2.0**-23 + 1e-7
+    assert np.all(np.abs(ours.astype(np.float64) - theirs) <= tol)
+    np.testing.assert_array_equal(ours[w == 0], theirs[w == 0])

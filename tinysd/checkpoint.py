@@ -52,6 +52,7 @@ import numpy as np
 from . import keymap
 from .config import CLIPTextConfig, ModelConfig, SchedulerConfig, UNetConfig, VAEConfig
 from .atomic import atomic_dir
+from .defaults import GenerationDefaults
 from .errors import TinySDError
 from .fileio import read_text
 from .safetensors_io import SafetensorsFile, TensorInfo, write_safetensors
@@ -84,6 +85,7 @@ class LoadedModel:
     layout:        "diffusers" or "single_file".
     files:         network -> weight files read.
     stored_dtypes: network -> safetensors dtypes of the tensors as stored (e.g. ("F16",)).
+    defaults:      the folder's generation defaults (`tinysd.defaults`, model_index.json `tinysd_defaults`).
     """
 
     config: ModelConfig
@@ -93,6 +95,7 @@ class LoadedModel:
     layout: str = "diffusers"
     files: dict[str, tuple[Path, ...]] = field(default_factory=dict)
     stored_dtypes: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    defaults: GenerationDefaults = field(default_factory=GenerationDefaults)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,9 +278,12 @@ def _shards(index: Path) -> list[Path]:
 
 def _load_folder(root: Path, override: ModelConfig | None) -> LoadedModel:
     index = root / "model_index.json"
+    defaults = GenerationDefaults()
     if index.is_file():
-        if not isinstance(_read_json(index), dict):
+        index_dict = _read_json(index)
+        if not isinstance(index_dict, dict):
             raise TinySDError(f"{index}: not a JSON object")
+        defaults = GenerationDefaults.from_index(index_dict, str(index))
     elif not (root / "unet").is_dir():
         singles = sorted(root.glob("*.safetensors"))
         hint = f"; to load a single-file checkpoint pass the file, e.g. {singles[0]}" if singles else ""
@@ -327,7 +333,7 @@ def _load_folder(root: Path, override: ModelConfig | None) -> LoadedModel:
     return LoadedModel(
         config=ModelConfig(text_encoder=configs["text_encoder"], unet=configs["unet"], vae=configs["vae"], scheduler=sched),
         params=params, tokenizer_dir=tok if tok.is_dir() else None, source=root, layout="diffusers",
-        files=files, stored_dtypes=dtypes)
+        files=files, stored_dtypes=dtypes, defaults=defaults)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -205,13 +205,16 @@ def cli(ctx, verbose):
                    "link is written through; a device or FIFO is refused.")
 @click.option("--model", type=click.Path(path_type=Path), default=None,
               help="Checkpoint: a diffusers folder or an SD 1.x .safetensors file. "
-                   "Default: the shipped model (weights/tinysd-shapes/), at its native size.")
+                   "Default: the shipped model (weights/tinysd-shapes-lcm/, 4 LCM steps), at its native size.")
 @click.option("--negative-prompt", "--negative", "negative_prompt", default="", show_default=True, help="Negative prompt.")
-@click.option("--steps", type=int, default=20, show_default=True, help="Sampling steps.")
-@click.option("--cfg", "cfg", type=float, default=7.5, show_default=True,
-              help="Classifier-free guidance scale (<= 1 turns guidance off).")
+@click.option("--steps", type=int, default=None,
+              help="Sampling steps.  [default: the model's own (4 for the shipped LCM model), else 20]")
+@click.option("--cfg", "cfg", type=float, default=None,
+              help="Classifier-free guidance scale (<= 1 turns guidance off; a w-conditioned LCM UNet takes it as "
+                   "w = cfg - 1).  [default: the model's own, else 7.5]")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed; image i of a batch uses seed + i.")
-@click.option("--sampler", type=click.Choice(SAMPLERS), default="euler", show_default=True, help="Sampler.")
+@click.option("--sampler", type=click.Choice(SAMPLERS), default=None,
+              help="Sampler.  [default: the model's own (lcm for the shipped model), else euler]")
 @click.option("--karras", is_flag=True, help="Karras sigmas (euler, euler_a, dpmpp_2m).")
 @click.option("--width", type=int, default=None, help="Image width, a multiple of 8 (default: the model's native size).")
 @click.option("--height", type=int, default=None, help="Image height, a multiple of 8 (default: the model's native size).")
@@ -232,25 +235,30 @@ def cli(ctx, verbose):
 def generate(prompt, output, model, negative_prompt, steps, cfg, seed, sampler, karras, width, height, clip_skip, batch,
              precision, init_image, strength):
     """Generate an image from PROMPT and write it as a PNG with A1111-style parameters."""
+    from .defaults import GenerationDefaults
     from .pipeline import Pipeline, check_generation_args
     from .png import check_output_path, write_png
 
-    check_generation_args(prompt=prompt, negative_prompt=negative_prompt, steps=steps, guidance_scale=cfg, seed=seed,
-                          sampler=sampler, width=width, height=height, karras=karras, clip_skip=clip_skip,
-                          batch_size=batch)
-    run_steps = steps
+    given = (sampler, steps, cfg)  # None: the model's default, known once it is loaded
+    early_sampler, early_steps, early_cfg = GenerationDefaults().resolve(*given)  # check the given values at once
+    check_generation_args(prompt=prompt, negative_prompt=negative_prompt, steps=early_steps, guidance_scale=early_cfg,
+                          seed=seed, sampler=early_sampler, width=width, height=height, karras=karras,
+                          clip_skip=clip_skip, batch_size=batch)
     if init_image is not None or strength is not None:  # img2img: checked and read before the model is loaded
         from . import img2img
 
         if init_image is None:
             raise TinySDError("--strength is only used with --init-image")
         strength = img2img.check_strength(img2img.DEFAULT_STRENGTH if strength is None else strength)
-        run_steps = steps - img2img.start_index(steps, strength)
+        if steps is not None:
+            img2img.start_index(steps, strength)  # refuses a strength that runs no step
         init_image = img2img.load_init_image(init_image)
     outputs = [output] if batch == 1 else [output.with_name(f"{output.stem}-{i}{output.suffix}") for i in range(batch)]
     check_output_path(outputs[0])
 
     pipe = Pipeline.from_pretrained(model, precision=precision)
+    sampler, steps, cfg = pipe.defaults.resolve(*given)
+    run_steps = steps if init_image is None else steps - img2img.start_index(steps, strength)
     width, height = pipe.check_args(prompt=prompt, negative_prompt=negative_prompt, steps=steps, guidance_scale=cfg,
                                     seed=seed, sampler=sampler, width=width, height=height, karras=karras,
                                     clip_skip=clip_skip, batch_size=batch, init_image=init_image, strength=strength)
@@ -295,7 +303,8 @@ cli.add_command(_golden_compare)
 @click.option("--calibration-prompts", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Prompt file, one prompt per line ('#' comments). Default: the shipped calibration prompts.")
 @click.option("--calibration-steps", type=int, default=None,
-              help=f"Sampler steps per calibration prompt.  [default: {DEFAULT_CALIBRATION_STEPS}]")
+              help=f"Sampler steps per calibration prompt.  [default: {DEFAULT_CALIBRATION_STEPS}, or a w-conditioned "
+                   "(LCM) model's own step count; such a model is calibrated with its own sampler and guidance too]")
 @click.option("--method", type=click.Choice(CALIBRATION_METHODS), default=None,
               help="Range estimate of the activations: minmax, percentile or mse (least squared quantization "
                    "error per tensor; best for w8a8).  [default: minmax]")

@@ -360,6 +360,8 @@ class SchedulerConfig(_Config):
     steps_offset: int = 1
     timestep_spacing: str = "leading"
     set_alpha_to_one: bool = False  # DDIM: abar before the first training step is 1.0 (True) or abar[0] (SD 1.x: False)
+    original_inference_steps: int = 50  # LCM: size of the distillation timestep grid
+    timestep_scaling: float = 10.0  # LCM: timestep scale of the consistency boundary condition
 
     _refuse = {
         "beta_schedule": ("scaled_linear", "linear"),
@@ -375,6 +377,7 @@ class SchedulerConfig(_Config):
         "num_train_timesteps": _integer(2, MAX_TIMESTEPS), "beta_start": _number(0, 1, hi_open=True),
         "beta_end": _number(0, 1, hi_open=True),
         "steps_offset": _integer(0, MAX_TIMESTEPS), "set_alpha_to_one": _boolean(),
+        "original_inference_steps": _integer(1, MAX_TIMESTEPS), "timestep_scaling": _number(0, MAX_FACTOR),
     }
 
     def validate(self, source):

@@ -19,4 +19,5 @@ def _weights_dir() -> Path:
 
 WEIGHTS_DIR = _weights_dir()
 TOKENIZER_DIR = WEIGHTS_DIR / "tokenizer"
-DEFAULT_MODEL_DIR = WEIGHTS_DIR / "tinysd-shapes"
+DEFAULT_MODEL_DIR = WEIGHTS_DIR / "tinysd-shapes-lcm"  # 4 LCM steps (its model_index.json says so)
+SHAPES_20_STEP_DIR = WEIGHTS_DIR / "tinysd-shapes"  # the 20-step model it was distilled from

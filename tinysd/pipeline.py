@@ -14,7 +14,14 @@ The sampler loop (as diffusers' StableDiffusionPipeline):
     image = vae.decode(latents / scaling_factor)             one image at a time
 
 Classifier-free guidance is on when guidance_scale > 1 (diffusers' rule);
-otherwise the UNet sees only the prompt. The negative prompt ("" by default)
+otherwise the UNet sees only the prompt. A w-conditioned UNet (config
+`time_cond_proj_dim`, LCM-distilled models) is never run with classifier-free
+guidance: as in diffusers it sees only the prompt, and `timestep_cond` =
+guidance_embedding(guidance_scale - 1) carries the guidance.
+
+Steps, sampler and guidance scale left unset (None) take the model folder's own
+defaults (`tinysd.defaults`: e.g. lcm, 4 steps for an LCM-distilled model),
+else euler, 20 steps, 7.5. The negative prompt ("" by default)
 is the unconditional text.
 
 Precisions: `Pipeline.from_pretrained(path, precision=...)` builds the three
@@ -35,10 +42,12 @@ import numpy as np
 
 from . import __version__
 from .config import ModelConfig
+from .defaults import GenerationDefaults
 from .errors import TinySDError
 from .memory import check_generation_memory
 from .paths import DEFAULT_MODEL_DIR, TOKENIZER_DIR
 from .png import GenerationParams, file_sha256_prefix
+from .nn.unet import guidance_embedding
 from .runstats import NO_STATS
 from .schedulers import SAMPLERS, NoiseSource, make_scheduler
 
@@ -137,8 +146,8 @@ def check_generation_args(*, prompt="", negative_prompt="", steps=20, guidance_s
         raise TinySDError(f"seed must be an integer >= 0 (got {seed!r})")
     if sampler not in SAMPLERS:
         raise TinySDError(f"sampler {sampler!r} is unknown (choose from {', '.join(SAMPLERS)})")
-    if karras and sampler == "ddim":
-        raise TinySDError("sampler ddim: Karras sigmas are not available for this sampler")
+    if karras and sampler in ("ddim", "lcm"):
+        raise TinySDError(f"sampler {sampler}: Karras sigmas are not available for this sampler")
     for name, v in (("width", width), ("height", height)):
         if v is None:
             continue
@@ -189,7 +198,8 @@ class Pipeline:
     """An SD 1.x text-to-image pipeline; `tokenizer`, `text_encoder`, `unet`, `vae` are usable on their own."""
 
     def __init__(self, tokenizer, text_encoder, unet, vae, config: ModelConfig, *, model_name: str = "model",
-                 source: Path | None = None, layout: str | None = None, precision: str = "fp32"):
+                 source: Path | None = None, layout: str | None = None, precision: str = "fp32",
+                 defaults: GenerationDefaults | None = None):
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
         self.unet = unet
@@ -199,6 +209,7 @@ class Pipeline:
         self.source = source
         self.layout = layout
         self.precision = precision
+        self.defaults = defaults or GenerationDefaults()  # sampler, steps, guidance scale when the caller gives none
         self._model_hash: str | None = None
         self.quantized_from: dict = {}  # a quantized folder's source checkpoint: {"name": ..., "hash": ...}
         self.stats = None  # a tinysd.runstats.NetworkStats: per-network time and peak RSS of generate's calls
@@ -235,7 +246,7 @@ class Pipeline:
         log.info("loaded %s (%s, %s) in %.1f s", path, loaded.layout, precision, time.perf_counter() - t0)
         name = path.stem if path.is_file() else path.resolve().name
         return cls(tokenizer, text_encoder, unet, vae, loaded.config, model_name=name, source=path,
-                   layout=loaded.layout, precision=precision)
+                   layout=loaded.layout, precision=precision, defaults=loaded.defaults)
 
     @classmethod
     def _from_quantized(cls, path: Path, precision: str | None, cache_weights: bool = False,
@@ -324,8 +335,8 @@ class Pipeline:
                                 itemsize=4 if self.precision == "fp32" else 8)
         return width, height
 
-    def __call__(self, prompt: str, negative_prompt: str = "", steps: int = 20, guidance_scale: float = 7.5, seed: int = 0,
-                 sampler: str = "euler", width: int | None = None, height: int | None = None, karras: bool = False,
+    def __call__(self, prompt: str, negative_prompt: str = "", steps: int | None = None, guidance_scale: float | None = None,
+                 seed: int = 0, sampler: str | None = None, width: int | None = None, height: int | None = None, karras: bool = False,
                  clip_skip: int | None = None, batch_size: int = 1, callback: Callable[[int, int], None] | None = None,
                  init_image=None, strength: float | None = None):
         """A PIL image (a list of batch_size images when batch_size > 1). See `generate`."""
@@ -335,13 +346,14 @@ class Pipeline:
         return res.images[0] if batch_size == 1 else res.images
 
     @_float_warnings_off
-    def generate(self, prompt: str, negative_prompt: str = "", steps: int = 20, guidance_scale: float = 7.5, seed: int = 0,
-                 sampler: str = "euler", width: int | None = None, height: int | None = None, karras: bool = False,
+    def generate(self, prompt: str, negative_prompt: str = "", steps: int | None = None, guidance_scale: float | None = None,
+                 seed: int = 0, sampler: str | None = None, width: int | None = None, height: int | None = None, karras: bool = False,
                  clip_skip: int | None = None, batch_size: int = 1, callback: Callable[[int, int], None] | None = None,
                  init_image=None, strength: float | None = None) -> GenerationResult:
         """Generate `batch_size` images of one prompt; image i uses seed + i.
 
-        sampler: one of SAMPLERS ("ddim", "euler", "euler_a", "dpmpp_2m"); karras: Karras sigmas
+        steps, guidance_scale, sampler: None takes the model's default (`self.defaults`).
+        sampler: one of SAMPLERS ("ddim", "euler", "euler_a", "dpmpp_2m", "lcm"); karras: Karras sigmas
         (not for ddim). width/height: image size, default the native size; multiples of 8 and of
         `size_multiple`. clip_skip: CLIP layers to skip (diffusers' clip_skip; A1111's "Clip skip"
         is clip_skip + 1). callback(done_steps, total_steps) is called after every step run.
@@ -351,6 +363,7 @@ class Pipeline:
         0.8) starts, and only the int(steps * strength) last steps are run; the size defaults to
         the init image's, rounded down to `size_multiple`.
         """
+        sampler, steps, guidance_scale = self.defaults.resolve(sampler, steps, guidance_scale)
         if init_image is not None:
             from . import img2img
 
@@ -364,7 +377,11 @@ class Pipeline:
         sched.set_timesteps(int(steps))
         B = int(batch_size)
         g = float(guidance_scale)
-        do_cfg = g > 1.0
+        w_dim = self.config.unet.time_cond_proj_dim
+        do_cfg = g > 1.0 and not w_dim  # a w-conditioned UNet is guided through timestep_cond instead
+        # (B, w_dim) guidance embedding of w = g - 1, as diffusers' pipelines pass it; None for other UNets
+        w_cond = guidance_embedding(np.full(B, g - 1.0), w_dim) if w_dim else None
+        cond = {} if w_cond is None else {"timestep_cond": w_cond}  # the UNet's extra input, if any
         f = self.vae_scale_factor
         shape = (self.config.unet.in_channels, height // f, width // f)
 
@@ -396,7 +413,7 @@ class Pipeline:
             x = sched.scale_model_input(latents, i).astype(np.float32)  # (B, C, h, w)
             at = f"step {i + 1}/{steps}: "
             with stats.measure("unet"):
-                out = self.unet(np.concatenate([x, x]) if do_cfg else x, t, context)  # (2B or B, C, h, w)
+                out = self.unet(np.concatenate([x, x]) if do_cfg else x, t, context, **cond)  # (2B or B, C, h, w)
             if do_cfg:
                 eps_neg, eps_pos = np.split(_finite(np.asarray(out, dtype=np.float64), at + "the UNet output"), 2)
                 eps = eps_neg + g * (eps_pos - eps_neg)

@@ -1,9 +1,9 @@
-"""Samplers for SD 1.x: DDIM (eta 0), Euler, Euler ancestral, DPM++ 2M; Karras sigmas as an option.
+"""Samplers for SD 1.x: DDIM (eta 0), Euler, Euler ancestral, DPM++ 2M, LCM; Karras sigmas as an option.
 
 Each scheduler reproduces the diffusers scheduler of the same name
 (`DDIMScheduler`, `EulerDiscreteScheduler`, `EulerAncestralDiscreteScheduler`,
 `DPMSolverMultistepScheduler` with `algorithm_type="dpmsolver++"`,
-`solver_order=2`), including its timestep spacing quirks, but does all its
+`solver_order=2`, `LCMScheduler`), including its timestep spacing quirks, but does all its
 arithmetic in float64. `tests/test_schedulers.py` checks every `step()` against
 diffusers on recorded model outputs (`tools/make_scheduler_fixtures.py`).
 
@@ -44,7 +44,7 @@ from .errors import TinySDError
 
 log = logging.getLogger(__name__)
 
-SAMPLERS = ("ddim", "euler", "euler_a", "dpmpp_2m")
+SAMPLERS = ("ddim", "euler", "euler_a", "dpmpp_2m", "lcm")
 KARRAS_RHO = 7.0  # Karras et al. 2022, eq. (5)
 
 
@@ -405,10 +405,79 @@ class DPMSolverMultistepScheduler(_SigmaScheduler):
         return SchedulerOutput(x_next, x0)
 
 
-_CLASSES = {c.name: c for c in (DDIMScheduler, EulerDiscreteScheduler, EulerAncestralDiscreteScheduler, DPMSolverMultistepScheduler)}
+# --------------------------------------------------------------------------- LCM
+class LCMScheduler(Scheduler):
+    """Latent consistency model multistep sampling (Luo et al. 2023, arXiv:2310.04378, alg. 3),
+    diffusers' LCMScheduler with clip_sample=False, thresholding=False.
+
+    Timesteps: the distillation grid t_k = k * (T // N) - 1, k = 1..N (N = config
+    `original_inference_steps`, 50: 19, 39, ..., 999), read from its end at the indices
+    floor(linspace(0, N, n, endpoint=False)); 4 steps of SD's T = 1000 are 999, 759, 499, 259.
+    `timestep_spacing` and `steps_offset` do not apply.
+
+    Step i at t with x0 predicted from the model output (epsilon or v):
+        c_skip = s_d^2 / ((t * timestep_scaling)^2 + s_d^2),  c_out = t * timestep_scaling / sqrt((t * timestep_scaling)^2 + s_d^2),
+        s_d = 0.5 (the consistency-model boundary condition, c_skip -> 1 and c_out -> 0 at t = 0);
+        denoised = c_out * x0 + c_skip * x;
+        x_next = sqrt(abar[t_next]) * denoised + sqrt(1 - abar[t_next]) * noise   (fresh noise; not on the last step)
+    The last step returns `denoised` itself. `pred_original_sample` is `denoised`.
+    """
+
+    name = "lcm"
+    needs_noise = True
+    SIGMA_DATA = 0.5
+
+    def _set_timesteps(self, n):
+        cfg = self.config
+        T, N = cfg.num_train_timesteps, cfg.original_inference_steps
+        if N > T:
+            raise TinySDError(f"scheduler config: original_inference_steps={N} exceeds num_train_timesteps={T}")
+        if n > N:
+            raise TinySDError(f"sampler lcm: steps must be at most the model's original_inference_steps={N} (got {n})")
+        origin = (np.arange(1, N + 1) * (T // N) - 1)[::-1]  # the distillation grid, descending
+        idx = np.floor(np.linspace(0, N, num=n, endpoint=False)).astype(np.int64)
+        self.timesteps = origin[idx].astype(np.float64)
+        self.sigmas = None
+        self.init_noise_sigma = 1.0
+
+    def boundary_scalings(self, t: float) -> tuple[float, float]:
+        """(c_skip, c_out) of the consistency boundary condition at timestep t (float64)."""
+        st = float(t) * self.config.timestep_scaling
+        d2 = self.SIGMA_DATA**2
+        return d2 / (st**2 + d2), st / np.sqrt(st**2 + d2)
+
+    def step(self, model_output, i, sample, noise=None):
+        self._check_index(i)
+        x = np.asarray(sample, dtype=np.float64)
+        m = np.asarray(model_output, dtype=np.float64)
+        last = i == self.num_inference_steps - 1
+        t = int(self.timesteps[i])
+        t_next = t if last else int(self.timesteps[i + 1])
+        a_t, a_next = self.alphas_cumprod[t], self.alphas_cumprod[t_next]
+        # 1. x0 from the model output
+        if self.config.prediction_type == "epsilon":
+            x0 = (x - np.sqrt(1.0 - a_t) * m) / np.sqrt(a_t)
+        else:  # v_prediction
+            x0 = np.sqrt(a_t) * x - np.sqrt(1.0 - a_t) * m
+        # 2. consistency function f(x, t) = c_skip x + c_out x0
+        c_skip, c_out = self.boundary_scalings(t)
+        denoised = c_out * x0 + c_skip * x
+        if last:
+            return SchedulerOutput(denoised, denoised)
+        # 3. back to the noise level of the next timestep with fresh noise
+        if noise is None:
+            raise ValueError("noise: lcm needs a standard normal array of the sample's shape at every step but the last")
+        noise = np.asarray(noise, dtype=np.float64)
+        if noise.shape != x.shape:
+            raise ValueError(f"noise: shape {noise.shape} differs from sample shape {x.shape}")
+        return SchedulerOutput(np.sqrt(a_next) * denoised + np.sqrt(1.0 - a_next) * noise, denoised)
+
+
+_CLASSES = {c.name: c for c in (DDIMScheduler, EulerDiscreteScheduler, EulerAncestralDiscreteScheduler, DPMSolverMultistepScheduler,
+                                LCMScheduler)}
 
 # A1111's names for the samplers (the `Sampler:` field of its PNG `parameters` text).
-A1111_NAMES = {"ddim": "DDIM", "euler": "Euler", "euler_a": "Euler a", "dpmpp_2m": "DPM++ 2M"}
+A1111_NAMES = {"ddim": "DDIM", "euler": "Euler", "euler_a": "Euler a", "dpmpp_2m": "DPM++ 2M", "lcm": "LCM"}
 
 
 def make_scheduler(name: str, config: SchedulerConfig | None = None, karras: bool = False, alphas_cumprod: np.ndarray | None = None) -> Scheduler:

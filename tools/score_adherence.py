@@ -41,7 +41,8 @@ def make_generator(model: Path, steps: int, cfg: float, sampler: str, size: int 
                    device: str = "cpu", **_):
     """generate(prompts, seeds) -> list of uint8 (size, size, 3): diffusers StableDiffusionPipeline."""
     import torch
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, StableDiffusionPipeline
+    from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler,
+                           LCMScheduler, StableDiffusionPipeline)
     from transformers import CLIPTokenizer
 
     torch.set_num_threads(threads)
@@ -51,7 +52,7 @@ def make_generator(model: Path, steps: int, cfg: float, sampler: str, size: int 
         str(model), tokenizer=tok, safety_checker=None, feature_extractor=None,
         requires_safety_checker=False, torch_dtype=torch.float32)
     scheds = {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler, "euler_a": EulerAncestralDiscreteScheduler,
-              "dpmpp_2m": DPMSolverMultistepScheduler}
+              "dpmpp_2m": DPMSolverMultistepScheduler, "lcm": LCMScheduler}
     pipe.scheduler = scheds[sampler].from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     pipe.to(device)
@@ -117,7 +118,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--cfg", type=float, default=5.0)
-    p.add_argument("--sampler", default="dpmpp_2m", choices=["ddim", "euler", "euler_a", "dpmpp_2m"])
+    p.add_argument("--sampler", default="dpmpp_2m", choices=["ddim", "euler", "euler_a", "dpmpp_2m", "lcm"],
+                   help="lcm: for an LCM-distilled (w-conditioned) model, e.g. weights/tinysd-shapes-lcm with --steps 4")
     p.add_argument("--engine", default="diffusers", choices=sorted(ENGINES))
     p.add_argument("--json", type=Path)
     p.add_argument("--device", default="cpu", help="torch device for --engine diffusers")

@@ -27,6 +27,21 @@ the procedural shapes of `tinysd.eval.shapes`:
    there is one), SD 1.5-style scheduler config and model_index.json (no tokenizer/
    folder: tinysd uses its shipped tokenizer; pass `tokenizer=` when loading in diffusers).
 
+6. stage `distill` (`--stage distill`, separate run dir): latent consistency distillation (LCM) of an
+   exported `--teacher` into a 4-step student with a w-conditioned UNet (`time_cond_proj_dim`), written
+   with the teacher's text encoder and VAE, an LCMScheduler config and `tinysd_defaults` (lcm, 4 steps,
+   guidance 5) to `--out`. Chosen over progressive distillation because one run gives a student for any
+   step count 1..8 and any guidance w in its range (w is an input, not baked in), it needs no chain of
+   halvings (each of which would cost a run of its own on this CPU budget), and its sampler is what SD 1.5
+   users already run (LCM-LoRA / LCM checkpoints in diffusers). The default model, weights/tinysd-shapes-lcm:
+
+       python3 tools/train.py --stage distill --run-dir tools/runs/lcm --out weights/tinysd-shapes-lcm \
+           --distill-steps 1200 --ckpt-every 200 --threads 1       # stopped after its step-200 checkpoint
+       python3 tools/train.py --stage distill --run-dir tools/runs/lcm --out weights/tinysd-shapes-lcm \
+           --distill-steps 500 --ckpt-every 100 --threads 1        # resumed: steps 200..500, schedule of 500
+
+   (the run was shortened from 1200 to 500 steps at step 200 to fit the session; see its model card).
+
 GroupNorm groups (`--vae-norm-groups` 4, `--unet-norm-groups` 8): at least 4 channels per group,
 as in SD. With one channel per group (16 and 32, the previous default model's) the VAE decoder does
 not survive 8-bit activations (docs/quantization.md §10) and both networks train more slowly.
@@ -616,6 +631,233 @@ def export(args, budget: Budget, ema_source: Path) -> None:
     log.info("exported %s (%.2f MB): %s", out, total / 1e6, json.dumps(info))
 
 
+# ---------------------------------------------------------------------------
+# stage distill: latent consistency distillation (LCM) of an exported teacher
+
+LCM_SCHEDULER_CONFIG = {
+    "_class_name": "LCMScheduler",
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "clip_sample": False,
+    "clip_sample_range": 1.0,
+    "dynamic_thresholding_ratio": 0.995,
+    "num_train_timesteps": 1000,
+    "original_inference_steps": 50,
+    "prediction_type": "epsilon",
+    "rescale_betas_zero_snr": False,
+    "sample_max_value": 1.0,
+    "set_alpha_to_one": True,
+    "steps_offset": 1,
+    "thresholding": False,
+    "timestep_scaling": 10.0,
+    "timestep_spacing": "leading",
+    "trained_betas": None,
+}
+
+
+def guidance_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:
+    """diffusers' get_guidance_scale_embedding: w (B,) -> (B, dim) = [sin(1000 w f), cos(1000 w f)],
+    f_i = exp(-i log(10000) / (dim/2 - 1)), i < dim/2."""
+    half = dim // 2
+    f = torch.exp(torch.arange(half, dtype=torch.float32) * -(math.log(10000.0) / (half - 1)))
+    e = (w.float() * 1000.0)[:, None] * f[None, :]
+    return torch.cat([torch.sin(e), torch.cos(e)], dim=1)
+
+
+def lcm_boundary(t: torch.Tensor, sigma_data: float = 0.5, scaling: float = 10.0):
+    """Consistency-model boundary scalings of LCMScheduler (c_skip, c_out) at integer timesteps t (B,)."""
+    s = t.double() * scaling
+    c_skip = sigma_data ** 2 / (s ** 2 + sigma_data ** 2)
+    c_out = s / (s ** 2 + sigma_data ** 2) ** 0.5
+    return c_skip.float().view(-1, 1, 1, 1), c_out.float().view(-1, 1, 1, 1)
+
+
+@torch.no_grad()
+def teacher_latents(args, vae_dir: Path, n: int) -> tuple[torch.Tensor, torch.Tensor, list[dict]]:
+    """Posterior mean and std (n, 4, 8, 8) of n scenes (seed [--seed, 2], as stage `latents`) through the
+    teacher's VAE, and the scenes' attributes."""
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(str(vae_dir), torch_dtype=torch.float32).eval()
+    rng = np.random.default_rng([args.seed, 2])
+    scenes = [shapes.sample_scene(rng) for _ in range(n)]
+    means, stds = [], []
+    for i in range(0, n, 256):
+        x = np.stack([np.asarray(shapes.draw(s)) for s in scenes[i:i + 256]]).astype(np.float32) / 127.5 - 1.0
+        post = vae.encode(torch.from_numpy(x.transpose(0, 3, 1, 2))).latent_dist
+        means.append(post.mean)
+        stds.append(post.std)
+    return torch.cat(means), torch.cat(stds), [s.attributes() for s in scenes]
+
+
+def stage_distill(args, budget: Budget) -> bool:
+    """Latent consistency distillation (Luo et al. 2023, diffusers' train_lcm_distill_sd recipe) of the
+    teacher `--teacher` into a w-conditioned student UNet (`time_cond_proj_dim` = `--w-embed-dim`,
+    cond_proj zero-initialised so the student starts as the teacher); text encoder and VAE are the
+    teacher's, frozen. Per step: x0 from the teacher's latents, t_n from the 50-step DDIM grid
+    (19, 39, .., 999), x_{t_n} = q(x0, t_n); the teacher's guided x0 at scale w+1 (w uniform in
+    [--w-min, --w-max]) gives x_{t_n - 20} by one DDIM step; loss = Huber(c=0.001) between the student's
+    consistency output f(x_{t_n}, t_n, w) = c_skip x + c_out x0_pred and the EMA target's
+    f(x_{t_n - 20}, t_n - 20, w) (EMA decay `--target-ema`)."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    run = args.run_dir
+    final = run / "distill_final.safetensors"
+    if final.exists():
+        return True
+    teacher_dir = args.teacher
+    lat_path = run / "distill_latents.safetensors"
+    if not lat_path.exists():
+        budget.begin("distill_latents")
+        mean, std, attrs = teacher_latents(args, teacher_dir / "vae", args.distill_scenes)
+        atomic_write_text(run / "distill_latents.json", json.dumps({"attributes": attrs}))
+        atomic_save({"mean": mean, "std": std}, lat_path)
+        budget.commit()
+    lat = load_file(str(lat_path))
+    attrs = json.loads((run / "distill_latents.json").read_text())["attributes"]
+    scaling = json.loads((teacher_dir / "vae" / "config.json").read_text())["scaling_factor"]
+    captions = Captions(make_tokenizer(args.tokenizer_dir))
+    te = CLIPTextModel.from_pretrained(str(teacher_dir / "text_encoder"), torch_dtype=torch.float32).eval()
+    teacher = UNet2DConditionModel.from_pretrained(str(teacher_dir / "unet"), torch_dtype=torch.float32).eval()
+    for m in (te, teacher):
+        m.requires_grad_(False)
+    torch.manual_seed(args.seed + 3)
+    cfg = dict(teacher.config)
+    cfg["time_cond_proj_dim"] = args.w_embed_dim
+    student = UNet2DConditionModel.from_config(cfg)
+    missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
+    assert missing == ["time_embedding.cond_proj.weight"] and not unexpected, (missing, unexpected)
+    torch.nn.init.zeros_(student.time_embedding.cond_proj.weight)
+    opt = torch.optim.AdamW(student.parameters(), lr=args.distill_lr, weight_decay=0.0)
+    ema = {f"unet.{k}": v.detach().clone().float() for k, v in student.state_dict().items()}
+    ck = run / "distill_ckpt.safetensors"
+    step = load_ckpt(ck, {"unet": student}, opt, ema) if ck.exists() else 0
+    target = UNet2DConditionModel.from_config(cfg).eval()
+    target.requires_grad_(False)
+    target.load_state_dict({k[len("unet."):]: v for k, v in ema.items()})
+    live = {f"unet.{k}": v for k, v in student.state_dict().items()}
+    tgt_live = {f"unet.{k}": v for k, v in target.state_dict().items()}
+    keys = [k for k, v in live.items() if v.dtype.is_floating_point]
+    ema_f, live_f, tgt_f = [ema[k] for k in keys], [live[k] for k in keys], [tgt_live[k] for k in keys]
+    ac = alphas_cumprod()
+    sqrt_ac, sqrt_1m = ac.sqrt().float(), (1 - ac).sqrt().float()
+    k_skip = 1000 // args.ddim_steps
+    grid = torch.arange(1, args.ddim_steps + 1) * k_skip - 1  # 19, 39, ..., 999
+    uncond = te(captions([""])).last_hidden_state  # (1, 77, D)
+    budget.begin("distill")
+    student.train()
+    n = lat["mean"].shape[0]
+    t0, last, run_loss = time.time(), step, 0.0
+    while step < args.distill_steps:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args.distill_steps, args.distill_lr, 50)
+        rng = np.random.default_rng([args.seed, 13, step])
+        idx = rng.integers(0, n, args.distill_batch)
+        texts = [random_caption(rng, attrs[i], 0.0, args.distill_keep_p) for i in idx]
+        gen = torch.Generator().manual_seed(args.seed * 1_000_003 + 17 + step)
+        ti = torch.from_numpy(idx)
+        b = len(idx)
+        x0 = (lat["mean"][ti] + lat["std"][ti] * torch.randn(lat["mean"][ti].shape, generator=gen)) * scaling
+        noise = torch.randn(x0.shape, generator=gen)
+        j = torch.randint(0, args.ddim_steps, (b,), generator=gen)
+        t = grid[j]  # (B,)
+        t_prev = (t - k_skip).clamp(min=0)
+        w = args.w_min + (args.w_max - args.w_min) * torch.rand((b,), generator=gen)
+        w_emb = guidance_embedding(w, args.w_embed_dim)  # (B, dim)
+        def at(v, tt):
+            return v[tt].view(-1, 1, 1, 1)
+        xt = at(sqrt_ac, t) * x0 + at(sqrt_1m, t) * noise
+        with torch.no_grad():
+            ctx = te(captions(texts)).last_hidden_state  # (B, 77, D)
+            eps_c, eps_u = teacher(torch.cat([xt, xt]), torch.cat([t, t]),
+                                   torch.cat([ctx, uncond.expand(b, -1, -1)])).sample.chunk(2)
+            x0_c = (xt - at(sqrt_1m, t) * eps_c) / at(sqrt_ac, t)
+            x0_u = (xt - at(sqrt_1m, t) * eps_u) / at(sqrt_ac, t)
+            wv = w.view(-1, 1, 1, 1)
+            x0_g = x0_c + wv * (x0_c - x0_u)
+            eps_g = eps_c + wv * (eps_c - eps_u)
+            x_prev = at(sqrt_ac, t_prev) * x0_g + at(sqrt_1m, t_prev) * eps_g  # DDIM step t -> t - k
+            e_tgt = target(x_prev, t_prev, ctx, timestep_cond=w_emb).sample
+            cs, co = lcm_boundary(t_prev)
+            y_tgt = cs * x_prev + co * (x_prev - at(sqrt_1m, t_prev) * e_tgt) / at(sqrt_ac, t_prev)
+        e_s = student(xt, t, ctx, timestep_cond=w_emb).sample
+        cs, co = lcm_boundary(t)
+        y_s = cs * xt + co * (xt - at(sqrt_1m, t) * e_s) / at(sqrt_ac, t)
+        c = args.huber_c
+        loss = (torch.sqrt((y_s - y_tgt).pow(2) + c * c) - c).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        opt.step()
+        step += 1
+        with torch.no_grad():
+            torch._foreach_mul_(ema_f, args.target_ema)
+            torch._foreach_add_(ema_f, live_f, alpha=1 - args.target_ema)
+            torch._foreach_copy_(tgt_f, ema_f)
+        run_loss += loss.item()
+        if step % args.log_every == 0 or step == args.distill_steps:
+            dt = time.time() - t0
+            log.info("distill step %d/%d loss %.5f lr %.2e | %.2f it/s | budget used %.1f min",
+                     step, args.distill_steps, run_loss / max(1, step - last), opt.param_groups[0]["lr"],
+                     (step - last) / dt, budget.used() / 60)
+            t0, last, run_loss = time.time(), step, 0.0
+            budget.commit()
+        if not checkpoint_or_stop(args, budget, ck, {"unet": student}, opt, ema, step):
+            return False
+    atomic_save(ema, final, {"step": str(step)})
+    budget.commit()
+    return True
+
+
+def export_distilled(args, budget: Budget, source: Path) -> None:
+    """Write the student's diffusers folder: the teacher's text encoder and VAE (copied), the
+    student UNet (EMA weights of `source`, fp16) with time_cond_proj_dim, LCMScheduler config and
+    tinysd's generation defaults (`tinysd_defaults` in model_index.json: sampler lcm, 4 steps)."""
+    import shutil
+
+    import diffusers
+    from diffusers import UNet2DConditionModel
+    from safetensors import safe_open
+
+    out, teacher_dir = args.out, args.teacher
+    with safe_open(str(source), "pt") as f:
+        step_meta = f.metadata()
+    t = load_file(str(source))
+    ema = {k[len("ema."):]: v for k, v in t.items() if k.startswith("ema.")} or t
+    cfg = json.loads((teacher_dir / "unet" / "config.json").read_text())
+    cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
+    cfg["time_cond_proj_dim"] = args.w_embed_dim
+    unet = UNet2DConditionModel.from_config(cfg)
+    unet.load_state_dict({k[len("unet."):]: v for k, v in ema.items() if k.startswith("unet.")})
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("text_encoder", "vae"):
+        (out / name).mkdir(exist_ok=True)
+        for f in (teacher_dir / name).iterdir():
+            shutil.copyfile(f, out / name / f.name)
+    unet.to(torch.float16).save_pretrained(str(out / "unet"), safe_serialization=True)
+    (out / "scheduler").mkdir(exist_ok=True)
+    sched = dict(LCM_SCHEDULER_CONFIG, _diffusers_version=diffusers.__version__)
+    atomic_write_text(out / "scheduler" / "scheduler_config.json", json.dumps(sched, indent=2) + "\n")
+    index = json.loads((teacher_dir / "model_index.json").read_text())
+    index["scheduler"] = ["diffusers", "LCMScheduler"]
+    index["_diffusers_version"] = diffusers.__version__
+    index["tinysd_defaults"] = {"sampler": "lcm", "steps": args.default_steps, "guidance_scale": args.default_cfg}
+    atomic_write_text(out / "model_index.json", json.dumps(index, indent=2) + "\n")
+    total = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    info = {
+        "teacher": str(teacher_dir), "seed": args.seed, "distill_steps_planned": args.distill_steps,
+        "distill_steps_done": int(step_meta["step"]), "distill_batch": args.distill_batch,
+        "distill_lr": args.distill_lr, "w_range": [args.w_min, args.w_max], "w_embed_dim": args.w_embed_dim,
+        "ddim_steps": args.ddim_steps, "target_ema": args.target_ema, "huber_c": args.huber_c,
+        "distill_scenes": args.distill_scenes, "distill_keep_p": args.distill_keep_p,
+        "seconds": budget.state["seconds"], "cpu_seconds": budget.state["cpu_seconds"], "folder_bytes": total,
+    }
+    atomic_write_text(args.run_dir / "export.json", json.dumps(info, indent=1))
+    log.info("exported %s (%.2f MB): %s", out, total / 1e6, json.dumps(info))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run-dir", type=Path, default=ROOT / "tools" / "runs" / "main")
@@ -634,8 +876,23 @@ def main(argv=None):
     p.add_argument("--vae-norm-groups", type=int, default=4,
                    help="GroupNorm groups of the VAE (4: 4 channels per group at full resolution, as in SD)")
     p.add_argument("--unet-norm-groups", type=int, default=8, help="GroupNorm groups of the UNet")
-    p.add_argument("--stage", choices=["all", "vae", "decoder"], default="all",
-                   help="'vae': run only the VAE stage; 'decoder': only the decoder fine-tuning (needs vae_final.safetensors)")
+    p.add_argument("--stage", choices=["all", "vae", "decoder", "distill"], default="all",
+                   help="'vae': run only the VAE stage; 'decoder': only the decoder fine-tuning (needs vae_final.safetensors);"
+                   " 'distill': latent consistency distillation of --teacher into a 4-step student (--out)")
+    p.add_argument("--teacher", type=Path, default=ROOT / "weights" / "tinysd-shapes", help="--stage distill: the teacher model")
+    p.add_argument("--distill-steps", type=int, default=1000)
+    p.add_argument("--distill-batch", type=int, default=64)
+    p.add_argument("--distill-lr", type=float, default=2e-4)
+    p.add_argument("--distill-scenes", type=int, default=8000, help="scenes encoded by the teacher's VAE for distillation")
+    p.add_argument("--distill-keep-p", type=float, default=0.5, help="caption keep probability during distillation")
+    p.add_argument("--w-min", type=float, default=2.0, help="guidance w (= CFG scale - 1) range sampled in distillation")
+    p.add_argument("--w-max", type=float, default=6.0)
+    p.add_argument("--w-embed-dim", type=int, default=256, help="time_cond_proj_dim of the student")
+    p.add_argument("--ddim-steps", type=int, default=50, help="DDIM grid of the teacher solver (LCM's original_inference_steps)")
+    p.add_argument("--target-ema", type=float, default=0.95)
+    p.add_argument("--huber-c", type=float, default=0.001)
+    p.add_argument("--default-steps", type=int, default=4, help="steps recorded as the student's tinysd default")
+    p.add_argument("--default-cfg", type=float, default=5.0, help="guidance scale recorded as the student's default (w = this - 1)")
     p.add_argument("--n-scenes", type=int, default=16000)
     p.add_argument("--unet-steps", type=int, default=8000)
     p.add_argument("--unet-batch", type=int, default=128)
@@ -670,6 +927,14 @@ def main(argv=None):
         return 0 if stage_vae(args, budget) else 3
     if args.stage == "decoder":
         return 0 if stage_decoder(args, budget) else 3
+    if args.stage == "distill":
+        if args.export_now:
+            export_distilled(args, budget, args.run_dir / "distill_ckpt.safetensors")
+            return 0
+        if not stage_distill(args, budget):
+            return 3
+        export_distilled(args, budget, args.run_dir / "distill_final.safetensors")
+        return 0
     if args.export_now:
         export(args, budget, args.run_dir / "diffusion_ckpt.safetensors")
         return 0

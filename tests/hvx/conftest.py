@@ -56,7 +56,7 @@ CALIBRATION_PROMPTS = ["a red circle", "a small yellow square on the left"]
 
 @pytest.fixture(scope="session")
 def default_model_golden(request):
-    """{precision: (quantized model folder, GoldenFolder)} of the default model (weights/tinysd-shapes) at
+    """{precision: (quantized model folder, GoldenFolder)} of the 20-step shapes model (weights/tinysd-shapes) at
     w8a8 and w8a16, built once.
 
     Each precision is quantized from one calibration run (2 prompts, 1 euler step), and its golden
@@ -66,7 +66,7 @@ def default_model_golden(request):
     from tinysd.checkpoint import load_checkpoint
     from tinysd.golden import GoldenFolder
     from tinysd.golden.generate import generate_golden
-    from tinysd.paths import DEFAULT_MODEL_DIR
+    from tinysd.paths import SHAPES_20_STEP_DIR as DEFAULT_MODEL_DIR
     from tinysd.quant.calibration import calibrate_model, quantize_model
     from tinysd.quant.folder import save_quantized
 

@@ -55,6 +55,26 @@ def timestep_features(timesteps, batch: int, dim: int, flip_sin_to_cos: bool = T
     return out.astype(np.float32)
 
 
+def guidance_embedding(w, dim: int) -> np.ndarray:
+    """diffusers' `get_guidance_scale_embedding(w, dim)` in float32: the `timestep_cond` input of a
+    w-conditioned (LCM-distilled) UNet, whose `time_embedding.cond_proj` adds it to the timestep features.
+
+    w: an array of B guidance weights (LCM pipelines pass guidance_scale - 1). Computes, in float32 as
+    diffusers does, f_i = exp(-i * ln(10000) / (dim//2 - 1)) for i < dim//2 and e = (1000 w) * f;
+    returns (B, dim) float32 [sin e, cos e], zero-padded by one column when dim is odd.
+    """
+    w = np.asarray(w, dtype=np.float32).reshape(-1) * np.float32(1000.0)  # (B,)
+    half = dim // 2
+    if half < 2:
+        raise TinySDError(f"unet: time_cond_proj_dim={dim} is too small for a guidance embedding (at least 4)")
+    freqs = np.exp(np.arange(half, dtype=np.float32) * -(np.float32(math.log(10000.0)) / np.float32(half - 1)))  # (half,)
+    e = w[:, None] * freqs[None, :]  # (B, half)
+    out = np.concatenate([np.sin(e), np.cos(e)], axis=-1)  # (B, 2*half)
+    if dim % 2:
+        out = np.pad(out, ((0, 0), (0, 1)))
+    return out.astype(np.float32)
+
+
 class BasicTransformerBlock(Module):
     """Self-attention, cross-attention, GEGLU feed-forward, each pre-LayerNorm with a residual."""
 

@@ -47,6 +47,7 @@ from .prepare import encodings_from_ranges, quantize_network
 log = logging.getLogger(__name__)
 
 DEFAULT_CALIBRATION_STEPS = 20
+DEFAULT_CALIBRATION_SAMPLER, DEFAULT_CALIBRATION_GUIDANCE = "euler", 7.5
 #: Range methods of `calibrate_model`; "mse" ranges depend on the precision.
 CALIBRATION_METHODS = ("minmax", "percentile", "mse")
 # the observer each method records with: "mse" searches the histograms a PercentileObserver counts
@@ -155,14 +156,30 @@ def _check_calibration_args(prompts, steps) -> list[str]:
     return list(prompts)
 
 
-def calibrate_observers(loaded, prompts: Sequence[str], steps: int = DEFAULT_CALIBRATION_STEPS,
-                        method: str = "minmax", sampler: str = "euler", seed: int = 0, guidance_scale: float = 7.5,
+def calibration_settings(loaded, steps: int | None = None, sampler: str | None = None,
+                         guidance_scale: float | None = None) -> tuple:
+    """(steps, sampler, guidance_scale) of the calibration runs: each given value, else for a
+    w-conditioned (LCM-distilled, `time_cond_proj_dim`) UNet the model folder's generation defaults
+    (`loaded.defaults`: such a UNet is distilled for its own sampler, step count and w, and other
+    trajectories would range other activations), else DEFAULT_CALIBRATION_STEPS, euler, 7.5."""
+    if loaded.config.unet.time_cond_proj_dim:
+        d = loaded.defaults
+        base = (d.steps, d.sampler, d.guidance_scale)
+    else:
+        base = (DEFAULT_CALIBRATION_STEPS, DEFAULT_CALIBRATION_SAMPLER, DEFAULT_CALIBRATION_GUIDANCE)
+    return tuple(b if v is None else v for v, b in zip((steps, sampler, guidance_scale), base))
+
+
+def calibrate_observers(loaded, prompts: Sequence[str], steps: int | None = None,
+                        method: str = "minmax", sampler: str | None = None, seed: int = 0,
+                        guidance_scale: float | None = None,
                         size: int | None = None, percentile: float = DEFAULT_PERCENTILE, record: list | None = None,
                         progress=None, parts: Mapping[str, Mapping] | None = None, stats=None,
                         ) -> dict[str, dict[str, object]]:
     """The observers of every tensor after float pipeline runs over `prompts` (module docstring).
 
-    Arguments as `calibrate_model`; progress(done, total) is called after every sampler step
+    Arguments as `calibrate_model` (steps, sampler, guidance_scale None: `calibration_settings`);
+    progress(done, total) is called after every sampler step
     (total = prompts x steps); parts: {network: {op: parts}} whose parts are observed too
     (`tinysd.interp.parts`); stats: a `tinysd.runstats.NetworkStats` the float calls are recorded in
     ("unet (float calibration)", ...), or None. Returns {network: {tensor name: observer}}: MinMaxObservers
@@ -173,6 +190,7 @@ def calibrate_observers(loaded, prompts: Sequence[str], steps: int = DEFAULT_CAL
     from ..pipeline import Pipeline
     from ..tokenizer import CLIPTokenizer
 
+    steps, sampler, guidance_scale = calibration_settings(loaded, steps, sampler, guidance_scale)
     prompts = _check_calibration_args(prompts, steps)
     te, unet, vae = calibrating_networks(loaded, method, percentile, parts)
     tokenizer = CLIPTokenizer.from_dir(loaded.tokenizer_dir or TOKENIZER_DIR)
@@ -226,14 +244,15 @@ def _mse_bits(precision) -> dict[str, int]:
     return {net: ACTIVATION_BITS[p] for net, p in network_precisions(precision).items()}
 
 
-def calibrate_model(loaded, prompts: Sequence[str], steps: int = DEFAULT_CALIBRATION_STEPS, method: str = "minmax",
-                    sampler: str = "euler", seed: int = 0, guidance_scale: float = 7.5, size: int | None = None,
+def calibrate_model(loaded, prompts: Sequence[str], steps: int | None = None, method: str = "minmax",
+                    sampler: str | None = None, seed: int = 0, guidance_scale: float | None = None, size: int | None = None,
                     percentile: float = DEFAULT_PERCENTILE, record: list | None = None, precision: str | None = None,
                     progress=None) -> dict[str, dict[str, tuple[float, float]]]:
     """Activation ranges of every network from float pipeline runs over `prompts` (module docstring).
 
     loaded: a `tinysd.checkpoint.LoadedModel`. steps, sampler, seed, guidance_scale, size (image
-    width = height in pixels; None: the model's native size): as `Pipeline.generate`. method:
+    width = height in pixels; None: the model's native size): as `Pipeline.generate` (steps, sampler,
+    guidance_scale None: `calibration_settings`). method:
     "minmax", "percentile" (`percentile`) or "mse" (needs `precision`, "w8a8", "w8a16" or per
     network, "w8a8,vae=w8a16": the ranges are for each network's activation bits). record: a
     list to append every float network call to (`NetworkCall`), or None. progress(done, total):

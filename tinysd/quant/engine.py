@@ -55,7 +55,7 @@ def factory_for(precision: str):
     precision = canonical_precision(precision)
 
     def factory(loaded=None, qmodel: QuantizedModel | None = None, prompts=None,
-                steps: int = DEFAULT_CALIBRATION_STEPS, method: str = "minmax", cache_weights: bool = False,
+                steps: int | None = None, method: str = "minmax", cache_weights: bool = False,
                 **calibration):
         if qmodel is None:
             if loaded is None:
@@ -64,7 +64,7 @@ def factory_for(precision: str):
 
             prompts = read_prompts() if prompts is None else prompts
             log.info("quantizing to %s on the fly: %d calibration prompts x %d steps (%s)", precision,
-                     len(prompts), steps, method)
+                     len(prompts), steps or DEFAULT_CALIBRATION_STEPS, method)
             ranges = calibrate_model(loaded, prompts, steps, method, precision=precision, **calibration)
             qmodel = quantize_model(loaded, precision, ranges)
         elif qmodel.precision != precision:

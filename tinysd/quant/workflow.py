@@ -67,7 +67,8 @@ def quantize_checkpoint(model, out_dir, precision: str, prompts_file=None, steps
 
     precision: "w8a8", "w8a16" or per network ("w8a8,vae=w8a16"). prompts_file: calibration prompts (None: the
     shipped set).
-    steps: sampler steps per prompt (None: DEFAULT_CALIBRATION_STEPS). method: "minmax" (default),
+    steps: sampler steps per prompt (None: DEFAULT_CALIBRATION_STEPS, or a w-conditioned model's own
+    step count, `calibration_settings`). method: "minmax" (default),
     "percentile" or "mse" (ranges searched for `precision`'s grid). encodings: `--encodings` values,
     `KEY=FILE` per network (KEY: text_encoder, unet, vae, vae.decode, vae.encode) or one bare FILE of
     tinysd names (`encodings_file` is the same as a bare FILE); onnx: `--onnx KEY=MODEL.onnx` values,
@@ -87,7 +88,7 @@ def quantize_checkpoint(model, out_dir, precision: str, prompts_file=None, steps
     """
     from ..checkpoint import load_checkpoint
     from ..png import model_hash
-    from .calibration import (CALIBRATION_METHODS, DEFAULT_CALIBRATION_STEPS, calibrate_observers, quantize_model,
+    from .calibration import (CALIBRATION_METHODS, calibrate_observers, calibration_settings, quantize_model,
                               ranges_from_observers, replay_sqnr)
     from .encodings import load_encodings
     from .engine import build_integer_networks
@@ -103,8 +104,7 @@ def quantize_checkpoint(model, out_dir, precision: str, prompts_file=None, steps
     method = method or "minmax"
     if method not in CALIBRATION_METHODS:
         raise TinySDError(f"method {method!r} is not one of {', '.join(CALIBRATION_METHODS)}")
-    steps = DEFAULT_CALIBRATION_STEPS if steps is None else steps
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         raise TinySDError(f"calibration steps must be an integer >= 1 (got {steps!r})")
     if sqnr_calls is not None and (isinstance(sqnr_calls, bool) or not isinstance(sqnr_calls, int) or sqnr_calls < 1):
         raise TinySDError(f"SQNR calls must be an integer >= 1 (got {sqnr_calls!r})")
@@ -137,8 +137,10 @@ def quantize_checkpoint(model, out_dir, precision: str, prompts_file=None, steps
         raise TinySDError("--method does not apply: every network has an --encodings file (tinysd calibrates only "
                           "what a file lacks, with min-max); leave it out")
     calls: list = []
-    observers = calibrate_observers(loaded, prompts, steps, method, sampler=CALIBRATION_SAMPLER, seed=CALIBRATION_SEED,
-                                    guidance_scale=CALIBRATION_GUIDANCE, record=calls,
+    # CALIBRATION_SAMPLER / _GUIDANCE, or a w-conditioned (LCM) model's own sampler, steps and guidance
+    steps, sampler, guidance = calibration_settings(loaded, steps, None, None)
+    observers = calibrate_observers(loaded, prompts, steps, method, sampler=sampler, seed=CALIBRATION_SEED,
+                                    guidance_scale=guidance, record=calls,
                                     progress=progress and (lambda done, total: progress("calibration", done, total)),
                                     parts={n: imp.parts for n, imp in imported.items()}, stats=stats)
     ranges = ranges_from_observers(observers, method, precision)
@@ -184,8 +186,8 @@ def quantize_checkpoint(model, out_dir, precision: str, prompts_file=None, steps
                 "fixed_softmax": report.fixed_softmax[n], "parts": {op: list(p) for op, p in imported[n].parts.items()},
                 "weights_from_graph": sorted(imported[n].weights)} for n in imported},
         "calibration": {"prompts_file": None if prompts_file is None else str(prompts_file), "prompts": prompts,
-                        "steps": steps, "sampler": CALIBRATION_SAMPLER, "seed": CALIBRATION_SEED,
-                        "guidance_scale": CALIBRATION_GUIDANCE,
+                        "steps": steps, "sampler": sampler, "seed": CALIBRATION_SEED,
+                        "guidance_scale": guidance,
                         "network_calls": {n: sum(c.kind.startswith(n) for c in calls) for n in NETWORKS}},
         "sqnr_db": {k: _finite_or_str(v) for k, v in sqnr.items()},
         "sqnr_calls": sqnr_calls,
