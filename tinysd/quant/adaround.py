@@ -26,7 +26,9 @@ recorded call of the calibration run is replayed through a float interpreter tha
 columns of each linear / conv2d layer), so every layer is optimised independently of the others, in
 one pass over the data; the quantized-so-far alternative needs one replay of the calibration data per
 layer (hundreds for a UNet) and would make each layer's result depend on the order and outcome of all
-earlier ones. The target is the float layer's own output, as in the paper.
+earlier ones. The target is the float layer's own output, as in the paper. A layer with
+K <= 2 samples inputs keeps only G (summed while sampling, float64); a wider one keeps its columns
+and computes (D X) X^T / N each step (`adaround_layer` takes either).
 
 Determinism: the column samples come from a generator seeded by (seed, crc32(layer name), call
 index); everything after sampling is float64 NumPy with one fixed sequence of operations (the
