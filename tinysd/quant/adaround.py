@@ -238,14 +238,15 @@ class ColumnSampler(FloatInterpreter):
         else:
             self.columns.setdefault(name, []).append(cols)
 
-    def linear(self, x, name):
+    def sample_linear(self, x: np.ndarray, name: str) -> None:
+        """Sample rows of the input x (..., IN) of linear `name` (no forward)."""
         if self._keep(name):
             rows = x.reshape(-1, x.shape[-1])  # (M, IN)
             pick = self._rng(name).choice(rows.shape[0], size=min(self.per_call, rows.shape[0]), replace=False)
             self._store(name, np.ascontiguousarray(rows[np.sort(pick)].T, np.float32))
-        return super().linear(x, name)
 
-    def conv2d(self, x, name, stride=1, padding=0):
+    def sample_conv2d(self, x: np.ndarray, name: str, stride=1, padding=0) -> None:
+        """Sample im2col columns of the input x (N, C, H, W) of conv2d `name` (no forward)."""
         if self._keep(name):
             _, _, kh, kw = np.shape(self.param(f"{name}.weight"))
             top, bottom, left, right = _pad4(padding)
@@ -258,6 +259,13 @@ class ColumnSampler(FloatInterpreter):
             r, q = np.divmod(rest, wo)
             cols = win[i, :, r, q]  # (n_pick, C, KH, KW)
             self._store(name, np.ascontiguousarray(cols.reshape(len(pick), -1).T, np.float32))
+
+    def linear(self, x, name):
+        self.sample_linear(x, name)
+        return super().linear(x, name)
+
+    def conv2d(self, x, name, stride=1, padding=0):
+        self.sample_conv2d(x, name, stride, padding)
         return super().conv2d(x, name, stride, padding)
 
     def inputs(self) -> dict[str, dict]:
