@@ -26,7 +26,9 @@ recorded call of the calibration run is replayed through a float interpreter tha
 columns of each linear / conv2d layer), so every layer is optimised independently of the others, in
 one pass over the data; the quantized-so-far alternative needs one replay of the calibration data per
 layer (hundreds for a UNet) and would make each layer's result depend on the order and outcome of all
-earlier ones. The target is the float layer's own output, as in the paper.
+earlier ones. The target is the float layer's own output, as in the paper. A layer with
+K <= 2 samples inputs keeps only G (summed while sampling, float64); a wider one keeps its columns
+and computes (D X) X^T / N each step (`adaround_layer` takes either).
 
 Determinism: the column samples come from a generator seeded by (seed, crc32(layer name), call
 index); everything after sampling is float64 NumPy with one fixed sequence of operations (the
@@ -236,14 +238,15 @@ class ColumnSampler(FloatInterpreter):
         else:
             self.columns.setdefault(name, []).append(cols)
 
-    def linear(self, x, name):
+    def sample_linear(self, x: np.ndarray, name: str) -> None:
+        """Sample rows of the input x (..., IN) of linear `name` (no forward)."""
         if self._keep(name):
             rows = x.reshape(-1, x.shape[-1])  # (M, IN)
             pick = self._rng(name).choice(rows.shape[0], size=min(self.per_call, rows.shape[0]), replace=False)
             self._store(name, np.ascontiguousarray(rows[np.sort(pick)].T, np.float32))
-        return super().linear(x, name)
 
-    def conv2d(self, x, name, stride=1, padding=0):
+    def sample_conv2d(self, x: np.ndarray, name: str, stride=1, padding=0) -> None:
+        """Sample im2col columns of the input x (N, C, H, W) of conv2d `name` (no forward)."""
         if self._keep(name):
             _, _, kh, kw = np.shape(self.param(f"{name}.weight"))
             top, bottom, left, right = _pad4(padding)
@@ -256,6 +259,13 @@ class ColumnSampler(FloatInterpreter):
             r, q = np.divmod(rest, wo)
             cols = win[i, :, r, q]  # (n_pick, C, KH, KW)
             self._store(name, np.ascontiguousarray(cols.reshape(len(pick), -1).T, np.float32))
+
+    def linear(self, x, name):
+        self.sample_linear(x, name)
+        return super().linear(x, name)
+
+    def conv2d(self, x, name, stride=1, padding=0):
+        self.sample_conv2d(x, name, stride, padding)
         return super().conv2d(x, name, stride, padding)
 
     def inputs(self) -> dict[str, dict]:
