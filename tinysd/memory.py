@@ -5,8 +5,8 @@ The estimate counts the largest tensors of each network call at the requested si
 * UNet (batch 2B with classifier-free guidance): the skip stack (every down-block resnet and
   downsampler output, kept until the up path reads it), ACTIVATION_COPIES tensors of the widest
   activation of a level (an up-path concat doubles the channels), and per attention level
-  three (heads, HW, HW) tensors (scores, probabilities, one temporary), or three tiles of
-  ATTENTION_TILE_ELEMENTS when the scores are larger (the interpreters then tile the queries);
+  three (2B x heads, HW, HW) tensors (scores, probabilities, one temporary), or three tiles of
+  query rows when the scores have more than ATTENTION_TILE_ELEMENTS (the interpreters then tile);
 * VAE decoder (one image at a time): ACTIVATION_COPIES tensors of the largest level
   (channels x height x width) and three (HW, HW) tensors of the mid block's single-head attention
   at the latent size (at most three tiles);
@@ -40,6 +40,14 @@ def physical_memory() -> int | None:
         return None
 
 
+def _attention_tile(bh: int, t: int, s: int) -> int:
+    """Elements of the scores the interpreters hold at once for `bh` (batch x heads) (t, s) attentions: all
+    of them up to ATTENTION_TILE_ELEMENTS, otherwise one tile of max(1, tile // (bh * s)) query rows."""
+    if bh * t * s <= ATTENTION_TILE_ELEMENTS:
+        return bh * t * s
+    return bh * s * min(t, max(1, ATTENTION_TILE_ELEMENTS // (bh * s)))
+
+
 def estimate_generation_bytes(config, width: int, height: int, batch: int, itemsize: int = 4) -> dict[str, int]:
     """{"unet": bytes, "vae": bytes} of working memory for `batch` images of width x height (see module docstring)."""
     u, v = config.unet, config.vae
@@ -52,15 +60,15 @@ def estimate_generation_bytes(config, width: int, height: int, batch: int, items
         n = math.ceil(h / 2**i) * math.ceil(w / 2**i)  # positions at level i
         skips += (layers[i] + 1) * c * n
         work = max(work, ACTIVATION_COPIES * 2 * c * n + 2 * min(9 * 2 * c * n, IM2COL_ELEMENTS))
-        if i in attention:
-            attn = max(attn, 3 * u.heads(i) * n * n)  # scores, probabilities, one temporary
-    unet = (2 * batch * (skips + work) + min(2 * batch * attn, 3 * ATTENTION_TILE_ELEMENTS)) * itemsize
+        if i in attention:  # scores, probabilities, one temporary: of one tile of query rows (all of them if small)
+            attn = max(attn, 3 * _attention_tile(2 * batch * u.heads(i), n, n))
+    unet = (2 * batch * (skips + work) + attn) * itemsize
     vae_work = 0
     for j, c in enumerate(v.block_out_channels):
         n = math.ceil(height / 2**j) * math.ceil(width / 2**j)
         c_in = v.block_out_channels[min(j + 1, len(v.block_out_channels) - 1)]  # the upsampler's conv reads the wider level
         vae_work = max(vae_work, ACTIVATION_COPIES * c_in * n + 2 * min(9 * c_in * n, IM2COL_ELEMENTS))
-    vae_attn = min(3 * (h * w) ** 2, 3 * ATTENTION_TILE_ELEMENTS) if v.mid_block_add_attention else 0
+    vae_attn = 3 * _attention_tile(1, h * w, h * w) if v.mid_block_add_attention else 0
     vae = (vae_work + vae_attn) * itemsize
     return {"unet": unet, "vae": vae}
 

@@ -71,7 +71,7 @@ def make_model(folder: Path) -> None:
                                       num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
                                       projection_dim=768))
     tok_dir = ROOT / "weights" / "tokenizer"
-    tok = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"))
+    tok = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=77)
     sched = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                    num_train_timesteps=1000, steps_offset=1)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, scheduler=sched,
@@ -127,6 +127,7 @@ def run_variant(args) -> dict:
         with stats.measure("load"):
             pipe = StableDiffusionPipeline.from_pretrained(work / "sd15", safety_checker=None,
                                                            requires_safety_checker=False)
+        pipe.tokenizer.model_max_length = 77  # folders saved before the tokenizer was given its length
         ids = pipe.tokenizer(["", PROMPT], padding="max_length", max_length=77, return_tensors="pt").input_ids
         with torch.inference_mode():
             with stats.measure("text_encoder"):
