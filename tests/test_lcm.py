@@ -118,5 +118,20 @@ def test_w_conditioned_unet_quantizes(lcm_dir, pipe):
     # the embedding changes the output (by more than the quantization error)
     change = np.abs(outs[4.0][0] - outs[0.0][0]).max()
     assert np.abs(outs[4.0][1] - outs[0.0][1]).max() > 0.5 * change > 0
-    img = q("a red circle", seed=3)
-    assert img.size == (pipe.native_size, pipe.native_size)
+
+
+
+def test_quantized_folder_keeps_the_defaults(lcm_dir, tmp_path):
+    """`tinysd quantize` writes the float folder's defaults into quantization.json; generate from it uses them."""
+    prompts, q, out = tmp_path / "p.txt", tmp_path / "q", tmp_path / "q.png"
+    prompts.write_text("a red circle\n")
+    res = run(["quantize", lcm_dir, "-o", q, "--precision", "w8a8", "--calibration-steps", "1",
+               "--calibration-prompts", prompts, "--sqnr-calls", "1"])
+    assert res.exit_code == 0, res.output
+    info = json.loads((q / "quantization.json").read_text())["info"]
+    assert info["generation_defaults"] == {"sampler": "lcm", "steps": 4, "guidance_scale": 5.0}
+    assert (info["calibration"]["sampler"], info["calibration"]["guidance_scale"]) == ("lcm", 5.0)
+    res = run(["generate", "a red circle", "-o", out, "--model", q])
+    assert res.exit_code == 0, res.output
+    params = parse_parameters(read_parameters(out))
+    assert (params["Steps"], params["Sampler"], params["CFG scale"]) == ("4", "LCM", "5")

@@ -268,8 +268,10 @@ class Pipeline:
         tokenizer = CLIPTokenizer.from_dir(path / TOKENIZER_SUBDIR)
         text_encoder, unet, vae = build_integer_networks(qmodel, cache_weights=bool(cache_weights))
         log.info("loaded %s (quantized, %s) in %.1f s", path, qmodel.precision, time.perf_counter() - t0)
+        defaults = GenerationDefaults.from_index({"tinysd_defaults": qmodel.info.get("generation_defaults")},
+                                                 f"{path}/quantization.json info")
         pipe = cls(tokenizer, text_encoder, unet, vae, qmodel.config, model_name=path.resolve().name, source=path,
-                   layout="quantized", precision=qmodel.precision)
+                   layout="quantized", precision=qmodel.precision, defaults=defaults)
         pipe.quantized_from = {"name": qmodel.info.get("source_model_name"), "hash": qmodel.info.get("source_model_hash")}
         return pipe
 

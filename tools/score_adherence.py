@@ -114,6 +114,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, default=ROOT / "weights" / "tinysd-shapes")
     p.add_argument("-n", type=int, default=200)
+    p.add_argument("--skip", type=int, default=0,
+                   help="score only prompts skip..n-1 of the n (same prompts and seeds as a full run): split a slow run")
     p.add_argument("--prompt-seed", type=int, default=1234)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=20)
@@ -126,9 +128,9 @@ def main(argv=None):
     p.add_argument("--precision", default=None,
                    help="--engine tinysd only: score the integer engine (quantized on the fly)")
     args = p.parse_args(argv)
-    items = prompts_for(args.n, args.prompt_seed)
+    items = prompts_for(args.n, args.prompt_seed)[args.skip:]
     prompts, specs = [c for c, _ in items], [s for _, s in items]
-    seeds = [args.seed + i for i in range(args.n)]
+    seeds = [args.seed + i for i in range(args.skip, args.n)]
     t0 = time.time()
     if args.precision and args.engine != "tinysd":
         p.error("--precision needs --engine tinysd")
@@ -137,7 +139,7 @@ def main(argv=None):
     images = generate(prompts, seeds)
     res = score_all(images, specs)
     res.update(model=str(args.model), steps=args.steps, cfg=args.cfg, sampler=args.sampler,
-               prompt_seed=args.prompt_seed, seed=args.seed, seconds=round(time.time() - t0, 1),
+               prompt_seed=args.prompt_seed, seed=args.seed, skip=args.skip, seconds=round(time.time() - t0, 1),
                engine={"diffusers": "diffusers StableDiffusionPipeline (float32)",
                        "tinysd": f"tinysd Pipeline ({args.precision or 'float32 NumPy'})"}[args.engine])
     for a, v in res["accuracy"].items():

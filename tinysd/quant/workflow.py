@@ -18,6 +18,7 @@ networks for the SQNR of each against float; write the folder atomically
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from pathlib import Path
@@ -191,6 +192,8 @@ def quantize_checkpoint(model, out_dir, precision: str, prompts_file=None, steps
                         "network_calls": {n: sum(c.kind.startswith(n) for c in calls) for n in NETWORKS}},
         "sqnr_db": {k: _finite_or_str(v) for k, v in sqnr.items()},
         "sqnr_calls": sqnr_calls,
+        # the float folder's generation defaults (model_index.json tinysd_defaults), kept for `tinysd generate`
+        "generation_defaults": dataclasses.asdict(loaded.defaults),
     })
     save_quantized(qmodel, out, overwrite=overwrite, tokenizer_dir=loaded.tokenizer_dir)
     return out, sqnr
