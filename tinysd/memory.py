@@ -28,7 +28,7 @@ from .errors import TinySDError
 
 ACTIVATION_COPIES = 12  # float32-sized tensors alive in one op: a group norm keeps float64 temporaries
 IM2COL_ELEMENTS = 1 << 24  # the float engine's im2col band (tinysd.interp.float._IM2COL_BUDGET)
-ATTENTION_TILE_ELEMENTS = 1 << 22  # larger attention scores are computed in query tiles (interpreters' `attention`)
+ATTENTION_TILE_ELEMENTS = 1 << 25  # larger attention scores are computed in query tiles (interpreters' `attention`)
 GiB = 1 << 30
 
 

@@ -391,7 +391,8 @@ class Pipeline:
         stats = NO_STATS if self.stats is None else self.stats
         t0 = time.perf_counter()
         with stats.measure("text_encoder"):
-            ctx = _finite(self.encode_prompt([negative_prompt, prompt], clip_skip), "the text encoder output")  # (2, 77, D)
+            ctx = self.encode_prompt([negative_prompt, prompt], clip_skip)  # (2, 77, D)
+        ctx = _finite(ctx, "the text encoder output")
         ctx_neg, ctx_pos = ctx[:1], ctx[1:]
         if do_cfg:
             context = np.concatenate([np.repeat(ctx_neg, B, axis=0), np.repeat(ctx_pos, B, axis=0)])  # (2B, 77, D)

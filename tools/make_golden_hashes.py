@@ -70,7 +70,8 @@ def main(argv=None):
     from tinysd.quant.calibration import calibrate_model
 
     ranges = calibrate_model(load_checkpoint(TINY), PROMPTS, steps=STEPS)
-    ranges = {net: {t: [float(lo), float(hi)] for t, (lo, hi) in sorted(r.items())} for net, r in sorted(ranges.items())}
+    ranges = {net: {t: [float(lo), float(hi)] for t, (lo, hi) in sorted(r.items())}
+              for net, r in sorted(ranges.items())}
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     doc = {"generator": "tools/make_golden_hashes.py", "commit": commit, "numpy": np.__version__,
            "arithmetic_spec": ARITHMETIC_SPEC_VERSION, "model": "tests/fixtures/tiny-sd",

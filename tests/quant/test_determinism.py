@@ -5,7 +5,8 @@ Each network of the tiny fixture model, quantized in both precisions, runs on fi
 1 and 2 threads must all be equal, and equal to the stored golden hashes (tests/fixtures/golden_hashes.json, made
 by tools/make_golden_hashes.py): the model is quantized from the fixture's stored float64 activation ranges (no
 float run, so no BLAS-order dependence), and any change to a kernel, fast path or interpreter that moves one
-integer of a golden output fails `test_golden_outputs_match_stored_hashes`. Run as a script (`python test_determinism.py w8a8=FOLDER ...`), this
+integer of a golden output fails `test_golden_outputs_match_stored_hashes`. Run as a script
+(`python test_determinism.py w8a8=FOLDER ...`), this
 file prints the hashes of each quantized folder as JSON.
 """
 import json
