@@ -39,7 +39,8 @@ def rel(a, b):
 
 
 def test_defaults_come_from_the_folder(pipe):
-    assert (pipe.defaults.sampler, pipe.defaults.steps, pipe.defaults.guidance_scale) == ("lcm", META["steps"], META["cfg"])
+    d = pipe.defaults
+    assert (d.sampler, d.steps, d.guidance_scale) == ("lcm", META["steps"], META["cfg"])
     assert pipe.config.unet.time_cond_proj_dim == META["cond_dim"]
 
 
@@ -97,7 +98,8 @@ def test_bad_defaults_are_one_line_errors(lcm_dir, tmp_path):
         index = json.loads((lcm_dir / "model_index.json").read_text())
         index["tinysd_defaults"] = bad
         (d / "model_index.json").write_text(json.dumps(index))
-        assert_one_line_error(run(["generate", "x", "-o", tmp_path / "b.png", "--model", d]), "model_index.json", needle)
+        res = run(["generate", "x", "-o", tmp_path / "b.png", "--model", d])
+        assert_one_line_error(res, "model_index.json", needle)
     res = run(["generate", "x", "-o", tmp_path / "b.png", "--model", lcm_dir, "--sampler", "lcm", "--karras"])
     assert_one_line_error(res, "lcm", "Karras")
 

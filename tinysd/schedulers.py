@@ -416,7 +416,7 @@ class LCMScheduler(Scheduler):
     `timestep_spacing` and `steps_offset` do not apply.
 
     Step i at t with x0 predicted from the model output (epsilon or v):
-        c_skip = s_d^2 / ((t * timestep_scaling)^2 + s_d^2),  c_out = t * timestep_scaling / sqrt((t * timestep_scaling)^2 + s_d^2),
+        s = t * timestep_scaling, c_skip = s_d^2 / (s^2 + s_d^2), c_out = s / sqrt(s^2 + s_d^2),
         s_d = 0.5 (the consistency-model boundary condition, c_skip -> 1 and c_out -> 0 at t = 0);
         denoised = c_out * x0 + c_skip * x;
         x_next = sqrt(abar[t_next]) * denoised + sqrt(1 - abar[t_next]) * noise   (fresh noise; not on the last step)
@@ -466,15 +466,16 @@ class LCMScheduler(Scheduler):
             return SchedulerOutput(denoised, denoised)
         # 3. back to the noise level of the next timestep with fresh noise
         if noise is None:
-            raise ValueError("noise: lcm needs a standard normal array of the sample's shape at every step but the last")
+            raise ValueError("noise: lcm needs a standard normal array of the sample's shape at every step "
+                             "but the last")
         noise = np.asarray(noise, dtype=np.float64)
         if noise.shape != x.shape:
             raise ValueError(f"noise: shape {noise.shape} differs from sample shape {x.shape}")
         return SchedulerOutput(np.sqrt(a_next) * denoised + np.sqrt(1.0 - a_next) * noise, denoised)
 
 
-_CLASSES = {c.name: c for c in (DDIMScheduler, EulerDiscreteScheduler, EulerAncestralDiscreteScheduler, DPMSolverMultistepScheduler,
-                                LCMScheduler)}
+_CLASSES = {c.name: c for c in (DDIMScheduler, EulerDiscreteScheduler, EulerAncestralDiscreteScheduler,
+                                DPMSolverMultistepScheduler, LCMScheduler)}
 
 # A1111's names for the samplers (the `Sampler:` field of its PNG `parameters` text).
 A1111_NAMES = {"ddim": "DDIM", "euler": "Euler", "euler_a": "Euler a", "dpmpp_2m": "DPM++ 2M", "lcm": "LCM"}

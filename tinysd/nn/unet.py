@@ -67,7 +67,8 @@ def guidance_embedding(w, dim: int) -> np.ndarray:
     half = dim // 2
     if half < 2:
         raise TinySDError(f"unet: time_cond_proj_dim={dim} is too small for a guidance embedding (at least 4)")
-    freqs = np.exp(np.arange(half, dtype=np.float32) * -(np.float32(math.log(10000.0)) / np.float32(half - 1)))  # (half,)
+    step = np.float32(math.log(10000.0)) / np.float32(half - 1)
+    freqs = np.exp(np.arange(half, dtype=np.float32) * -step)  # (half,) float32
     e = w[:, None] * freqs[None, :]  # (B, half)
     out = np.concatenate([np.sin(e), np.cos(e)], axis=-1)  # (B, 2*half)
     if dim % 2:
