@@ -1,0 +1,244 @@
+"""Dev-only: tinysd's AdaRound against AIMET's own (aimet-torch) on the shipped model's UNet.
+
+    python3 tools/aimet_adaround_compare.py [--model weights/tinysd-shapes] [--work /tmp/aimet-adaround] \
+        [--every 4] [--iterations 1000] [--samples 2048] [--aimet-python /work/venvs/aimet-torch/bin/python]
+
+A script, not a test (it needs torch, diffusers and aimet-torch 2.42.0 in a separate venv). What it does:
+
+1. With tinysd (this interpreter): calibrates the float model exactly as `tinysd quantize` does (the 26
+   shipped prompts x 20 euler steps, seed 0, cfg 7.5, min-max) and records every network call. The UNet
+   calls are split: every --every-th (from the first) is the AdaRound calibration data of BOTH tools
+   (`calls.npz`: sample, timestep, encoder_hidden_states per call); every 8th from the 3rd is held out
+   for the SQNR (never a fitting call for --every 4 or 8; checked).
+2. In the aimet-torch venv (stage `aimet`, started in the background): the diffusers UNet of the same
+   checkpoint, `Adaround.apply_adaround` with `AdaroundParameters(data_loader=the fitting calls,
+   num_batches=all of them, default_num_iterations=--iterations)`, 8-bit parameters, min-max
+   (`QuantScheme.post_training_tf`), AIMET's HTP v75 config (per-channel symmetric weights, as tinysd's).
+   Writes AIMET's parameter-encodings file and the AdaRounded weights (safetensors, not pickle) and the
+   time AdaRound took.
+3. Meanwhile, tinysd's AdaRound (`tinysd.quant.adaround`, --iterations steps, --samples columns per
+   layer) on the same fitting calls.
+4. AIMET's result is imported as `tinysd quantize --encodings unet=FILE --onnx unet=MODEL.onnx` reads it
+   (section 9 of docs/quantization.md): its parameter encodings frozen, its changed weights the layers'
+   weights. Then the UNet SQNR against float on the held-out calls, at w8a16 (isolates the weights)
+   and w8a8, for: nearest (tinysd's scales), tinysd AdaRound, AIMET AdaRound, and nearest on AIMET's
+   encodings (control: AIMET's scales without AdaRound). Results are printed and written to
+   `results.json` in --work.
+
+Steps whose output is already in --work (calls.npz, tinysd_q.npz, aimet/DONE) are not redone.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL = ROOT / "weights" / "tinysd-shapes"
+HTP_CONFIG = "htp_quantsim_config_v75.json"
+CALL_ARGS = ("sample", "timestep", "encoder_hidden_states")
+
+try:  # module-level class (aimet-torch may pickle / deepcopy the model); torch only in the aimet stage
+    import torch as _torch
+except ImportError:
+    _torch = None
+
+if _torch is not None:
+    class UNetWrapper(_torch.nn.Module):
+        """sample, timestep (B,), encoder_hidden_states -> the UNet's output sample."""
+
+        def __init__(self, unet):
+            super().__init__()
+            self.unet = unet
+
+        def forward(self, sample, timestep, encoder_hidden_states):
+            return self.unet(sample, timestep, encoder_hidden_states, return_dict=False)[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# stage aimet (aimet-torch venv)
+# ---------------------------------------------------------------------------------------------
+def stage_aimet(model: Path, work: Path, iterations: int) -> None:
+    import copy
+
+    import numpy as np
+    import torch
+    import aimet_torch.common.quantsim_config as qc
+    from aimet_torch.adaround.adaround_weight import Adaround, AdaroundParameters
+    from aimet_torch.common.defs import QuantScheme
+    from aimet_torch.nn import QuantizationMixin
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.embeddings import Timesteps
+    from safetensors.torch import save_file
+
+    torch.set_num_threads(int(os.environ.get("AIMET_THREADS", "1")))
+    QuantizationMixin.ignore(Timesteps)  # no quantized definition in aimet-torch (make_aimet_fixtures.py)
+    cfg = str(Path(qc.__file__).parent / HTP_CONFIG)
+    npz = np.load(work / "calls.npz")
+    n = len({k.split("/")[0] for k in npz.files})
+    batches = [tuple(torch.from_numpy(npz[f"{i}/{a}"]) for a in CALL_ARGS) for i in range(n)]
+    module = UNetWrapper(UNet2DConditionModel.from_pretrained(model / "unet").float().eval()).eval()
+    d = work / "aimet"
+    d.mkdir(parents=True, exist_ok=True)
+    params = AdaroundParameters(data_loader=batches, num_batches=len(batches), default_num_iterations=iterations,
+                                forward_fn=lambda m, inputs: m(*inputs))
+    torch.manual_seed(0)
+    print(f"aimet: AdaRound of the UNet on {len(batches)} calls, {iterations} iterations per layer", flush=True)
+    t0 = time.time()
+    ada = Adaround.apply_adaround(copy.deepcopy(module), batches[0], params, path=str(d), filename_prefix="unet_adaround",
+                                  default_param_bw=8, default_quant_scheme=QuantScheme.post_training_tf,
+                                  default_config_file=cfg)
+    seconds = time.time() - t0
+    weights = {k: v.detach().contiguous().float() for k, v in ada.state_dict().items() if k.endswith(".weight")}
+    save_file(weights, str(d / "unet_adaround_weights.safetensors"))
+    from importlib.metadata import version
+    info = {"seconds": seconds, "calls": len(batches), "iterations": iterations, "config": HTP_CONFIG,
+            "threads": torch.get_num_threads(),
+            "versions": {p: version(p) for p in ("aimet-torch", "torch", "diffusers")}}
+    (d / "DONE").write_text(json.dumps(info, indent=1) + "\n")
+    print(f"aimet: AdaRound {seconds:.0f} s", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# tinysd side
+# ---------------------------------------------------------------------------------------------
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "aimet-adaround")
+    ap.add_argument("--every", type=int, default=4, help="every N-th calibration UNet call is AdaRound's data")
+    ap.add_argument("--iterations", type=int, default=1000)
+    ap.add_argument("--samples", type=int, default=2048)
+    ap.add_argument("--aimet-python", default="/work/venvs/aimet-torch/bin/python")
+    ap.add_argument("--stage", choices=("aimet",), default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    if args.stage == "aimet":
+        return stage_aimet(args.model, args.work, args.iterations)
+
+    sys.path.insert(0, str(ROOT))
+    os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(tempfile.gettempdir(), "tinysd-numba-cache"))
+    import numpy as np
+
+    from tinysd.checkpoint import load_checkpoint
+    from tinysd.quant import adaround as ar
+    from tinysd.quant.calibration import calibrate_observers, quantize_model, ranges_from_observers, replay_sqnr
+    from tinysd.quant.encodings import load_encodings
+    from tinysd.quant.engine import build_integer_networks
+    from tinysd.quant.prompts import read_prompts
+    from tinysd.quant.weights import quantize_weight
+    from tinysd.quant.workflow import CALIBRATION_GUIDANCE, CALIBRATION_SAMPLER, CALIBRATION_SEED
+    from tinysd.safetensors_io import SafetensorsFile
+
+    work = args.work
+    st = ar.AdaRoundSettings(iterations=args.iterations, samples=args.samples).check()
+    loaded = load_checkpoint(args.model)
+    t0 = time.perf_counter()
+    calls: list = []
+    obs = calibrate_observers(loaded, read_prompts(None), 20, "minmax", sampler=CALIBRATION_SAMPLER,
+                              seed=CALIBRATION_SEED, guidance_scale=CALIBRATION_GUIDANCE, record=calls)
+    ranges = {p: ranges_from_observers(obs, "minmax", p) for p in ("w8a16", "w8a8")}
+    unet_calls = [c for c in calls if c.kind == "unet"]
+    fit, held = unet_calls[::args.every], unet_calls[2::8]
+    assert not {id(c) for c in fit} & {id(c) for c in held}, "choose --every so fitting and held-out calls differ"
+    print(f"calibration {time.perf_counter() - t0:.0f} s: {len(unet_calls)} UNet calls; {len(fit)} fitting "
+          f"(every {args.every}th), {len(held)} held out (every 8th from the 3rd)", flush=True)
+
+    if not (work / "calls.npz").exists():
+        arrays = {}
+        for i, c in enumerate(fit):
+            sample, t, ctx = c.args[:3]
+            arrays.update({f"{i}/sample": np.asarray(sample, np.float32),
+                           f"{i}/timestep": np.full((sample.shape[0],), float(t), np.float32),
+                           f"{i}/encoder_hidden_states": np.asarray(ctx, np.float32)})
+        np.savez(work / "calls.npz", **arrays)
+    aimet = None
+    if not (work / "aimet" / "DONE").exists():
+        log = open(work / "aimet.log", "w")
+        aimet = subprocess.Popen([args.aimet_python, str(Path(__file__).resolve()), "--stage", "aimet", "--model",
+                                  str(args.model), "--work", str(work), "--iterations", str(args.iterations)],
+                                 stdout=log, stderr=subprocess.STDOUT,
+                                 env=dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONHASHSEED="0"))
+        print(f"aimet stage started (pid {aimet.pid}, log {work / 'aimet.log'})", flush=True)
+
+    params = loaded.params["unet"]
+    qfile = work / "tinysd_q.npz"
+    if qfile.exists():
+        z = np.load(qfile)
+        tinysd_seconds = float(z["__seconds__"])
+        codes_t = {k: (z[k], quantize_weight(params[k[len("unet."):]], axis=0, name=k)[1])
+                   for k in z.files if k != "__seconds__"}
+    else:
+        t0 = time.perf_counter()
+        inputs = ar.sample_layer_inputs(loaded, fit, "unet", st)
+        codes_t, stats = ar.adaround_network(params, inputs, "unet", st)
+        tinysd_seconds = time.perf_counter() - t0
+        np.savez(qfile, __seconds__=np.float64(tinysd_seconds), **{k: q for k, (q, _) in codes_t.items()})
+    print(f"tinysd AdaRound: {len(codes_t)} layers, {tinysd_seconds:.0f} s (incl. the float replay)", flush=True)
+
+    if aimet is not None:
+        rc = aimet.wait()
+        if rc:
+            sys.exit(f"aimet stage failed (exit {rc}); see {work / 'aimet.log'}")
+    ainfo = json.loads((work / "aimet" / "DONE").read_text())
+    _, aenc, version = load_encodings(work / "aimet" / "unet_adaround.encodings")
+    sf = SafetensorsFile(work / "aimet" / "unet_adaround_weights.safetensors")
+    aw = sf.read_float32(sf.keys())
+    codes_a, codes_an, worst, missing = {}, {}, 0.0, []
+    for key in codes_t:
+        enc = aenc.get(key)
+        if enc is None:
+            missing.append(key)
+            continue
+        w = np.asarray(aw[key], np.float32)
+        shape = (-1,) + (1,) * (w.ndim - 1)
+        ratio = w.astype(np.float64) / np.asarray(enc.scale, np.float64).reshape(shape)
+        worst = max(worst, float(np.abs(ratio - np.round(ratio)).max()))
+        codes_a[key] = (enc.quantize(w), enc)
+        codes_an[key] = (enc.quantize(params[key[len("unet."):]]), enc)
+    print(f"AIMET file (version {version!r}): {len(codes_a)} of {len(codes_t)} layers; largest |w/s - round(w/s)| "
+          f"of its weights {worst:.2e}; missing {missing}", flush=True)
+
+    def agree(codes):  # fraction of weights equal to tinysd's nearest q, and to AIMET's
+        n = same_near = same_aimet = 0
+        for key, (q, _) in codes.items():
+            qn = quantize_weight(params[key[len("unet."):]], axis=0, name=key)[0]
+            n += q.size
+            same_near += int((q == qn).sum())
+            if key in codes_a:
+                same_aimet += int((q == codes_a[key][0]).sum())
+        return same_near / n, same_aimet / n
+
+    scale_diff = max(float(np.max(np.abs(np.asarray(codes_t[k][1].scale) / np.asarray(e.scale) - 1)))
+                     for k, (_, e) in codes_a.items())
+    variants = {"nearest": None, "tinysd AdaRound": codes_t, "AIMET AdaRound": codes_a,
+                "nearest on AIMET's encodings": codes_an}
+    results = {"settings": {"model": str(args.model), "fitting_calls": len(fit), "held_out_calls": len(held),
+                            "every": args.every, "iterations": args.iterations, "tinysd_samples": args.samples},
+               "seconds": {"tinysd": tinysd_seconds, "aimet": ainfo["seconds"]}, "aimet": ainfo,
+               "max_relative_scale_difference": scale_diff, "sqnr_db": {}, "agreement": {}}
+    for label, codes in variants.items():
+        if codes is not None:
+            results["agreement"][label] = dict(zip(("with_nearest", "with_aimet"), agree(codes)))
+    for prec in ("w8a16", "w8a8"):
+        for label, codes in variants.items():
+            if codes is None:
+                qm = quantize_model(loaded, prec, ranges[prec])
+            else:
+                p, e = ar.adarounded_params(params, codes, "unet")
+                ld = type(loaded)(**{**loaded.__dict__, "params": {**loaded.params, "unet": p}})
+                qm = quantize_model(ld, prec, ranges[prec], {"unet": e})
+            sq = replay_sqnr(held, build_integer_networks(qm))["unet"]
+            results["sqnr_db"][f"{prec} {label}"] = sq
+            print(f"{prec} {label}: UNet SQNR {sq:.2f} dB", flush=True)
+    print(json.dumps(results, indent=1), flush=True)
+    (work / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
