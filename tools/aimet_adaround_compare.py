@@ -23,9 +23,10 @@ A script, not a test (it needs torch, diffusers and aimet-torch 2.42.0 in a sepa
    weights. Then the UNet SQNR against float on the held-out calls, at w8a16 (isolates the weights)
    and w8a8, for: nearest (tinysd's scales), tinysd AdaRound, AIMET AdaRound, and nearest on AIMET's
    encodings (control: AIMET's scales without AdaRound). Results are printed and written to
-   `results.json` in --work.
+   `aimet-it{N}-lr{LR}-results.json` in --work.
 
-Steps whose output is already in --work (calls.npz, tinysd_q.npz, aimet/DONE) are not redone.
+Steps whose output is already in --work (calls.npz, tinysd_q-it*-s*.npz, aimet-it*-lr*/DONE) are not redone;
+--aimet-iterations / --aimet-lr (default: --iterations, AIMET's own lr 1e-3) choose the AIMET run.
 """
 from __future__ import annotations
 
@@ -63,8 +64,9 @@ if _torch is not None:
 # ---------------------------------------------------------------------------------------------
 # stage aimet (aimet-torch venv)
 # ---------------------------------------------------------------------------------------------
-def stage_aimet(model: Path, work: Path, iterations: int) -> None:
+def stage_aimet(model: Path, work: Path, out: Path, iterations: int, lr: float | None) -> None:
     import copy
+    import functools
 
     import numpy as np
     import torch
@@ -77,13 +79,15 @@ def stage_aimet(model: Path, work: Path, iterations: int) -> None:
     from safetensors.torch import save_file
 
     torch.set_num_threads(int(os.environ.get("AIMET_THREADS", "1")))
+    if lr is not None:  # AIMET's AdaroundOptimizer builds torch.optim.Adam([alpha]) with Adam's default lr 1e-3
+        torch.optim.Adam = functools.partial(torch.optim.Adam, lr=lr)
     QuantizationMixin.ignore(Timesteps)  # no quantized definition in aimet-torch (make_aimet_fixtures.py)
     cfg = str(Path(qc.__file__).parent / HTP_CONFIG)
     npz = np.load(work / "calls.npz")
     n = len({k.split("/")[0] for k in npz.files})
     batches = [tuple(torch.from_numpy(npz[f"{i}/{a}"]) for a in CALL_ARGS) for i in range(n)]
     module = UNetWrapper(UNet2DConditionModel.from_pretrained(model / "unet").float().eval()).eval()
-    d = work / "aimet"
+    d = out
     d.mkdir(parents=True, exist_ok=True)
     params = AdaroundParameters(data_loader=batches, num_batches=len(batches), default_num_iterations=iterations,
                                 forward_fn=lambda m, inputs: m(*inputs))
@@ -97,7 +101,8 @@ def stage_aimet(model: Path, work: Path, iterations: int) -> None:
     weights = {k: v.detach().contiguous().float() for k, v in ada.state_dict().items() if k.endswith(".weight")}
     save_file(weights, str(d / "unet_adaround_weights.safetensors"))
     from importlib.metadata import version
-    info = {"seconds": seconds, "calls": len(batches), "iterations": iterations, "config": HTP_CONFIG,
+    info = {"seconds": seconds, "calls": len(batches), "iterations": iterations, "lr": lr or 1e-3,
+            "config": HTP_CONFIG,
             "threads": torch.get_num_threads(),
             "versions": {p: version(p) for p in ("aimet-torch", "torch", "diffusers")}}
     (d / "DONE").write_text(json.dumps(info, indent=1) + "\n")
@@ -114,12 +119,17 @@ def main(argv=None) -> None:
     ap.add_argument("--every", type=int, default=4, help="every N-th calibration UNet call is AdaRound's data")
     ap.add_argument("--iterations", type=int, default=1000)
     ap.add_argument("--samples", type=int, default=2048)
+    ap.add_argument("--aimet-iterations", type=int, default=None, help="default: --iterations")
+    ap.add_argument("--aimet-lr", type=float, default=None, help="Adam lr of AIMET's AdaRound (default: its own, 1e-3)")
     ap.add_argument("--aimet-python", default="/work/venvs/aimet-torch/bin/python")
     ap.add_argument("--stage", choices=("aimet",), default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--aimet-out", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--aimet-wait", action="store_true", help="do not start the aimet stage; wait for its DONE file")
     args = ap.parse_args(argv)
+    args.aimet_iterations = args.aimet_iterations or args.iterations
     args.work.mkdir(parents=True, exist_ok=True)
     if args.stage == "aimet":
-        return stage_aimet(args.model, args.work, args.iterations)
+        return stage_aimet(args.model, args.work, Path(args.aimet_out), args.aimet_iterations, args.aimet_lr)
 
     sys.path.insert(0, str(ROOT))
     os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(tempfile.gettempdir(), "tinysd-numba-cache"))
@@ -130,6 +140,7 @@ def main(argv=None) -> None:
     from tinysd.quant.calibration import calibrate_observers, quantize_model, ranges_from_observers, replay_sqnr
     from tinysd.quant.encodings import load_encodings
     from tinysd.quant.engine import build_integer_networks
+    from tinysd.quant.imports import _moved_axis, device_scales
     from tinysd.quant.prompts import read_prompts
     from tinysd.quant.weights import quantize_weight
     from tinysd.quant.workflow import CALIBRATION_GUIDANCE, CALIBRATION_SAMPLER, CALIBRATION_SEED
@@ -157,17 +168,22 @@ def main(argv=None) -> None:
                            f"{i}/timestep": np.full((sample.shape[0],), float(t), np.float32),
                            f"{i}/encoder_hidden_states": np.asarray(ctx, np.float32)})
         np.savez(work / "calls.npz", **arrays)
+    adir = work / f"aimet-it{args.aimet_iterations}-lr{args.aimet_lr or 'default'}"
     aimet = None
-    if not (work / "aimet" / "DONE").exists():
-        log = open(work / "aimet.log", "w")
+    if args.aimet_wait:  # the aimet stage was started by hand (same --work, --aimet-iterations, --aimet-lr)
+        pass
+    elif not (adir / "DONE").exists():
+        log = open(adir.parent / (adir.name + ".log"), "w")
         aimet = subprocess.Popen([args.aimet_python, str(Path(__file__).resolve()), "--stage", "aimet", "--model",
-                                  str(args.model), "--work", str(work), "--iterations", str(args.iterations)],
+                                  str(args.model), "--work", str(work), "--aimet-out", str(adir),
+                                  "--aimet-iterations", str(args.aimet_iterations)]
+                                 + (["--aimet-lr", str(args.aimet_lr)] if args.aimet_lr else []),
                                  stdout=log, stderr=subprocess.STDOUT,
                                  env=dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONHASHSEED="0"))
-        print(f"aimet stage started (pid {aimet.pid}, log {work / 'aimet.log'})", flush=True)
+        print(f"aimet stage started (pid {aimet.pid}, log {adir.parent / (adir.name + '.log')})", flush=True)
 
     params = loaded.params["unet"]
-    qfile = work / "tinysd_q.npz"
+    qfile = work / f"tinysd_q-it{args.iterations}-s{args.samples}.npz"
     if qfile.exists():
         z = np.load(qfile)
         tinysd_seconds = float(z["__seconds__"])
@@ -181,28 +197,35 @@ def main(argv=None) -> None:
         np.savez(qfile, __seconds__=np.float64(tinysd_seconds), **{k: q for k, (q, _) in codes_t.items()})
     print(f"tinysd AdaRound: {len(codes_t)} layers, {tinysd_seconds:.0f} s (incl. the float replay)", flush=True)
 
+    while args.aimet_wait and not (adir / "DONE").exists():
+        time.sleep(10)
     if aimet is not None:
         rc = aimet.wait()
         if rc:
-            sys.exit(f"aimet stage failed (exit {rc}); see {work / 'aimet.log'}")
-    ainfo = json.loads((work / "aimet" / "DONE").read_text())
-    _, aenc, version = load_encodings(work / "aimet" / "unet_adaround.encodings")
-    sf = SafetensorsFile(work / "aimet" / "unet_adaround_weights.safetensors")
+            sys.exit(f"aimet stage failed (exit {rc}); see {adir.parent / (adir.name + '.log')}")
+    ainfo = json.loads((adir / "DONE").read_text())
+    _, aenc, version = load_encodings(adir / "unet_adaround.encodings")
+    sf = SafetensorsFile(adir / "unet_adaround_weights.safetensors")
     aw = sf.read_float32(sf.keys())
-    codes_a, codes_an, worst, missing = {}, {}, 0.0, []
+    # AIMET folds its *soft* rounding into the weight, (floor(w/s) + h(alpha)) * s; QuantSim (and this import)
+    # quantizes it with the frozen encoding, round to nearest: floor + [h >= 0.5] = floor + [alpha >= 0], AIMET's
+    # hard rounding. `soft`: weights whose h(alpha) was not yet exactly 0 or 1.
+    codes_a, codes_an, soft, total, missing = {}, {}, 0, 0, []
     for key in codes_t:
         enc = aenc.get(key)
         if enc is None:
             missing.append(key)
             continue
+        enc = device_scales(_moved_axis(enc, False, version))  # as the --encodings import reads a weight's encoding
         w = np.asarray(aw[key], np.float32)
         shape = (-1,) + (1,) * (w.ndim - 1)
         ratio = w.astype(np.float64) / np.asarray(enc.scale, np.float64).reshape(shape)
-        worst = max(worst, float(np.abs(ratio - np.round(ratio)).max()))
+        soft += int((np.abs(ratio - np.round(ratio)) > 1e-3).sum())
+        total += w.size
         codes_a[key] = (enc.quantize(w), enc)
         codes_an[key] = (enc.quantize(params[key[len("unet."):]]), enc)
-    print(f"AIMET file (version {version!r}): {len(codes_a)} of {len(codes_t)} layers; largest |w/s - round(w/s)| "
-          f"of its weights {worst:.2e}; missing {missing}", flush=True)
+    print(f"AIMET file (version {version!r}): {len(codes_a)} of {len(codes_t)} layers; {100 * soft / total:.3f} % of "
+          f"its weights not on the grid (soft h); missing {missing}", flush=True)
 
     def agree(codes):  # fraction of weights equal to tinysd's nearest q, and to AIMET's
         n = same_near = same_aimet = 0
@@ -219,9 +242,11 @@ def main(argv=None) -> None:
     variants = {"nearest": None, "tinysd AdaRound": codes_t, "AIMET AdaRound": codes_a,
                 "nearest on AIMET's encodings": codes_an}
     results = {"settings": {"model": str(args.model), "fitting_calls": len(fit), "held_out_calls": len(held),
-                            "every": args.every, "iterations": args.iterations, "tinysd_samples": args.samples},
+                            "every": args.every, "iterations": args.iterations, "tinysd_samples": args.samples,
+                            "aimet_iterations": args.aimet_iterations, "aimet_lr": args.aimet_lr or 1e-3},
                "seconds": {"tinysd": tinysd_seconds, "aimet": ainfo["seconds"]}, "aimet": ainfo,
-               "max_relative_scale_difference": scale_diff, "sqnr_db": {}, "agreement": {}}
+               "max_relative_scale_difference": scale_diff, "aimet_soft_fraction": soft / total,
+               "sqnr_db": {}, "agreement": {}}
     for label, codes in variants.items():
         if codes is not None:
             results["agreement"][label] = dict(zip(("with_nearest", "with_aimet"), agree(codes)))
@@ -237,7 +262,7 @@ def main(argv=None) -> None:
             results["sqnr_db"][f"{prec} {label}"] = sq
             print(f"{prec} {label}: UNet SQNR {sq:.2f} dB", flush=True)
     print(json.dumps(results, indent=1), flush=True)
-    (work / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    adir.with_name(adir.name + "-results.json").write_text(json.dumps(results, indent=1) + "\n")
 
 
 if __name__ == "__main__":
