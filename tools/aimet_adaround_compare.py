@@ -137,7 +137,11 @@ def main(argv=None) -> None:
 
     from tinysd.checkpoint import load_checkpoint
     from tinysd.quant import adaround as ar
-    from tinysd.quant.calibration import calibrate_observers, quantize_model, ranges_from_observers, replay_sqnr
+    from tinysd.interp.integer import IntegerInterpreter
+    from tinysd.models import UNet
+    from tinysd.quant.calibration import (_per_network, calibrate_observers, model_graphs, quantize_model,
+                                          ranges_from_observers, replay_sqnr, sqnr_db)
+    from tinysd.quant.prepare import encodings_from_ranges, quantize_network
     from tinysd.quant.encodings import load_encodings
     from tinysd.quant.engine import build_integer_networks
     from tinysd.quant.imports import _moved_axis, device_scales
@@ -250,15 +254,25 @@ def main(argv=None) -> None:
     for label, codes in variants.items():
         if codes is not None:
             results["agreement"][label] = dict(zip(("with_nearest", "with_aimet"), agree(codes)))
+    graph = model_graphs(loaded.config)["unet"]
+    refs = np.concatenate([np.asarray(c.output, np.float64).reshape(-1) for c in held])
+
+    def unet_sqnr(prec, codes):
+        """The integer UNet alone, as `quantize_model` builds it (same ranges, same path for the weights), on `held`."""
+        acts = encodings_from_ranges(_per_network(ranges[prec], "ranges")["unet"], prec)
+        p, e = (params, None) if codes is None else ar.adarounded_params(params, codes, "unet")
+        unet = UNet(graph, IntegerInterpreter(quantize_network(graph, p, "unet", prec, acts, e), cache_weights=True))
+        outs = np.concatenate([np.asarray(unet(*c.args, **c.kwargs), np.float64).reshape(-1) for c in held])
+        return sqnr_db(refs, outs)
+
+    t0 = time.perf_counter()
+    check = replay_sqnr(held, build_integer_networks(quantize_model(loaded, "w8a16", ranges["w8a16"])))["unet"]
+    assert abs(check - unet_sqnr("w8a16", None)) < 1e-9, "UNet-only evaluation differs from quantize_model's"
+    print(f"UNet-only evaluation checked against quantize_model + replay_sqnr ({check:.2f} dB), "
+          f"{time.perf_counter() - t0:.0f} s", flush=True)
     for prec in ("w8a16", "w8a8"):
         for label, codes in variants.items():
-            if codes is None:
-                qm = quantize_model(loaded, prec, ranges[prec])
-            else:
-                p, e = ar.adarounded_params(params, codes, "unet")
-                ld = type(loaded)(**{**loaded.__dict__, "params": {**loaded.params, "unet": p}})
-                qm = quantize_model(ld, prec, ranges[prec], {"unet": e})
-            sq = replay_sqnr(held, build_integer_networks(qm))["unet"]
+            sq = unet_sqnr(prec, codes)
             results["sqnr_db"][f"{prec} {label}"] = sq
             print(f"{prec} {label}: UNet SQNR {sq:.2f} dB", flush=True)
     print(json.dumps(results, indent=1), flush=True)
