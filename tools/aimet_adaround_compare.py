@@ -9,7 +9,7 @@ A script, not a test (it needs torch, diffusers and aimet-torch 2.42.0 in a sepa
    shipped prompts x 20 euler steps, seed 0, cfg 7.5, min-max) and records every network call. The UNet
    calls are split: every --every-th (from the first) is the AdaRound calibration data of BOTH tools
    (`calls.npz`: sample, timestep, encoder_hidden_states per call); every 8th from the 3rd is held out
-   for the SQNR (never a fitting call for --every 4 or 8; checked).
+   for the SQNR (never a fitting call when --every is a multiple of 4; checked).
 2. In the aimet-torch venv (stage `aimet`, started in the background): the diffusers UNet of the same
    checkpoint, `Adaround.apply_adaround` with `AdaroundParameters(data_loader=the fitting calls,
    num_batches=all of them, default_num_iterations=--iterations)`, 8-bit parameters, min-max
