@@ -1,7 +1,8 @@
 """Fixtures of the HVX tests: the kernels built once per session and run under qemu-hexagon.
 
 Without qemu-user, clang and lld the HVX tests are left out (deselected) and the session ends
-with one line naming what to install; under CI (`TINYSD_REQUIRE_HVX` or `CI` set in the
+with one line naming what to install (written by tests/conftest.py, the conftest the reporting
+process loads also under pytest-xdist); under CI (`TINYSD_REQUIRE_HVX` or `CI` set in the
 environment, as `.ci/run` does) they run and fail instead.
 """
 import os
@@ -14,7 +15,6 @@ from tinysd.hvx import runner
 
 REQUIRED = bool(os.environ.get("TINYSD_REQUIRE_HVX") or os.environ.get("CI"))
 HERE = Path(__file__).resolve().parent
-_left_out: list = []
 
 
 def pytest_collection_modifyitems(config, items):
@@ -22,15 +22,8 @@ def pytest_collection_modifyitems(config, items):
         return
     hvx = [i for i in items if HERE in Path(str(i.fspath)).resolve().parents]
     if hvx:
-        _left_out.extend(hvx)
         items[:] = [i for i in items if i not in hvx]
         config.hook.pytest_deselected(items=hvx)
-
-
-def pytest_terminal_summary(terminalreporter):
-    if _left_out:
-        terminalreporter.write_line(f"{len(_left_out)} HVX tests not run: "
-                                    f"{runner.missing_tools_message(runner.missing_tools())}")
 
 
 @pytest.fixture(scope="session")
