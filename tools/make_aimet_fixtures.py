@@ -1,6 +1,6 @@
 """Dev-only: export the tiny fixture model with the real AIMET (aimet-onnx and aimet-torch) into test fixtures.
 
-    python3 tools/make_aimet_fixtures.py [--out tests/fixtures/aimet] \
+    python3 tools/make_aimet_fixtures.py [--profile random|trained] [--out DIR] \
         [--aimet-onnx-python /work/venvs/aimet-onnx/bin/python] [--aimet-torch-python /work/venvs/aimet-torch/bin/python]
 
 What it does (never edit the output by hand; rerun this script):
@@ -27,6 +27,12 @@ What it does (never edit the output by hand; rerun this script):
    a few minutes for its 121 layers) writes its version-less parameter file and changes the
    weights; QuantSim on the AdaRounded model with those encodings frozen is exported with
    `sim.onnx.export` (1.0.0) under `aimet-torch-adaround/unet/w8a8/`, with its QuantSim outputs.
+
+`--profile trained` (output tests/fixtures/aimet-trained) does steps 1 and 2 for the shipped trained
+model `weights/tinysd-shapes` instead: its UNet and VAE decoder only, calibrated on four prompts at the
+model's default 20 steps (80 UNet calls), evaluated on one 20-step run (`PROFILES`), encodings 1.0.0
+only, W8A8 and W8A16; its inputs.npz keeps only the evaluation inputs (compressed), so the fixture stays
+near 5 MB.
 
 Networks: `unet` (sample, timestep, encoder_hidden_states), `vae_decoder` (latent / scaling
 factor -> image: `vae.decode(z).sample`), `vae_encoder` (image -> `latent_dist.mean`),
