@@ -8,12 +8,13 @@ QuantSim output, SQNR over the evaluation calls):
 
 | export | UNet w8a8 | UNet w8a16 | VAE decoder w8a8 | VAE decoder w8a16 |
 |---|---|---|---|---|
-| aimet-onnx sim.export | 25.5 dB | 74.0 dB | 28.6 dB | 76.6 dB |
+| aimet-onnx sim.export | 27.2 dB | 75.2 dB | 28.6 dB | 76.6 dB |
 
 The w8a16 target (60 dB) is met; the w8a8 target (40 dB) is not: the first ops agree code for code
 and then single-LSB differences in rounding (tinysd's integer requantization against QuantSim's
 float32) grow through the random-weight 8-bit network (docs/quantization.md section 9.5). The
-assertions below are those measured levels minus a margin, so a regression fails.
+assertions below are those measured levels minus a margin, so a regression fails. (The UNet gained
+1.7 / 1.2 dB when its timestep features started to follow the graph's quantization points.)
 """
 import hashlib
 import json
@@ -149,7 +150,7 @@ def _against_quantsim(qmodel, net: str, tool: str, prec: str) -> float:
 
 
 # measured (module docstring) minus about 2 dB
-FLOORS = {("unet", "w8a8"): 23.5, ("unet", "w8a16"): 70.0, ("vae_decoder", "w8a8"): 26.5,
+FLOORS = {("unet", "w8a8"): 25.0, ("unet", "w8a16"): 73.0, ("vae_decoder", "w8a8"): 26.5,
           ("vae_decoder", "w8a16"): 72.0}
 
 
