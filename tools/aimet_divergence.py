@@ -2,6 +2,7 @@
 
     python3 tools/aimet_divergence.py [--fixtures tests/fixtures/aimet] [--net unet] [--precision w8a8] \
         [--call 0] [--force] [--aimet-onnx-python /work/venvs/aimet-onnx/bin/python] [--top 25]
+    python3 tools/aimet_divergence.py --sensitivity [--fixtures ...]
 
 For one evaluation call of an aimet-onnx export of the fixture (made by tools/make_aimet_fixtures.py):
 
@@ -13,6 +14,12 @@ For one evaluation call of an aimet-onnx export of the fixture (made by tools/ma
    output that has a QuantSim counterpart of the same shape (through the ONNX name map), tinysd's
    codes with QuantSim's values quantized on the same encoding: the share of equal codes, the
    largest difference in steps and the SQNR.
+
+--sensitivity instead measures QuantSim against itself (UNet, both precisions, every evaluation
+call): its output on the evaluation inputs against its output when 1 % of the `sample` codes
+(random, seed 0) are moved by one step of the sample's encoding, and when the context gets
+N(0, 1e-6) noise: how far a one-step difference in a few codes carries (the scale of what
+tinysd vs QuantSim can reach without emulating QuantSim's float32 bit for bit).
 
 With --force, each compared op's output is replaced by QuantSim's codes before the next op reads it,
 so every difference is the op's own (its arithmetic against QuantSim's float32 on the same input
@@ -59,6 +66,43 @@ def stage_aimet(onnx_path: str, enc_path: str, bits: int, inputs_npz: str, out_n
     np.savez(out_npz, **out)
 
 
+def stage_sensitivity(fixtures: str, archive: str) -> None:
+    """(aimet-onnx venv) QuantSim's UNet against itself on slightly moved inputs (module docstring)."""
+    import onnx
+    import aimet_onnx.common.quantsim_config as qc
+    from aimet_onnx.quantsim import QuantizationSimModel, load_encodings_to_sim
+
+    cfg = str(Path(qc.__file__).parent / HTP_CONFIG)
+    inputs = np.load(Path(fixtures) / "inputs.npz")
+
+    def snr(a, b):
+        a = a.astype(np.float64)
+        return 10 * np.log10(np.sum(a ** 2) / np.sum((a - b) ** 2))
+
+    for prec, bits in (("w8a8", 8), ("w8a16", 16)):
+        d = Path(archive) / "aimet-onnx" / "unet" / prec
+        sim = QuantizationSimModel(onnx.load(str(d / "unet.onnx")), param_type="int8", activation_type=f"int{bits}",
+                                   config_file=cfg)
+        load_encodings_to_sim(sim, str(d / "unet_1.0.0.encodings"), strict=False)
+        enc = json.loads((d / "unet_1.0.0.encodings").read_text())
+        s = next(a["scale"] for a in enc["activation_encodings"] if a["name"] == "sample")
+        s = float(s[0] if isinstance(s, list) else s)
+        rng = np.random.default_rng(0)
+        base, moved, noisy = [], [], []
+        i = 0
+        while f"eval/unet/{i}/sample" in inputs:
+            feed = {k: inputs[f"eval/unet/{i}/{k}"] for k in INPUTS["unet"]}
+            base.append(sim.session.run(None, feed)[0])
+            step = (rng.random(feed["sample"].shape) < 0.01) * rng.choice([-1.0, 1.0], feed["sample"].shape)
+            moved.append(sim.session.run(None, {**feed, "sample": (feed["sample"] + s * step).astype(np.float32)})[0])
+            ctx = feed["encoder_hidden_states"] + rng.normal(0, 1e-6, feed["encoder_hidden_states"].shape)
+            noisy.append(sim.session.run(None, {**feed, "encoder_hidden_states": ctx.astype(np.float32)})[0])
+            i += 1
+        base, moved, noisy = map(np.stack, (base, moved, noisy))
+        print(f"unet {prec}: QuantSim vs QuantSim with 1 % of the sample codes moved one step: "
+              f"{snr(base, moved):.2f} dB; with the context + N(0, 1e-6): {snr(base, noisy):.2f} dB", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--fixtures", type=Path, default=ROOT / "tests" / "fixtures" / "aimet")
@@ -70,12 +114,22 @@ def main() -> None:
     ap.add_argument("--save", type=Path, default=None, help="also save QuantSim's tensors (ONNX names) and tinysd's "
                                                             "op outputs (tinysd names, codes) to this .npz")
     ap.add_argument("--aimet-onnx-python", default="/work/venvs/aimet-onnx/bin/python")
+    ap.add_argument("--sensitivity", action="store_true")
     ap.add_argument("--stage", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--args", nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.stage == "aimet":
         a = args.args
         return stage_aimet(a[0], a[1], int(a[2]), a[3], a[4])
+    if args.stage == "sensitivity":
+        return stage_sensitivity(args.args[0], args.args[1])
+    if args.sensitivity:
+        with tempfile.TemporaryDirectory() as tmp:
+            with tarfile.open(args.fixtures / "exports.tar.xz") as tar:
+                tar.extractall(Path(tmp) / "x", filter="data")
+            subprocess.run([args.aimet_onnx_python, __file__, "--stage", "sensitivity", "--args", str(args.fixtures),
+                            str(Path(tmp) / "x")], check=True, env={"CUDA_VISIBLE_DEVICES": "", "PATH": "/usr/bin:/bin"})
+        return None
 
     sys.path.insert(0, str(ROOT))
     from tinysd.interp.integer import QTensor
