@@ -245,6 +245,8 @@ def test_import_adds_no_error(exports, quantized, tiny, tmp_path):
     assert by_hand.arrays.keys() == via_graph.arrays.keys()
     for k, a in via_graph.arrays.items():
         np.testing.assert_array_equal(by_hand.arrays[k], a, err_msg=k)
+    time = {k: e for k, e in via_graph.activations.items() if k.startswith("unet.time_proj.")}
+    assert len(time) == 6 and all(by_hand.activations[k] == e for k, e in time.items())  # the timestep features
 
 
 def test_adaround_weights_come_from_the_graph(exports, tiny, tmp_path):
