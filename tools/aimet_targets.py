@@ -13,6 +13,8 @@ does, runs the integer UNet and VAE decoder on the fixture's evaluation inputs a
 of their outputs against QuantSim's outputs on the same inputs (targets: w8a16 >= 60 dB, w8a8 >=
 40 dB), with QuantSim's and tinysd's SQNR against float for scale and the number of tensors the
 files lack (calibrated by tinysd). The AdaRound export has UNet files only.
+`--fixtures tests/fixtures/aimet-trained` does the same for the shipped trained model's fixture
+(`make_aimet_fixtures.py --profile trained`: aimet-onnx only, its 4 calibration prompts x 20 steps).
 """
 from __future__ import annotations
 
