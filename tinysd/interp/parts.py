@@ -61,7 +61,6 @@ def const_name(op_tensor: str, part: str) -> str:
     return f"{base}.{part}.const" if part else f"{base}.const"
 
 
-
 #: The timestep features (diffusers' `Timesteps`, the UNet's `time_proj` input) as an exported graph computes
 #: them: values a file may quantize before that input, `unet.time_proj.{part}.out`, in execution order (the
 #: frequencies, the Mul's constant operand, are `unet.time_proj.mul.const`). The features in the model's order

@@ -919,7 +919,8 @@ def _time_feature_rows(g: OnnxGraph, mp: OnnxMap) -> None:
         return
     consts = [i for i in mul.input if g.is_const(i)]
     dyn = [i for i in mul.input if not g.is_const(i)]
-    if len(consts) != 1 or len(dyn) != 1:
+    width = g.shapes.get(g.root(src), (0,))[-1]
+    if len(consts) != 1 or len(dyn) != 1 or np.size(g.value(consts[0])) != width // 2:  # one frequency per pair
         return
     t = g.root(dyn[0])
     while t in g.producer and g.producer[t].op_type == "Expand":  # the timestep broadcast to the batch
