@@ -98,7 +98,7 @@ class Tap:
 
     def __getattr__(self, op):
         f = getattr(self.inner, op)
-        if op in ("reshape", "transpose", "split", "input", "output"):
+        if op in ("reshape", "transpose", "split", "input", "output", "timestep_features"):  # not named ops
             return f
 
         def wrapped(*args, **kwargs):
