@@ -475,7 +475,31 @@ def test_adaround_option_errors(prompts, tmp_path, quantized):
     assert_one_line_error(res, "iterations", "0")
     res = _quantize(tmp_path / "o", "w8a8", prompts, "--adaround-samples", "10")
     assert_one_line_error(res, "--adaround-samples", "--weights adaround")
+    res = _quantize(tmp_path / "o", "w8a8", prompts, "--adaround-inputs", "quantized")
+    assert_one_line_error(res, "--adaround-inputs", "--weights adaround")
     res = _quantize(tmp_path / "o", "w8a8", prompts, "--weights", "adaround", "--encodings",
                     _folder(quantized, "w8a8") / "encodings.json")
     assert_one_line_error(res, "--weights adaround", "--encodings")
     assert os.listdir(tmp_path) == []
+
+
+def test_adaround_inputs_quantized_fits_on_the_adarounded_so_far_network(prompts, tmp_path, monkeypatch):
+    """--adaround-inputs quantized hands every network's calibration calls to the sequential fit
+    (`adaround_network_sequential`, tested in tests/quant/test_adaround.py; replaced here by one that
+    keeps nearest rounding, to keep this test fast) and records the choice in quantization.json."""
+    import tinysd.quant.adaround as ar
+
+    seen = []
+
+    def fit(loaded, calls, network, settings, progress=None):
+        seen.append((network, settings.inputs, sorted({c.kind for c in calls if c.kind.split(".")[0] == network})))
+        return {}, {}
+
+    monkeypatch.setattr(ar, "adaround_network_sequential", fit)
+    out = tmp_path / "q"
+    res = _quantize(out, "w8a8", prompts, "--weights", "adaround", "--adaround-inputs", "quantized")
+    assert res.exit_code == 0, res.output
+    assert seen == [("text_encoder", "quantized", ["text_encoder"]), ("unet", "quantized", ["unet"]),
+                    ("vae", "quantized", ["vae.decode", "vae.encode"])]
+    info = json.loads((out / "quantization.json").read_text())["info"]["weights"]
+    assert info["settings"]["inputs"] == "quantized" and info["inputs"].startswith("AdaRounded-so-far network")
