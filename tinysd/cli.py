@@ -327,9 +327,12 @@ cli.add_command(_golden_compare)
 @click.option("--adaround-inputs", type=click.Choice(["float", "quantized"]), default=None,
               help="AdaRound: each layer's inputs from the float network, or from the network whose earlier "
                    "layers are already AdaRounded (AIMET's; one replay per layer).  [default: float]")
+@click.option("--adaround-calls", type=int, default=None,
+              help="AdaRound: use at most N of the calibration run's calls per network entry point, evenly "
+                   "spaced (0: all).  [default: 0]")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it is an existing quantized model folder.")
 def quantize(model, output, precision, calibration_prompts, calibration_steps, method, encodings, onnx, sqnr_calls,
-             weights, adaround_iterations, adaround_samples, adaround_inputs, overwrite):
+             weights, adaround_iterations, adaround_samples, adaround_inputs, adaround_calls, overwrite):
     """Quantize the float checkpoint MODEL into a self-contained integer model folder.
 
     Prints what came from encodings files and what was calibrated, and the SQNR of each network's
@@ -339,10 +342,11 @@ def quantize(model, output, precision, calibration_prompts, calibration_steps, m
     from .quant.workflow import quantize_checkpoint
 
     if weights != "adaround" and (adaround_iterations is not None or adaround_samples is not None
-                                  or adaround_inputs is not None):
-        raise TinySDError("--adaround-iterations / --adaround-samples / --adaround-inputs need --weights adaround")
+                                  or adaround_inputs is not None or adaround_calls is not None):
+        raise TinySDError("--adaround-iterations / --adaround-samples / --adaround-inputs / --adaround-calls need "
+                          "--weights adaround")
     knobs = {k: v for k, v in (("iterations", adaround_iterations), ("samples", adaround_samples),
-                               ("inputs", adaround_inputs)) if v is not None}
+                               ("inputs", adaround_inputs), ("calls", adaround_calls)) if v is not None}
     summary: dict = {}
     stats = None
     if verbosity(click.get_current_context()):

@@ -259,3 +259,17 @@ def test_sequential_driver_fits_each_layer_on_the_adarounded_so_far_network():
     res = adaround_layer(w, enc.scale, cols["q"], st, dx=cols["f"] - cols["q"])
     assert np.array_equal(codes[f"text_encoder.{last}.weight"][0], res.q)
     assert stats[last].error_adaround == res.error_adaround
+
+
+def test_calls_are_capped_evenly_per_kind():
+    from tinysd.quant.adaround import calls_by_kind
+    from tinysd.quant.calibration import NetworkCall
+
+    calls = [NetworkCall("unet", (i,)) for i in range(10)] + [NetworkCall("vae.decode", (i,)) for i in range(3)]
+    calls.insert(4, NetworkCall("text_encoder", (0,)))
+    assert [c.args[0] for c in calls_by_kind(calls, "unet")["unet"]] == list(range(10))
+    assert [c.args[0] for c in calls_by_kind(calls, "unet", 4)["unet"]] == [0, 3, 6, 9]
+    assert [c.args[0] for c in calls_by_kind(calls, "unet", 5)["unet"]] == [0, 2, 4, 6, 8]
+    assert list(calls_by_kind(calls, "vae", 4)) == ["vae.decode"] and len(calls_by_kind(calls, "vae", 4)["vae.decode"]) == 3
+    with pytest.raises(Exception, match="calls"):
+        AdaRoundSettings(calls=-1).check()

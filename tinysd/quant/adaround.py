@@ -73,12 +73,15 @@ class AdaRoundSettings:
     lr: float = 1e-2
     seed: int = 0
     inputs: str = "float"  # layer inputs: "float" network, or "quantized" (AdaRounded-so-far weights; AIMET's)
+    calls: int = 0  # at most this many recorded calls per call kind, evenly spaced (0: all)
 
     def check(self) -> "AdaRoundSettings":
         for name in ("iterations", "samples"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise TinySDError(f"AdaRound {name} must be an integer >= 1 (got {v!r})")
+        if isinstance(self.calls, bool) or not isinstance(self.calls, int) or self.calls < 0:
+            raise TinySDError(f"AdaRound calls must be an integer >= 0 (got {self.calls!r})")
         for name in ("reg_weight", "lr", "beta_start", "beta_end"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
@@ -240,6 +243,18 @@ def adaround_layer(w, scale, x=None, settings: AdaRoundSettings = AdaRoundSettin
 # ---------------------------------------------------------------------------------------------
 # sampling layer inputs
 # ---------------------------------------------------------------------------------------------
+def calls_by_kind(calls, network: str, cap: int = 0) -> dict[str, list]:
+    """{call kind: the recorded calls of `network` of that kind, in order}; with cap > 0 at most cap of them per
+    kind, evenly spaced: every ceil(n / cap)-th from the first."""
+    kinds: dict[str, list] = {}
+    for c in calls:
+        if c.kind.split(".")[0] == network:
+            kinds.setdefault(c.kind, []).append(c)
+    if cap > 0:
+        kinds = {k: cs[::-(-len(cs) // cap)] for k, cs in kinds.items()}
+    return kinds
+
+
 class ColumnSampler(FloatInterpreter):
     """FloatInterpreter (arithmetic unchanged) that samples `per_call` input columns of every linear / conv2d
     layer per call (conv: the im2col columns of random output positions, in the weight's (c, kh, kw) order,
@@ -325,10 +340,7 @@ def sample_layer_inputs(loaded, calls, network: str, settings: AdaRoundSettings)
 
     graph = model_graphs(loaded.config)[network]
     wrapper = {"text_encoder": TextEncoder, "unet": UNet, "vae": VAE}[network]
-    kinds = {}
-    for c in calls:
-        if c.kind.split(".")[0] == network:
-            kinds.setdefault(c.kind, []).append(c)
+    kinds = calls_by_kind(calls, network, settings.calls)
     sampler = ColumnSampler(loaded.params[network], network, 1, settings.seed, gram_max_k=2 * settings.samples)
     net = wrapper(graph, sampler)
     for kind, cs in kinds.items():
@@ -404,10 +416,7 @@ def adaround_network_sequential(loaded, calls, network: str, settings: AdaRoundS
     graph = model_graphs(loaded.config)[network]
     wrapper = {"text_encoder": TextEncoder, "unet": UNet, "vae": VAE}[network]
     params = loaded.params[network]
-    kinds: dict[str, list] = {}
-    for c in calls:
-        if c.kind.split(".")[0] == network:
-            kinds.setdefault(c.kind, []).append(c)
+    kinds = calls_by_kind(calls, network, settings.calls)
     order: list[tuple[str, str]] = []  # (kind, layer) in run order; a layer once, at its first kind
     seen: set[str] = set()
     for kind, cs in kinds.items():
