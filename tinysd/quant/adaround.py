@@ -58,6 +58,7 @@ ZETA, GAMMA = 1.1, -0.1
 QMIN, QMAX = -128, 127
 WEIGHT_METHODS = ("nearest", "adaround")
 INPUT_MODES = ("float", "quantized")
+FLOAT_COLUMNS_BYTES = 1 << 30  # inputs="quantized": keep the float network's sampled columns up to this size
 
 
 @dataclass(frozen=True)
@@ -407,8 +408,9 @@ def adaround_network_sequential(loaded, calls, network: str, settings: AdaRoundS
     earlier layers already have their AdaRounded weights q * scale (float activations: AIMET disables the
     activation quantizers while it AdaRounds), against the float layer's output on the float network's
     input at the same positions (`adaround_layer` with dx / gram_dq, gram_dd). For each layer the recorded
-    calls of its kind are replayed twice, through the float network and the AdaRounded-so-far one, up to
-    that layer only; each call contributes ceil(samples / calls) positions per layer, the same in both (one
+    calls of its kind are replayed through the AdaRounded-so-far network up to that layer only (the float
+    network's columns come from one replay per kind when they fit in FLOAT_COLUMNS_BYTES, else from a
+    second replay per layer); each call contributes ceil(samples / calls) positions per layer, the same in both (one
     generator seeded by (seed, crc32(layer), call index)). Returns what `adaround_network` returns."""
     from ..models import VAE, TextEncoder, UNet
     from .calibration import model_graphs
@@ -426,24 +428,40 @@ def adaround_network_sequential(loaded, calls, network: str, settings: AdaRoundS
             if name not in seen and f"{name}.weight" in params:
                 seen.add(name)
                 order.append((kind, name))
+    # The float network's columns do not change from layer to layer: sampled in one replay per kind (the same
+    # positions as a per-layer replay: same generators) when they fit in FLOAT_COLUMNS_BYTES, else per layer.
+    float_cols: dict[str, list[np.ndarray]] = {}
+    need = sum(-(-settings.samples // len(kinds[kind])) * len(kinds[kind]) * 4
+               * int(np.prod(np.shape(params[f"{name}.weight"])[1:])) for kind, name in order)
+    if need <= FLOAT_COLUMNS_BYTES:
+        for kind, cs in kinds.items():
+            fs = ColumnSampler(params, network, -(-settings.samples // len(cs)), settings.seed,
+                               layers=[n for k, n in order if k == kind], gram_max_k=0)
+            fn = _call_fns(wrapper(graph, fs), kind)
+            for c in cs:
+                fn(*c.args, **c.kwargs)
+            float_cols.update(fs.columns)
     current = dict(params)  # the AdaRounded-so-far network's parameters
     out, stats = {}, {}
     t0 = time.perf_counter()
     for i, (kind, name) in enumerate(order):
         cs = kinds[kind]
         per_call = -(-settings.samples // len(cs))
+        cached = float_cols.pop(name, None)
+        if cached is not None and len(cached) != len(cs):  # a layer run more than once per call: replay instead
+            cached = None
         fs = _LayerSampler(params, network, per_call, settings.seed, name)
         qs = _LayerSampler(current, network, per_call, settings.seed, name)
         fnet, qnet = _call_fns(wrapper(graph, fs), kind), _call_fns(wrapper(graph, qs), kind)
         gq = gdq = gdd = None
         xq_cols, dx_cols, count = [], [], 0
-        for c in cs:
-            for fn in (fnet, qnet):
+        for j, c in enumerate(cs):
+            for fn in (qnet,) if cached is not None else (fnet, qnet):
                 try:
                     fn(*c.args, **c.kwargs)
                 except _Reached:
                     pass
-            xf = fs.columns.pop(name)[0].astype(np.float64)  # (K, n) float network's input columns
+            xf = (cached[j] if cached is not None else fs.columns.pop(name)[0]).astype(np.float64)  # (K, n) float
             xq = qs.columns.pop(name)[0].astype(np.float64)  # (K, n) the same positions, AdaRounded-so-far
             d = xf - xq
             count += xq.shape[1]
