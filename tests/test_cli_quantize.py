@@ -483,23 +483,21 @@ def test_adaround_option_errors(prompts, tmp_path, quantized):
     assert os.listdir(tmp_path) == []
 
 
-def test_adaround_inputs_quantized_fits_on_the_adarounded_so_far_network(prompts, tmp_path, monkeypatch):
-    """--adaround-inputs quantized hands every network's calibration calls to the sequential fit
-    (`adaround_network_sequential`, tested in tests/quant/test_adaround.py; replaced here by one that
-    keeps nearest rounding, to keep this test fast) and records the choice in quantization.json."""
-    import tinysd.quant.adaround as ar
 
-    seen = []
+def test_adaround_inputs_and_calls_reach_the_settings(prompts, tmp_path, monkeypatch):
+    """--adaround-inputs / --adaround-calls become AdaRoundSettings.inputs / .calls (the workflow's use of them:
+    tests/quant/test_adaround.py; quantize_checkpoint replaced here to keep this fast)."""
+    import tinysd.quant.workflow as workflow
 
-    def fit(loaded, calls, network, settings, progress=None):
-        seen.append((network, settings.inputs, sorted({c.kind for c in calls if c.kind.split(".")[0] == network})))
-        return {}, {}
+    seen = {}
 
-    monkeypatch.setattr(ar, "adaround_network_sequential", fit)
-    out = tmp_path / "q"
-    res = _quantize(out, "w8a8", prompts, "--weights", "adaround", "--adaround-inputs", "quantized")
+    def fake(model, output, precision, **kw):
+        seen.update(kw)
+        return output, {}
+
+    monkeypatch.setattr(workflow, "quantize_checkpoint", fake)
+    res = _quantize(tmp_path / "q", "w8a8", prompts, "--weights", "adaround", "--adaround-inputs", "quantized",
+                    "--adaround-calls", "5")
     assert res.exit_code == 0, res.output
-    assert seen == [("text_encoder", "quantized", ["text_encoder"]), ("unet", "quantized", ["unet"]),
-                    ("vae", "quantized", ["vae.decode", "vae.encode"])]
-    info = json.loads((out / "quantization.json").read_text())["info"]["weights"]
-    assert info["settings"]["inputs"] == "quantized" and info["inputs"].startswith("AdaRounded-so-far network")
+    assert seen["weights"] == "adaround"
+    assert (seen["adaround"].inputs, seen["adaround"].calls, seen["adaround"].iterations) == ("quantized", 5, 1000)

@@ -278,3 +278,29 @@ def test_calls_are_capped_evenly_per_kind():
     assert list(calls_by_kind(calls, "vae", 4)) == ["vae.decode"] and len(calls_by_kind(calls, "vae", 4)["vae.decode"]) == 3
     with pytest.raises(Exception, match="calls"):
         AdaRoundSettings(calls=-1).check()
+
+
+def test_workflow_runs_the_sequential_fit_for_quantized_inputs(monkeypatch):
+    """inputs="quantized": every network's calibration calls go to `adaround_network_sequential` (replaced here by
+    a fit that keeps nearest rounding), and the "weights" entry of quantization.json records the choice."""
+    import tinysd.quant.adaround as ar
+    from tinysd.checkpoint import load_checkpoint
+    from tinysd.quant.calibration import NetworkCall
+    from tinysd.quant.workflow import _adaround
+
+    seen = []
+
+    def fit(loaded, calls, network, settings, progress=None):
+        seen.append((network, settings.inputs, sorted(calls_by_kind(calls, network))))
+        return {}, {}
+
+    from tinysd.quant.adaround import calls_by_kind
+
+    monkeypatch.setattr(ar, "adaround_network_sequential", fit)
+    loaded = load_checkpoint(ROOT / "tests" / "fixtures" / "tiny-sd")
+    calls = [NetworkCall(k, ()) for k in ("text_encoder", "unet", "unet", "vae.decode", "vae.encode")]
+    _, _, info = _adaround(loaded, calls, AdaRoundSettings(inputs="quantized", calls=4), None)
+    assert seen == [("text_encoder", "quantized", ["text_encoder"]), ("unet", "quantized", ["unet"]),
+                    ("vae", "quantized", ["vae.decode", "vae.encode"])]
+    assert info["settings"]["inputs"] == "quantized" and info["settings"]["calls"] == 4
+    assert info["inputs"].startswith("AdaRounded-so-far network")
