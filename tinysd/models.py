@@ -77,7 +77,9 @@ class UNet(_Network):
         if sample.ndim != 4:
             raise TinySDError(f"unet: sample must be (batch, channels, height, width), got shape {sample.shape}")
         cfg = self.model.cfg
-        feats = timestep_features(t, sample.shape[0], cfg.block_out_channels[0], cfg.flip_sin_to_cos, cfg.freq_shift)
+        # an integer interpreter computes them as its device graph does (tinysd.interp.parts.TIME_PARTS)
+        features = getattr(self.interp, "timestep_features", timestep_features)
+        feats = features(t, sample.shape[0], cfg.block_out_channels[0], cfg.flip_sin_to_cos, cfg.freq_shift)
         return self.model(self.interp, sample, feats, context, timestep_cond)
 
 

@@ -1,6 +1,6 @@
 """Dev-only: export the tiny fixture model with the real AIMET (aimet-onnx and aimet-torch) into test fixtures.
 
-    python3 tools/make_aimet_fixtures.py [--out tests/fixtures/aimet] \
+    python3 tools/make_aimet_fixtures.py [--profile random|trained] [--out DIR] \
         [--aimet-onnx-python /work/venvs/aimet-onnx/bin/python] [--aimet-torch-python /work/venvs/aimet-torch/bin/python]
 
 What it does (never edit the output by hand; rerun this script):
@@ -27,6 +27,12 @@ What it does (never edit the output by hand; rerun this script):
    a few minutes for its 121 layers) writes its version-less parameter file and changes the
    weights; QuantSim on the AdaRounded model with those encodings frozen is exported with
    `sim.onnx.export` (1.0.0) under `aimet-torch-adaround/unet/w8a8/`, with its QuantSim outputs.
+
+`--profile trained` (output tests/fixtures/aimet-trained) does steps 1 and 2 for the shipped trained
+model `weights/tinysd-shapes` instead: its UNet and VAE decoder only, calibrated on four prompts at the
+model's default 20 steps (80 UNet calls), evaluated on one 20-step run (`PROFILES`), encodings 1.0.0
+only, W8A8 and W8A16; its inputs.npz keeps only the evaluation inputs (compressed), so the fixture stays
+near 5 MB.
 
 Networks: `unet` (sample, timestep, encoder_hidden_states), `vae_decoder` (latent / scaling
 factor -> image: `vae.decode(z).sample`), `vae_encoder` (image -> `latent_dist.mean`),
@@ -55,7 +61,6 @@ from pathlib import Path
 
 TOOL = "tools/make_aimet_fixtures.py"
 ROOT = Path(__file__).resolve().parent.parent
-MODEL = ROOT / "tests" / "fixtures" / "tiny-sd"
 CALIBRATION_PROMPTS = ("a red circle", "a small blue square on the left")  # as tests/test_cli_quantize.py
 CALIBRATION_STEPS = 2
 EVAL_PROMPT, EVAL_SEED = "a large green triangle on the right on a white background", 1000
@@ -67,6 +72,22 @@ TORCH_ONNX_VERSIONS = ("0.6.1", "1.0.0", "2.0.0", "2.1.0")  # sim.onnx.export
 OPSET = 17
 HTP_CONFIG = "htp_quantsim_config_v75.json"
 ADAROUND_ITERATIONS, ADAROUND_NET = 10, "unet"
+#: what each fixture holds: --profile random (the default, tests/fixtures/aimet: the random-weight tiny model,
+#: every tool, network and encodings version) or trained (tests/fixtures/aimet-trained: the shipped trained
+#: model weights/tinysd-shapes at its default 20 calibration steps, aimet-onnx only, UNet and VAE decoder,
+#: encodings 1.0.0, W8A8 and W8A16; its inputs.npz holds the evaluation inputs only, compressed)
+PROFILES = {
+    "random": {"model": "tests/fixtures/tiny-sd", "out": "tests/fixtures/aimet", "prompts": CALIBRATION_PROMPTS,
+               "steps": CALIBRATION_STEPS, "eval_prompts": (EVAL_PROMPT,), "eval_seed": EVAL_SEED,
+               "networks": NETWORKS, "onnx_versions": ONNX_VERSIONS, "torch": True, "compress_inputs": False},
+    "trained": {"model": "weights/tinysd-shapes", "out": "tests/fixtures/aimet-trained",
+                "prompts": ("a red circle", "a small blue square on the left",
+                            "a large green triangle on the right on a white background",
+                            "a yellow square at the top on a black background"),
+                "steps": 20, "eval_prompts": ("a purple circle at the bottom on a gray background",),
+                "eval_seed": EVAL_SEED, "networks": ("unet", "vae_decoder"), "onnx_versions": ("1.0.0",),
+                "torch": False, "compress_inputs": True},
+}
 IO_NAMES = {  # ONNX input / output names of each exported network
     "unet": (["sample", "timestep", "encoder_hidden_states"], ["out_sample"]),
     "vae_decoder": (["latent"], ["image"]),
@@ -78,7 +99,7 @@ IO_NAMES = {  # ONNX input / output names of each exported network
 # ---------------------------------------------------------------------------------------------
 # stage 1 (tinysd): calibration and evaluation inputs
 # ---------------------------------------------------------------------------------------------
-def record_inputs(path: Path) -> None:
+def record_inputs(path: Path, prof: dict) -> None:
     """inputs.npz: `calib/{network}/{i}/{arg}` and `eval/{network}/{i}/{arg}` float32 / int64 arrays."""
     import numpy as np
 
@@ -87,12 +108,13 @@ def record_inputs(path: Path) -> None:
     from tinysd.quant.calibration import calibrate_observers
     from tinysd.quant.workflow import CALIBRATION_GUIDANCE, CALIBRATION_SAMPLER, CALIBRATION_SEED
 
-    loaded = load_checkpoint(MODEL)
+    loaded = load_checkpoint(ROOT / prof["model"])
     sf = np.float32(loaded.config.vae.scaling_factor)
     arrays = {}
-    for split, prompts, seed in (("calib", CALIBRATION_PROMPTS, CALIBRATION_SEED), ("eval", (EVAL_PROMPT,), EVAL_SEED)):
+    for split, prompts, seed in (("calib", prof["prompts"], CALIBRATION_SEED),
+                                 ("eval", prof["eval_prompts"], prof["eval_seed"])):
         calls: list = []
-        calibrate_observers(loaded, list(prompts), CALIBRATION_STEPS, "minmax", sampler=CALIBRATION_SAMPLER, seed=seed,
+        calibrate_observers(loaded, list(prompts), prof["steps"], "minmax", sampler=CALIBRATION_SAMPLER, seed=seed,
                             guidance_scale=CALIBRATION_GUIDANCE, record=calls)
         count = dict.fromkeys(NETWORKS, 0)
         for c in calls:
@@ -111,7 +133,7 @@ def record_inputs(path: Path) -> None:
                 arrays[f"{split}/{net}/{count[net]}/{k}"] = np.asarray(v)
             count[net] += 1
         print(f"{split}: {count} calls (vae scaling factor {sf})", flush=True)
-    np.savez(path, **arrays)
+    (np.savez_compressed if prof["compress_inputs"] else np.savez)(path, **arrays)
 
 
 def load_calls(npz, split: str, net: str) -> list[dict]:
@@ -174,16 +196,22 @@ if _torch is not None:
             return self.te(input_ids, return_dict=False)[0]
 
 
-def torch_modules():
-    """{network: torch.nn.Module in eval mode, float32} of the tiny-sd fixture."""
+def torch_modules(prof: dict):
+    """{network: torch.nn.Module in eval mode, float32} of the profile's model and networks."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    unet = UNet2DConditionModel.from_pretrained(MODEL / "unet").float().eval()
-    vae = AutoencoderKL.from_pretrained(MODEL / "vae").float().eval()
-    te = CLIPTextModel.from_pretrained(MODEL / "text_encoder").float().eval()
-    return {"unet": UNetWrapper(unet).eval(), "vae_decoder": VaeDecoder(vae).eval(),
+    model = ROOT / prof["model"]
+    unet = UNet2DConditionModel.from_pretrained(model / "unet").float().eval()
+    vae = AutoencoderKL.from_pretrained(model / "vae").float().eval()
+    te = CLIPTextModel.from_pretrained(model / "text_encoder").float().eval()
+    mods = {"unet": UNetWrapper(unet).eval(), "vae_decoder": VaeDecoder(vae).eval(),
             "vae_encoder": VaeEncoder(vae).eval(), "text_encoder": TextEncoder(te).eval()}
+    return {n: mods[n] for n in prof["networks"]}
+
+
+def _profile(work: Path) -> dict:
+    return json.loads((work / "profile.json").read_text())
 
 
 def _as_torch(call: dict, net: str):
@@ -216,7 +244,9 @@ def stage_onnx(work: Path) -> None:
 
     cfg = str(Path(qc.__file__).parent / HTP_CONFIG)
     npz = np.load(work / "inputs.npz")
-    modules = torch_modules()
+    prof = _profile(work)
+    versions = prof["onnx_versions"]
+    modules = torch_modules(prof)
     outputs = {}
     for net, module in modules.items():
         calib, evals = load_calls(npz, "calib", net), load_calls(npz, "eval", net)
@@ -234,9 +264,9 @@ def stage_onnx(work: Path) -> None:
             sim.compute_encodings(calib)
             d = work / "archive" / "aimet-onnx" / net / prec
             d.mkdir(parents=True, exist_ok=True)
-            for i, v in enumerate(ONNX_VERSIONS):
+            for i, v in enumerate(versions):
                 sim.export(str(d), f"{net}_{v}" if i else net, export_model=i == 0, encoding_version=v)
-            os.replace(d / f"{net}.encodings", d / f"{net}_{ONNX_VERSIONS[0]}.encodings")
+            os.replace(d / f"{net}.encodings", d / f"{net}_{versions[0]}.encodings")
             outputs[f"aimet-onnx/{net}/{prec}"] = np.stack([sim.session.run(None, c)[0] for c in evals])
             print(f"aimet-onnx {net} {prec}: {time.time() - t0:.1f} s", flush=True)
     np.savez(work / "quantsim-onnx.npz", **outputs)
@@ -257,8 +287,9 @@ def stage_torch(work: Path) -> None:
     _ignore_unknown_modules()
     cfg = str(Path(qc.__file__).parent / HTP_CONFIG)
     npz = np.load(work / "inputs.npz")
+    prof = _profile(work)
     outputs = {}
-    for net, module in torch_modules().items():
+    for net, module in torch_modules(prof).items():
         calib, evals = load_calls(npz, "calib", net), load_calls(npz, "eval", net)
         ins, outs = IO_NAMES[net]
         dummy = _as_torch(calib[0], net)
@@ -290,7 +321,7 @@ def stage_torch(work: Path) -> None:
             with torch.no_grad():
                 outputs[f"aimet-torch/{net}/{prec}"] = np.stack([sim.model(*_as_torch(c, net)).numpy() for c in evals])
             print(f"aimet-torch {net} {prec}: {time.time() - t0:.1f} s", flush=True)
-    outputs.update(adaround(work, npz, cfg, ADAROUND_NET))
+    outputs.update(adaround(work, npz, cfg, ADAROUND_NET, prof))
     np.savez(work / "quantsim-torch.npz", **outputs)
     (work / "versions-torch.json").write_text(json.dumps(_versions("aimet-torch", "onnx", "torch", "torchvision",
                                                                    "diffusers", "transformers", "numpy")))
@@ -306,7 +337,7 @@ def _ignore_unknown_modules() -> None:
     QuantizationMixin.ignore(QuickGELUActivation)
 
 
-def adaround(work: Path, npz, cfg: str, net: str) -> dict:
+def adaround(work: Path, npz, cfg: str, net: str, prof: dict) -> dict:
     """AdaRound (aimet-torch) of one network at W8A8, then QuantSim with its frozen weight encodings, exported."""
     import copy
 
@@ -318,7 +349,7 @@ def adaround(work: Path, npz, cfg: str, net: str) -> dict:
 
     _ignore_unknown_modules()
     t0 = time.time()
-    module = torch_modules()[net]
+    module = torch_modules(prof)[net]
     calib, evals = load_calls(npz, "calib", net), load_calls(npz, "eval", net)
     batches = [_as_torch(c, net) for c in calib]
     d = work / "archive" / "aimet-torch-adaround" / net / "w8a8"
@@ -357,7 +388,8 @@ def _run_stage(python: str, stage: str, work: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=ROOT / "tests" / "fixtures" / "aimet")
+    ap.add_argument("--profile", choices=tuple(PROFILES), default="random")
+    ap.add_argument("--out", type=Path, default=None, help="output folder (default: the profile's)")
     ap.add_argument("--aimet-onnx-python", default="/work/venvs/aimet-onnx/bin/python")
     ap.add_argument("--aimet-torch-python", default="/work/venvs/aimet-torch/bin/python")
     ap.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one)")
@@ -370,13 +402,16 @@ def main() -> None:
 
     import numpy as np
 
+    prof = PROFILES[args.profile]
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        record_inputs(work / "inputs.npz")
+        (work / "profile.json").write_text(json.dumps(prof))
+        record_inputs(work / "inputs.npz", prof)
         _run_stage(args.aimet_onnx_python, "onnx", work)
-        _run_stage(args.aimet_torch_python, "torch", work)
-        out = args.out
+        if prof["torch"]:
+            _run_stage(args.aimet_torch_python, "torch", work)
+        out = args.out or ROOT / prof["out"]
         out.mkdir(parents=True, exist_ok=True)
         files = sorted(p for p in (work / "archive").rglob("*") if p.is_file())
         buf = io.BytesIO()
@@ -387,23 +422,36 @@ def main() -> None:
                 with open(p, "rb") as f:
                     tar.addfile(info, f)
         (out / "exports.tar.xz").write_bytes(buf.getvalue())
-        (out / "inputs.npz").write_bytes((work / "inputs.npz").read_bytes())
-        merged = {**np.load(work / "quantsim-onnx.npz"), **np.load(work / "quantsim-torch.npz")}
-        np.savez(out / "quantsim.npz", **merged)
+        if prof["compress_inputs"]:  # the evaluation inputs only (the calibration inputs are rebuilt by step 1)
+            with np.load(work / "inputs.npz") as z:
+                np.savez_compressed(out / "inputs.npz", **{k: z[k] for k in z.files if k.startswith("eval/")})
+        else:
+            (out / "inputs.npz").write_bytes((work / "inputs.npz").read_bytes())
+        merged = dict(np.load(work / "quantsim-onnx.npz"))
+        if prof["torch"]:
+            merged.update(np.load(work / "quantsim-torch.npz"))
+        (np.savez_compressed if prof["compress_inputs"] else np.savez)(out / "quantsim.npz", **merged)
+        exports = {"aimet-onnx": "QuantizationSimModel.export"}
+        versions = {"tinysd-side": _versions("numpy", "onnx"),
+                    "aimet-onnx venv": json.loads((work / "versions-onnx.json").read_text())}
+        if prof["torch"]:
+            exports.update({"aimet-torch-export": "QuantizationSimModel.export",
+                            "aimet-torch-onnx": "QuantizationSimModel.onnx.export",
+                            "aimet-torch-adaround": f"Adaround.apply_adaround ({ADAROUND_NET}, {ADAROUND_ITERATIONS} "
+                                                    f"iterations per layer), then QuantizationSimModel.onnx.export"})
+            versions["aimet-torch venv"] = json.loads((work / "versions-torch.json").read_text())
         meta = {
             "generator": TOOL,
-            "model": "tests/fixtures/tiny-sd",
-            "calibration": {"prompts": list(CALIBRATION_PROMPTS), "steps": CALIBRATION_STEPS, "sampler": "euler",
+            "profile": args.profile,
+            "model": prof["model"],
+            "networks": list(prof["networks"]),
+            "calibration": {"prompts": list(prof["prompts"]), "steps": prof["steps"], "sampler": "euler",
                             "seed": 0, "guidance_scale": 7.5},
-            "evaluation": {"prompt": EVAL_PROMPT, "seed": EVAL_SEED, "steps": CALIBRATION_STEPS},
+            "evaluation": {"prompt": prof["eval_prompts"][0], "prompts": list(prof["eval_prompts"]),
+                           "seed": prof["eval_seed"], "steps": prof["steps"]},
             "aimet_config": HTP_CONFIG, "opset": OPSET, "precisions": PRECISIONS,
-            "exports": {"aimet-onnx": "QuantizationSimModel.export", "aimet-torch-export": "QuantizationSimModel.export",
-                        "aimet-torch-onnx": "QuantizationSimModel.onnx.export",
-                        "aimet-torch-adaround": f"Adaround.apply_adaround ({ADAROUND_NET}, {ADAROUND_ITERATIONS} "
-                                                f"iterations per layer), then QuantizationSimModel.onnx.export"},
-            "versions": {"tinysd-side": _versions("numpy", "onnx"),
-                         "aimet-onnx venv": json.loads((work / "versions-onnx.json").read_text()),
-                         "aimet-torch venv": json.loads((work / "versions-torch.json").read_text())},
+            "exports": exports,
+            "versions": versions,
             "files": {str(p.relative_to(work / "archive")): hashlib.sha256(p.read_bytes()).hexdigest() for p in files},
         }
         (out / "GENERATED.json").write_text(json.dumps(meta, indent=1) + "\n")

@@ -8,12 +8,13 @@ QuantSim output, SQNR over the evaluation calls):
 
 | export | UNet w8a8 | UNet w8a16 | VAE decoder w8a8 | VAE decoder w8a16 |
 |---|---|---|---|---|
-| aimet-onnx sim.export | 25.5 dB | 74.0 dB | 28.6 dB | 76.6 dB |
+| aimet-onnx sim.export | 27.2 dB | 75.2 dB | 28.6 dB | 76.6 dB |
 
 The w8a16 target (60 dB) is met; the w8a8 target (40 dB) is not: the first ops agree code for code
 and then single-LSB differences in rounding (tinysd's integer requantization against QuantSim's
 float32) grow through the random-weight 8-bit network (docs/quantization.md section 9.5). The
-assertions below are those measured levels minus a margin, so a regression fails.
+assertions below are those measured levels minus a margin, so a regression fails. (The UNet gained
+1.7 / 1.2 dB when its timestep features started to follow the graph's quantization points.)
 """
 import hashlib
 import json
@@ -31,6 +32,7 @@ from tinysd.quant.calibration import calibrate_observers, model_graphs, sqnr_db
 from tinysd.quant.encodings import load_encodings, save_encodings
 from tinysd.quant.imports import Source, range_warnings, read_sources
 from tinysd.quant.onnx_map import map_onnx
+from tinysd.nn.unet import timestep_features
 
 pytest.importorskip("onnx")  # part of the test extra (pip install -e ".[test]")
 
@@ -148,7 +150,7 @@ def _against_quantsim(qmodel, net: str, tool: str, prec: str) -> float:
 
 
 # measured (module docstring) minus about 2 dB
-FLOORS = {("unet", "w8a8"): 23.5, ("unet", "w8a16"): 70.0, ("vae_decoder", "w8a8"): 26.5,
+FLOORS = {("unet", "w8a8"): 25.0, ("unet", "w8a16"): 73.0, ("vae_decoder", "w8a8"): 26.5,
           ("vae_decoder", "w8a16"): 72.0}
 
 
@@ -177,6 +179,39 @@ def test_what_came_from_the_files_is_reported(quantized):
     assert qmodel.info["encodings_files"] and {f["key"] for f in qmodel.info["encodings_files"]} == {"unet",
                                                                                                        "vae.decode"}
     assert summary["warnings"] == []
+
+
+def test_timestep_features_follow_the_graph(exports, quantized, tiny):
+    """aimet-onnx quantizes the timestep, the frequencies, their product, Sin, Cos and the Concat before
+    `time_proj`: those encodings are mapped and kept, and the integer UNet's `time_proj` input is computed
+    from them (t = 1 is the grid value 1.96 at W8A8), not from the float features."""
+    from tinysd.interp.integer import IntegerInterpreter
+    from tinysd.interp.parts import TIME_PARTS, device_timestep_features
+
+    root, _ = exports
+    m = map_onnx(root / "aimet-onnx" / "unet" / "w8a8" / "unet.onnx", "unet", model_graphs(tiny.config)["unet"],
+                 tiny.params["unet"])
+    placed = {r.tinysd for r in m.rows if r.tinysd and r.tinysd.startswith("unet.time_proj.")}
+    assert placed == {f"unet.time_proj.{p}.out" for p in TIME_PARTS} | {"unet.time_proj.mul.const"}
+    d = root / "aimet-torch-onnx" / "unet" / "w8a8"  # aimet-torch leaves diffusers' Timesteps float
+    m = map_onnx(d / "unet_1.0.0.onnx", "unet", model_graphs(tiny.config)["unet"], tiny.params["unet"])
+    time_names = {r.onnx for r in m.rows if r.tinysd and r.tinysd.startswith("unet.time_proj.")}
+    assert len(time_names) >= 6 and not time_names & set(load_encodings(d / "unet_1.0.0.encodings")[0])
+    cfg = tiny.config.unet
+    for prec in ("w8a8", "w8a16"):
+        qnet = quantized[prec][0].networks["unet"]
+        acts = qnet.activations
+        assert {f"unet.time_proj.{p}.out" for p in TIME_PARTS} | {"unet.time_proj.mul.const"} <= set(acts)
+        got = IntegerInterpreter(qnet).timestep_features(1, 2, cfg.block_out_channels[0], True, 0)
+        t_enc = acts["unet.time_proj.timestep.out"]
+        tq = float(t_enc.dequantize(t_enc.quantize(np.float64(1.0))))
+        encs = {p: acts[f"unet.time_proj.{p}.out"] for p in TIME_PARTS} | {"const": acts["unet.time_proj.mul.const"]}
+        np.testing.assert_array_equal(got, device_timestep_features(1, 2, cfg.block_out_channels[0], True, 0, encs))
+        c = acts["unet.time_proj.concat.out"]
+        assert np.array_equal(c.dequantize(c.quantize(got)), got)  # on the Concat's grid
+        if prec == "w8a8":
+            assert abs(tq - 1.9647) < 1e-3
+            assert np.max(np.abs(got - timestep_features(1, 2, cfg.block_out_channels[0], True, 0))) > 0.05
 
 
 def test_import_adds_no_error(exports, quantized, tiny, tmp_path):

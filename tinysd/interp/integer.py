@@ -60,7 +60,7 @@ from ..kernels.softmax import softmax as _softmax
 from ..kernels.tables import apply_table
 from ..quant.model import ACTIVATION_BITS, QuantizedNetwork
 from ..quant.prepare import quantize_activation
-from ..interp.parts import const_name, part_tensor
+from ..interp.parts import TIME_INPUT, TIME_PARTS, const_name, device_timestep_features, part_tensor
 from .names import OpNames
 
 log = logging.getLogger(__name__)
@@ -242,6 +242,16 @@ class IntegerInterpreter:
         self._zp(tensor)
         q = quantize_activation(self.qnet.activations[tensor], x, self.bits)
         return self._out(q, tensor)
+
+    def timestep_features(self, t, batch: int, dim: int, flip_sin_to_cos: bool, freq_shift: float) -> np.ndarray:
+        """The host features of the `time_proj` input: `device_timestep_features` with the encodings of
+        the timestep features' parts this network has (from a device graph's file), else the float ones."""
+        tensor = f"{self.network}.{TIME_INPUT}"
+        encs = {p: self.qnet.activations[part_tensor(tensor, p)] for p in TIME_PARTS
+                if part_tensor(tensor, p) in self.qnet.activations}
+        if const_name(tensor, "mul") in self.qnet.activations:
+            encs["const"] = self.qnet.activations[const_name(tensor, "mul")]
+        return device_timestep_features(t, batch, dim, flip_sin_to_cos, freq_shift, encs)
 
     def output(self, x, name: str) -> np.ndarray:
         """Dequantize (spec §5): float32((data - zp) * scale) with the tensor's encoding, in float64 first."""

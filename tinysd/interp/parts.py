@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 SQRT2 = math.sqrt(2.0)
 
 #: op kind -> {part: what it computes}, in execution order (module docstring).
@@ -57,3 +59,61 @@ def const_name(op_tensor: str, part: str) -> str:
     """`{network}.{op}.{part}.const` (`{network}.{op}.const` for part "", the op's last step)."""
     base = op_tensor[:-len(".out")] if op_tensor.endswith(".out") else op_tensor
     return f"{base}.{part}.const" if part else f"{base}.const"
+
+
+
+#: The timestep features (diffusers' `Timesteps`, the UNet's `time_proj` input) as an exported graph computes
+#: them: values a file may quantize before that input, `unet.time_proj.{part}.out`, in execution order (the
+#: frequencies, the Mul's constant operand, are `unet.time_proj.mul.const`). The features in the model's order
+#: ([cos, sin] when flip_sin_to_cos) are the `unet.time_proj` input itself.
+TIME_PARTS: dict[str, str] = {
+    "timestep": "the timestep (a graph input)",
+    "mul": "timestep times the frequencies",
+    "sin": "Sin of the product",
+    "cos": "Cos of the product",
+    "concat": "[sin, cos] before the flip to [cos, sin]",
+}
+#: the network input whose host computation TIME_PARTS describe
+TIME_INPUT = "time_proj"
+
+
+def device_timestep_features(t, batch: int, dim: int, flip_sin_to_cos: bool, freq_shift: float,
+                             encs) -> np.ndarray:
+    """The `time_proj` features as the device graph computes them, quantized where its file quantizes (host side).
+
+    t: a scalar or `batch` timesteps. encs: {part of TIME_PARTS: Encoding} of the parts the file
+    quantizes (a part without one is not quantized), and "const" for the frequencies (the Mul's constant
+    operand) when the file quantizes them. Computed in float64, each quantized value quantize-dequantized
+    as a network input is (spec section 5: half up, clipped to the encoding's unsigned grid), written qd;
+    f_i = exp(-ln(10000) i / (dim//2 - freq_shift)) in float32 as `timestep_features` computes them:
+    tq = qd(t); e = qd(tq * qd(f)); s = qd(sin e); c = qd(cos e); x = qd([s, c]) (concat);
+    returns float64 (batch, dim): x, flipped to [c, s] when `flip_sin_to_cos`, zero-padded by one
+    column for an odd `dim`. The network's `time_proj` input then quantizes it at its own encoding.
+    With no encodings at all: `timestep_features(t, ...)` (float32), what tinysd calibrates for.
+    """
+    from ..errors import TinySDError
+    from ..fixedpoint import dequantize, quantize
+    from ..nn.unet import timestep_features
+
+    if not encs:  # nothing quantized before the input: the float32 features
+        return timestep_features(t, batch, dim, flip_sin_to_cos, freq_shift)
+
+    def qd(x, part):
+        e = encs.get(part)
+        if e is None:
+            return x
+        s, zp = float(e.scale[0]), int(e.zero_point[0])
+        return dequantize(quantize(x, s, zp, 0, 2**e.bitwidth - 1), s, zp)
+
+    tq = np.asarray(t, dtype=np.float64)
+    if tq.ndim == 0:
+        tq = np.full((batch,), tq)
+    if tq.shape != (batch,):
+        raise TinySDError(f"timestep: expected a scalar or {batch} values, got shape {tq.shape}")
+    half = dim // 2
+    exponent = np.arange(half, dtype=np.float32) * np.float32(-math.log(10000.0))
+    freqs = qd(np.exp(exponent / np.float32(half - freq_shift)).astype(np.float64), "const")  # (half,)
+    emb = qd(qd(tq, "timestep")[:, None] * freqs[None, :], "mul")  # (B, half)
+    x = qd(np.concatenate([qd(np.sin(emb), "sin"), qd(np.cos(emb), "cos")], axis=-1), "concat")  # (B, 2 half)
+    out = np.concatenate([x[:, half:], x[:, :half]], axis=-1) if flip_sin_to_cos else x
+    return np.pad(out, ((0, 0), (0, 1))) if dim % 2 else out

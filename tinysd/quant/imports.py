@@ -33,7 +33,7 @@ from typing import Collection, Mapping, Sequence
 import numpy as np
 
 from ..errors import TinySDError
-from ..interp.parts import NOT_COMPUTED, PARTS
+from ..interp.parts import NOT_COMPUTED, PARTS, TIME_INPUT, TIME_PARTS, part_tensor
 from .encodings import Encoding, load_encodings
 from .model import ACTIVATION_BITS, NETWORKS, network_precisions
 
@@ -243,6 +243,8 @@ def _names_of(loaded, graphs, network: str) -> tuple[set[str], set[str]]:
 
     trace = trace_network(graphs[network], network)
     acts = {op.tensor for op in trace.ops if op.tensor}
+    if f"{network}.{TIME_INPUT}" in acts:  # the timestep features' parts, computed on the host before the input
+        acts |= {part_tensor(f"{network}.{TIME_INPUT}", p) for p in TIME_PARTS}
     return acts, {f"{network}.{k}" for k in graphs[network].param_shapes()}
 
 

@@ -44,7 +44,7 @@ from typing import Mapping
 import numpy as np
 
 from ..errors import TinySDError
-from ..interp.parts import PARTS, const_name, part_tensor
+from ..interp.parts import PARTS, TIME_INPUT, TIME_PARTS, const_name, part_tensor
 
 log = logging.getLogger(__name__)
 
@@ -882,6 +882,60 @@ class _Matcher:
                               f"value, which tinysd computes once")
 
 
+def _time_feature_rows(g: OnnxGraph, mp: OnnxMap) -> None:
+    """Rows for the timestep features the graph computes before the UNet's `time_proj` input (TIME_PARTS).
+
+    diffusers' `Timesteps` exports as timestep -> (Expand, layout ops) -> Mul by the frequencies
+    (a constant) -> Sin and Cos of the product -> Concat [sin, cos] -> with flip_sin_to_cos, Concat of
+    its second and first halves (two Slices) -> `time_proj`. When the graph has exactly this chain, its
+    values are the parts `unet.time_proj.{part}.out` and the frequencies `unet.time_proj.mul.const`
+    (the integer UNet then computes the features as the graph does: `device_timestep_features`);
+    any other shape is left as host-side computation.
+    """
+    tensor = f"{mp.network}.{TIME_INPUT}"
+    src = next((r.onnx for r in mp.rows if r.role == "input" and r.tinysd == tensor), None)
+    if src is None:
+        return
+    found: dict[str, str] = {}
+
+    def node_of(v, op_type):
+        n = g.producer.get(g.root(v))
+        return n if n is not None and n.op_type == op_type else None
+
+    cat = node_of(src, "Concat")
+    if cat is not None and len(cat.input) == 2:
+        halves = [g.part_of(g.producer[g.root(i)]) if g.root(i) in g.producer else None for i in cat.input]
+        if all(h is not None for h in halves) and halves[0][0] == halves[1][0] and \
+                [h[1:] for h in halves] == [(1, 2), (0, 2)]:
+            found["concat"] = halves[0][0]
+            cat = node_of(halves[0][0], "Concat")
+    if cat is None or len(cat.input) != 2:
+        return
+    sin, cos = node_of(cat.input[0], "Sin"), node_of(cat.input[1], "Cos")
+    if sin is None or cos is None or g.root(sin.input[0]) != g.root(cos.input[0]):
+        return
+    mul = node_of(sin.input[0], "Mul")
+    if mul is None or len(mul.input) != 2:
+        return
+    consts = [i for i in mul.input if g.is_const(i)]
+    dyn = [i for i in mul.input if not g.is_const(i)]
+    if len(consts) != 1 or len(dyn) != 1:
+        return
+    t = g.root(dyn[0])
+    while t in g.producer and g.producer[t].op_type == "Expand":  # the timestep broadcast to the batch
+        t = g.root(g.producer[t].input[0])
+    if t not in g.inputs:
+        return
+    found.update(sin=g.root(sin.output[0]), cos=g.root(cos.output[0]), mul=g.root(mul.output[0]), timestep=t)
+    for part in TIME_PARTS:
+        if part in found:
+            for a in g.aliases(found[part]):
+                mp._add(a, part_tensor(tensor, part), "part", f"{TIME_PARTS[part]}: part of the timestep features "
+                        f"before {tensor} (computed by tinysd on the host as the graph does)")
+    mp._add(consts[0], const_name(tensor, "mul"), "constant", f"the frequencies: constant operand of the timestep "
+            f"features' Mul {mul.name}")
+
+
 def _unmatched_rows(g: OnnxGraph, mp: OnnxMap, used: set[int]) -> None:
     """Rows for every other ONNX value: constants, host-side computation before an input, unfollowed nodes."""
     known = {r.onnx for r in mp.rows}
@@ -944,6 +998,7 @@ def map_onnx(path, network: str, graph, params: Mapping[str, np.ndarray] | None 
     trace = trace_network(graph, network, calls)
     matcher = _Matcher(g, trace, network, params)
     mp = matcher.run()
+    _time_feature_rows(g, mp)
     _unmatched_rows(g, mp, matcher.used)
     log.info("%s: %d tinysd tensors, %d parameters and %d constants found; %d ops followed as their parts",
              path, len(set(mp.activations.values())), len(mp.params), len(mp.constants), len(mp.parts))

@@ -96,7 +96,7 @@ from ..kernels.norm import prepare_group_norm, prepare_layer_norm
 from ..kernels.softmax import make_exp_table, softmax_output_encoding
 from ..kernels.tables import make_table
 from ..interp.names import COMPUTING_OPS, OpNames, positional_name
-from ..interp.parts import NOT_COMPUTED, PARTS, SQRT2, const_name, part_tensor
+from ..interp.parts import NOT_COMPUTED, PARTS, SQRT2, TIME_INPUT, TIME_PARTS, const_name, part_tensor
 from .encodings import Encoding
 from .model import ACTIVATION_BITS, NETWORKS, PRECISIONS, QuantizedNetwork
 from .observers import encoding_from_range
@@ -428,6 +428,17 @@ class Preparer:
     def input(self, x, name: str) -> PTensor:
         tensor = self._names.claim_input(name)
         self._act(tensor)
+        if name == TIME_INPUT:  # the timestep features' quantization points before the input, when given
+            for part in TIME_PARTS:
+                if part_tensor(tensor, part) in self.given:
+                    self._act(part_tensor(tensor, part))
+            cname = const_name(tensor, "mul")
+            enc = self.given.get(cname)
+            if enc is not None:
+                if enc.bitwidth != self.bits or enc.per_channel:
+                    self._problem(f"constant {cname} must have a per-tensor {self.bits}-bit encoding")
+                else:
+                    self.activations[cname] = enc
         return PTensor(tuple(np.shape(x)), tensor)
 
     def output(self, x: PTensor, name: str) -> np.ndarray:
