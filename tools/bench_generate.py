@@ -21,7 +21,13 @@ phase: tinysd.runstats; so a phase's peak includes every loaded weight):
 * vae_decode: one 512 x 512 decode (latent 1 x 4 x 64 x 64);
 * generate: the full job, `--gen-steps` Euler steps, CFG 7.5, one 512 x 512 image (text encoder, steps x UNet,
   decode); with fewer than 20 steps the 20-step time is extrapolated as
-  generate + (20 - steps) x unet and marked so.
+  generate + (20 - steps) x unet and marked so. tinysd runs it as `tinysd generate` does, on a fresh
+  `Pipeline.from_pretrained(path, low_memory=True)` (each network read when first needed, dropped after its
+  last use), after the eager pipeline of the other phases is dropped; its per-network peaks (and the reads,
+  "load NET") are reported under `generate_networks`, and the process's RSS when it starts under
+  `generate_rss_before_mb`.
+
+--generate-only skips the text encoder, UNet and VAE phases (and tinysd's eager load).
 
 Variants `fp32-untiled`, `w8a16-untiled`, `w8a8-untiled` run tinysd with attention query tiles off (the
 engine before them), to show what the tiles save.
@@ -263,6 +269,12 @@ def _inputs(size):
     return sample, latent
 
 
+def _rss_bytes() -> int:
+    """The process's resident set now (VmRSS), bytes."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+
 def run_variant(args) -> dict:
     from tinysd.runstats import NetworkStats
 
@@ -280,12 +292,13 @@ def run_variant(args) -> dict:
         pipe.tokenizer.model_max_length = 77  # folders saved before the tokenizer was given its length
         ids = pipe.tokenizer(["", PROMPT], padding="max_length", max_length=77, return_tensors="pt").input_ids
         with torch.inference_mode():
-            with stats.measure("text_encoder"):
-                ctx = pipe.text_encoder(ids)[0]
-            with stats.measure("unet"):
-                pipe.unet(torch.from_numpy(sample), torch.tensor(T), encoder_hidden_states=ctx)
-            with stats.measure("vae_decode"):
-                pipe.vae.decode(torch.from_numpy(latent))
+            if not args.generate_only:
+                with stats.measure("text_encoder"):
+                    ctx = pipe.text_encoder(ids)[0]
+                with stats.measure("unet"):
+                    pipe.unet(torch.from_numpy(sample), torch.tensor(T), encoder_hidden_states=ctx)
+                with stats.measure("vae_decode"):
+                    pipe.vae.decode(torch.from_numpy(latent))
             with stats.measure("generate"):
                 pipe(PROMPT, num_inference_steps=args.gen_steps, guidance_scale=7.5, height=args.size,
                      width=args.size, generator=torch.Generator().manual_seed(0), output_type="np")
@@ -306,12 +319,13 @@ def run_variant(args) -> dict:
             return sess[net].run(None, dict(zip(ONNX_IO[net][0], arrays)))[0]
 
         ids = tokenizer(["", PROMPT])
-        with stats.measure("text_encoder"):
-            ctx = run("text_encoder", ids)
-        with stats.measure("unet"):
-            run("unet", sample, np.array([T], np.float32), ctx)
-        with stats.measure("vae_decode"):
-            run("vae_decoder", latent)
+        if not args.generate_only:
+            with stats.measure("text_encoder"):
+                ctx = run("text_encoder", ids)
+            with stats.measure("unet"):
+                run("unet", sample, np.array([T], np.float32), ctx)
+            with stats.measure("vae_decode"):
+                run("vae_decoder", latent)
         with stats.measure("generate"):
             _ort_generate(sess, tokenizer, sched_cfg, args.gen_steps, args.size)
         extra = {"onnxruntime": ort.__version__}
@@ -324,19 +338,31 @@ def run_variant(args) -> dict:
 
             tinysd.interp.float.ATTENTION_TILE_ELEMENTS = tinysd.interp.integer.ATTENTION_TILE_ELEMENTS = 1 << 62
             v = v[: -len("-untiled")]
-        with stats.measure("load"):
-            pipe = Pipeline.from_pretrained(work / ("sd15" if v == "fp32" else v))
-        ids = pipe.tokenizer(["", PROMPT])
-        with stats.measure("text_encoder"):
-            ctx = pipe.text_encoder(ids)
-        with stats.measure("unet"):
-            pipe.unet(sample, T, ctx)
-        with stats.measure("vae_decode"):
-            pipe.vae.decode(latent)
+        from tinysd.offload import free_memory
+
+        path = work / ("sd15" if v == "fp32" else v)
+        if not args.generate_only:
+            with stats.measure("load"):  # all three networks, as a library user holding the pipeline
+                pipe = Pipeline.from_pretrained(path)
+            ids = pipe.tokenizer(["", PROMPT])
+            with stats.measure("text_encoder"):
+                ctx = pipe.text_encoder(ids)
+            with stats.measure("unet"):
+                pipe.unet(sample, T, ctx)
+            with stats.measure("vae_decode"):
+                pipe.vae.decode(latent)
+            del pipe, ctx
+            free_memory()
+        # the one-shot job as `tinysd generate` runs it: each network read when needed, dropped after use
+        rss = _rss_bytes()
+        pipe = Pipeline.from_pretrained(path, low_memory=True)
+        pipe.stats = NetworkStats()
         with stats.measure("generate"):
             pipe.generate(PROMPT, steps=args.gen_steps, guidance_scale=7.5, width=args.size, height=args.size,
                           seed=0)
-        extra = {}
+        extra = {"generate_rss_before_mb": rss / 2**20,
+                 "generate_networks": {k: {"calls": e.calls, "s": e.seconds, "peak_mb": e.peak / 2**20}
+                                       for k, e in pipe.stats.entries.items()}}
     res = {k: {"s": e.seconds, "peak_mb": e.peak / 2**20, "exact_peak": e.exact} for k, e in stats.entries.items()}
     return {"phases": res, **extra}
 
@@ -346,7 +372,8 @@ def run_variant(args) -> dict:
 # ---------------------------------------------------------------------------------------------
 def child(variant, args, work) -> dict | None:
     cmd = [sys.executable, __file__, "--child", variant, "--work", str(work), "--size", str(args.size),
-           "--gen-steps", str(args.gen_steps), "--calib-size", str(args.calib_size), "--threads", str(args.threads)] + (["--tiny"] if args.tiny else [])
+           "--gen-steps", str(args.gen_steps), "--calib-size", str(args.calib_size), "--threads", str(args.threads)] + (["--tiny"] if args.tiny else []) + (
+        ["--generate-only"] if args.generate_only else [])
     env = dict(os.environ, NUMBA_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads),
                OPENBLAS_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     t0 = time.perf_counter()
@@ -362,25 +389,41 @@ def child(variant, args, work) -> dict | None:
 
 
 def table(runs: dict[str, list[dict]], gen_steps: int) -> list[str]:
-    """Best time per phase over rounds, ratio to diffusers, peak RSS (max over rounds)."""
-    best = {v: {ph: min(r["phases"][ph]["s"] for r in rs) for ph in PHASES} for v, rs in runs.items() if rs}
-    peak = {v: {ph: max(r["phases"][ph]["peak_mb"] for r in rs) for ph in PHASES} for v, rs in runs.items() if rs}
-    for v, b in best.items():  # 20-step estimate
-        b["generate20"] = b["generate"] + max(0, 20 - gen_steps) * b["unet"]
-    ref = best.get("diffusers")
+    """Best time per phase over rounds, ratio to diffusers, peak RSS (max over rounds); '-' for phases not run."""
+    nan = float("nan")
+
+    def best(rs, ph, key, pick):
+        vals = [r["phases"][ph][key] for r in rs if ph in r["phases"]]
+        return pick(vals) if vals else nan
+
+    t = {v: {ph: best(rs, ph, "s", min) for ph in PHASES} for v, rs in runs.items() if rs}
+    peak = {v: {ph: best(rs, ph, "peak_mb", max) for ph in PHASES} for v, rs in runs.items() if rs}
+    for v, b in t.items():  # 20-step estimate
+        b["generate20"] = b["generate"] + max(0, 20 - gen_steps) * b["unet"] if gen_steps < 20 else b["generate"]
+    ref = t.get("diffusers")
     cols = ("text_encoder", "unet", "vae_decode", "generate20")
-    head = ["variant"] + [f"{c} s (x diffusers)" for c in cols] + ["peak RSS MiB: te / unet / vae / generate"]
+    head = ["variant"] + [f"{c} s (x diffusers)" for c in cols] + ["peak RSS MiB: load / te / unet / vae / generate"]
     out = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    for v, b in best.items():
+
+    def num(x, fmt):
+        return "-" if x != x else format(x, fmt)
+
+    for v, b in t.items():
         cells = [v]
         for c in cols:
-            r = f" ({b[c] / ref[c]:.2f}x)" if ref else ""
-            cells.append(f"{b[c]:.2f}{r}")
+            r = f" ({b[c] / ref[c]:.2f}x)" if ref and b[c] == b[c] and ref[c] == ref[c] else ""
+            cells.append(num(b[c], ".2f") + r)
         p = peak[v]
-        cells.append(f"{p['text_encoder']:.0f} / {p['unet']:.0f} / {p['vae_decode']:.0f} / {p['generate']:.0f}")
+        cells.append(" / ".join(num(p[ph], ".0f") for ph in PHASES))
         out.append("| " + " | ".join(cells) + " |")
     if gen_steps < 20:
         out.append(f"(generate20 = measured {gen_steps}-step generate + {20 - gen_steps} x the one-step UNet time)")
+    for v, rs in runs.items():  # tinysd: per-network peaks inside the low-memory generate
+        nets = [r["generate_networks"] for r in rs if "generate_networks" in r]
+        if nets:
+            per = {k: max(n[k]["peak_mb"] for n in nets if k in n) for k in nets[0]}
+            out.append(f"{v} generate, peak RSS per network call (MiB): "
+                       + ", ".join(f"{k} {m:.0f}" for k, m in per.items()))
     return out
 
 
@@ -393,6 +436,8 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=1, help="repeat all variants, order reversed every other round")
     ap.add_argument("--work", type=Path, default=None, help="keep the models in this folder (reused when present)")
     ap.add_argument("--json", type=Path, default=None, help="also write all results to this JSON file")
+    ap.add_argument("--generate-only", action="store_true",
+                    help="skip the text encoder / UNet / VAE phases (tinysd: also the eager load): the job's time and memory")
     ap.add_argument("--tiny", action="store_true", help="a tiny model of SD 1.5's structure (a quick trial)")
     ap.add_argument("--threads", type=int, default=2, help="threads of every engine (default 2)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)

@@ -37,7 +37,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
@@ -332,13 +332,21 @@ def _split_encodings(path: Path, role: str, encs: Mapping[str, Encoding]) -> dic
     return out
 
 
-def load_quantized(path: str | Path, precision: str | None = None) -> QuantizedModel:
+def load_quantized(path: str | Path, precision: str | None = None,
+                   networks: Iterable[str] = NETWORKS) -> QuantizedModel:
     """Read a folder written by `save_quantized`; every array is returned read-only, as stored.
 
     `precision`: when given, the folder must have been built for it (else a
-    TinySDError naming both). All validation failures are one TinySDError
-    naming the file (and tensor); see the module docstring.
+    TinySDError naming both). `networks`: the networks whose arrays are read
+    (the model's `networks` has only those; `Pipeline(low_memory=True)` reads one
+    at a time); the headers, configs and encodings are checked in every case.
+    All validation failures are one TinySDError naming the file (and tensor);
+    see the module docstring.
     """
+    networks_wanted = tuple(networks)
+    unknown = [n for n in networks_wanted if n not in NETWORKS]
+    if unknown:
+        raise ValueError(f"unknown networks {unknown} (expected some of {NETWORKS})")
     root = Path(path)
     if not root.is_dir():
         raise TinySDError(f"{root}: no such folder")
@@ -388,7 +396,7 @@ def load_quantized(path: str | Path, precision: str | None = None) -> QuantizedM
     act_by, par_by = _split_encodings(enc_path, "activation", act), _split_encodings(enc_path, "param", par)
 
     nets = {}
-    for network in NETWORKS:
+    for network in networks_wanted:
         arrays = _load_arrays(root, network, networks[network])
         nets[network] = QuantizedNetwork(network=network, precision=per_net[network], arrays=arrays,
                                          activations=act_by[network], params=par_by[network])
