@@ -106,8 +106,13 @@ def _load_integer_network(path: Path, precision: str | None, network: str, cache
     from .quant.engine import build_integer_network
     from .quant.folder import load_quantized
 
-    return build_integer_network(load_quantized(path, precision=precision, networks=(network,)), network,
-                                 cache_weights=cache_weights)
+    from .memory import LOW_MEMORY_ATTENTION_TILE_ELEMENTS
+
+    net = build_integer_network(load_quantized(path, precision=precision, networks=(network,)), network,
+                                cache_weights=cache_weights)
+    # smaller attention tiles: the same integers (rows are independent), less working memory
+    net.interp.attention_tile_elements = min(net.interp.attention_tile_elements, LOW_MEMORY_ATTENTION_TILE_ELEMENTS)
+    return net
 
 
 def _register_builtin() -> None:

@@ -11,6 +11,7 @@ import pytest
 from tinysd.checkpoint import load_checkpoint
 from tinysd.errors import TinySDError
 from tinysd.fixedpoint import ARITHMETIC_SPEC_VERSION
+from tinysd.memory import LOW_MEMORY_ATTENTION_TILE_ELEMENTS
 from tinysd.paths import TOKENIZER_DIR
 from tinysd.pipeline import Pipeline
 from tinysd.quant import folder as folder_module
@@ -266,6 +267,14 @@ def test_damaged_folder_is_one_line_error(copy, case):
     with pytest.raises(TinySDError) as e:
         Pipeline.from_pretrained(copy)
     one_line_error(e, *needles)
+    if case == "flipped bit":  # low memory: only the SHA-256 needs the data, checked when the network is read
+        pipe = Pipeline.from_pretrained(copy, low_memory=True)
+        with pytest.raises(TinySDError) as e:
+            pipe.unet.network()
+    else:  # every other check is done before any weight is read
+        with pytest.raises(TinySDError) as e:
+            Pipeline.from_pretrained(copy, low_memory=True)
+    one_line_error(e, *needles)
 
 
 @pytest.mark.parametrize("spec, per_network, canonical", [
@@ -356,5 +365,7 @@ def test_low_memory_pipeline_reads_one_network_at_a_time_and_gives_the_same_imag
     assert not any(n.loaded for n in nets)  # all dropped at the end
     np.testing.assert_array_equal(res.latents, ref.latents)
     assert res.images[0].tobytes() == ref.images[0].tobytes()
+    assert pipe.unet.interp.attention_tile_elements == LOW_MEMORY_ATTENTION_TILE_ELEMENTS  # (same integers: rows
+    # are independent, tests/interp/test_integer.py::test_attention_in_query_tiles_gives_the_same_integers)
     again = pipe.generate("a red circle", steps=2, seed=3)  # read again when used again
     np.testing.assert_array_equal(again.latents, ref.latents)
