@@ -398,8 +398,12 @@ def table(runs: dict[str, list[dict]], gen_steps: int) -> list[str]:
 
     t = {v: {ph: best(rs, ph, "s", min) for ph in PHASES} for v, rs in runs.items() if rs}
     peak = {v: {ph: best(rs, ph, "peak_mb", max) for ph in PHASES} for v, rs in runs.items() if rs}
-    for v, b in t.items():  # 20-step estimate
-        b["generate20"] = b["generate"] + max(0, 20 - gen_steps) * b["unet"] if gen_steps < 20 else b["generate"]
+    for v, b in t.items():  # 20-step estimate; the UNet step time from the generate's own calls if not measured apart
+        unet = b["unet"]
+        if unet != unet:
+            calls = [r["generate_networks"]["unet"] for r in runs[v] if "unet" in r.get("generate_networks", {})]
+            unet = min((c["s"] / c["calls"] for c in calls), default=nan)
+        b["generate20"] = b["generate"] + max(0, 20 - gen_steps) * unet if gen_steps < 20 else b["generate"]
     ref = t.get("diffusers")
     cols = ("text_encoder", "unet", "vae_decode", "generate20")
     head = ["variant"] + [f"{c} s (x diffusers)" for c in cols] + ["peak RSS MiB: load / te / unet / vae / generate"]
