@@ -256,7 +256,7 @@ def generate(prompt, output, model, negative_prompt, steps, cfg, seed, sampler, 
     outputs = [output] if batch == 1 else [output.with_name(f"{output.stem}-{i}{output.suffix}") for i in range(batch)]
     check_output_path(outputs[0])
 
-    pipe = Pipeline.from_pretrained(model, precision=precision)
+    pipe = Pipeline.from_pretrained(model, precision=precision, low_memory=True)  # one generate: each network read when needed, dropped after use
     sampler, steps, cfg = pipe.defaults.resolve(*given)
     run_steps = steps if init_image is None else steps - img2img.start_index(steps, strength)
     width, height = pipe.check_args(prompt=prompt, negative_prompt=negative_prompt, steps=steps, guidance_scale=cfg,

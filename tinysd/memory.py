@@ -29,6 +29,8 @@ from .errors import TinySDError
 ACTIVATION_COPIES = 12  # float32-sized tensors alive in one op: a group norm keeps float64 temporaries
 IM2COL_ELEMENTS = 1 << 24  # the float engine's im2col band (tinysd.interp.float._IM2COL_BUDGET)
 ATTENTION_TILE_ELEMENTS = 1 << 25  # larger attention scores are computed in query tiles (interpreters' `attention`)
+# the integer engines' tile in a low-memory pipeline (tinysd.offload): SD 1.5 512 x 512 UNet, 256 query rows
+LOW_MEMORY_ATTENTION_TILE_ELEMENTS = 1 << 24
 GiB = 1 << 30
 
 
