@@ -44,7 +44,7 @@ from ..fixedpoint.checks import (
 )
 from ..fixedpoint.primitives import ACC_SHIFT_MAX, requantize_i32, rounding_shift_right_i64
 from . import gemm_i16
-from .gemm_i16 import MR, PANEL, tile_product
+from .gemm_i16 import LANES, MR, PANEL, tile_product
 
 log = logging.getLogger(__name__)
 
@@ -408,7 +408,7 @@ def _gemm_i16(a, m_rows, wpk, n_cols, block_pairs, tiles_per_block, n_chunks, bi
     """
     npairs = a.shape[1] // 2
     n_tiles = a.shape[0] // MR
-    n_pad = (n_cols + 15) // 16 * 16
+    n_pad = (n_cols + LANES - 1) // LANES * LANES
     n_panels = (n_pad + PANEL - 1) // PANEL
     n_blocks = (n_tiles + tiles_per_block - 1) // tiles_per_block
     nsat = 0
