@@ -266,12 +266,14 @@ def im2col_operand(x_q, zp, kh, kw, stride, padding, ho, wo, plan):
     """Operand of an NCHW input padded with zp, for `plan`: float (nsplit*N*Ho*Wo, C*KH*KW), columns
     ordered (c, i, j); or, for int16 plans, int16 (Mp, Kp) zero-padded (gemm_i16.padded_shape),
     columns ordered (i, j, c) (made from an NHWC copy: each row is KH*KW contiguous copies of C
-    values; `PreparedWeight.i16` packs 4-D weights in the same order)."""
+    values; `PreparedWeight.i16` packs 4-D weights in the same order). A negative `top` starts at
+    padded row -top (a band of output rows: conv2d)."""
     nb, c, h, w = x_q.shape
     out = _operand_buffer(nb * ho * wo, c * kh * kw, plan)
     if plan.dtype is np.int16:
         top, bottom, left, right = padding
-        xp = np.empty((nb, h + top + bottom, w + left + right, c), np.int16)  # (N, Hp, Wp, C)
+        hp = (ho - 1) * stride[0] + kh  # the padded rows the output reads (top may be negative: a band)
+        xp = np.empty((nb, hp, w + left + right, c), np.int16)  # (N, Hp, Wp, C)
         _pad_nhwc_kernel(np.ascontiguousarray(x_q), np.int64(zp), MODE_CODE[plan.mode], top, left, xp)
         _im2col_nhwc_kernel(xp, kh, kw, stride[0], stride[1], ho, wo, out)
         return out
