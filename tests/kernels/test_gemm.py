@@ -326,6 +326,40 @@ def test_matmul_extremes_exact():
     np.testing.assert_array_equal(matmul_accumulator(a, 0, b, 255), want)
 
 
+@pytest.mark.parametrize("method", ["i16", "split"])
+@pytest.mark.parametrize("shape_a, shape_b", [((2, 3, 13, 41), (1, 3, 41, 37)),  # odd K, N = 2 panels + 5, M % 6
+                                              ((1, 5, 8), (8, 70)),  # b without batch dims, K = 8
+                                              ((2, 7, 64), (2, 64, 16))])  # N one full AVX2 panel
+def test_matmul_uint8_plans_match_reference(method, shape_a, shape_b):
+    """uint8 x uint8 (attention in W8A8): the int16 SIMD plan (centred operands, no correction terms)
+    and the float32 offset8 plan, against the reference, zero points at both ends and inside."""
+    rng = np.random.default_rng(len(shape_a) * 100 + shape_b[-1])
+    a = rng.integers(0, 256, shape_a).astype(np.uint8)
+    b = rng.integers(0, 256, shape_b).astype(np.uint8)
+    for a_zp, b_zp in ((0, 255), (255, 0), (37, 200)):
+        want_acc = (a.astype(np.int64) - a_zp) @ (b.astype(np.int64) - b_zp)
+        np.testing.assert_array_equal(matmul_accumulator(a, a_zp, b, b_zp, method=method), want_acc)
+        acc_shift = accumulator_shift(shape_a[-1] * 255 * 255)
+        mult, shift = quantize_multiplier(40 / (want_acc.std() + 1) * 2.0**acc_shift)
+        for out_zp, qmin, qmax in ((100, 0, 255), (0, -(2**31), 2**31 - 1)):
+            args = (a, a_zp, b, b_zp, mult, shift, out_zp, qmin, qmax, acc_shift)
+            assert_bit_equal(matmul(*args, method=method), matmul_ref(*args))
+
+
+def test_matmul_i16_int32_lane_bound_is_tight():
+    """|a - a_zp| = |b - b_zp| = 255 over K = one block of 33024 + 3: each lane sums 33024 * 65025 =
+    2147385600 < 2**31 before the int64 add; a longer block would wrap."""
+    assert plan_matmul(np.uint8, np.uint8, "i16").chunk == 33024
+    k = 33024 + 3
+    a = np.full((1, 7, k), 255, np.uint8)
+    b = np.zeros((1, k, 17), np.uint8)
+    b[0, :, 1] = 255
+    got = matmul_accumulator(a, 0, b, 255, method="i16")
+    want = np.full((1, 7, 17), -k * 255 * 255, np.int64)
+    want[..., 1] = 0
+    np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize(
     "change, name",
     [

@@ -66,9 +66,10 @@ MR, NV = TILES[LANES]
 PANEL = LANES * NV  # output channels per weight panel
 
 
-def block_length(a_bound: int) -> int:
-    """Longest even K-block with block * a_bound * 128 <= 2**31 - 1 (int32 lanes stay exact)."""
-    n = LANE_MAX // (a_bound * W_BOUND)
+def block_length(a_bound: int, b_bound: int = W_BOUND) -> int:
+    """Longest even K-block with block * a_bound * b_bound <= 2**31 - 1 (int32 lanes stay exact;
+    b_bound: 128 for int8 weights, 255 for centred uint8 activations)."""
+    n = LANE_MAX // (a_bound * b_bound)
     return max(2, n - n % 2)
 
 
@@ -200,7 +201,8 @@ def _pack_kernel(w, npairs, n_pad, out):
 
 
 def pack_weight(w2):
-    """Packed int16 pairs (1-D, `PANEL`-wide panels, see module docstring) of an int8 (N, K) weight."""
+    """Packed int16 pairs (1-D, `PANEL`-wide panels, see module docstring) of an int8 (N, K) weight
+    (or int16 (N, K): the centred uint8 right operand of an activation product)."""
     n, k = w2.shape
     npairs = (k + 1) // 2
     n_pad = -(-n // LANES) * LANES
