@@ -39,7 +39,7 @@ import math
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from tinysd.fixedpoint.checks import check_array
 from tinysd.fixedpoint.primitives import (
@@ -287,12 +287,33 @@ def _isqrt(x):
     return s
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
+def _affine(q, H, mean, left, M, right, bc, qmax):
+    """One element of the affine step (module docstring, "per element"): code q -> output code."""
+    c = (np.int64(q) << H) - mean
+    x = saturate_i32_scalar(c << left)
+    v = rsr_any(srdhm_i32(x, M), right)
+    t = saturate_i32_scalar(v + bc)
+    y = rounding_shift_right_i32(t, 8)  # Q = BETA_FRAC_BITS
+    if y < 0:
+        y = 0
+    elif y > qmax:
+        y = qmax
+    return y
+
+
+#: With 8-bit input, a (row, channel) run of more than this many elements is mapped through a 256-entry
+#: table of `_affine` (the output depends only on the code within the run): the same integers, fewer operations.
+_TABLE_MIN_RUN = 256
+
+
+@njit(cache=True, parallel=True)
 def _norm_kernel(rows, G, Cg, P, eps_fx, gm, gs, beta_fx, in_bits, out_bits, out):
     n_rows, N = rows.shape
     H = 31 - in_bits
     qmax = (np.int64(1) << out_bits) - 1
-    for r in range(n_rows):
+    use_table = in_bits == 8 and P > _TABLE_MIN_RUN
+    for r in prange(n_rows):  # rows are independent
         # --- statistics: int64 sums; |q - a| < 2**16 so D2 < N * 2**32 < 2**62
         sum1 = np.int64(0)
         for i in range(N):
@@ -320,6 +341,7 @@ def _norm_kernel(rows, G, Cg, P, eps_fx, gm, gs, beta_fx, in_bits, out_bits, out
             Wn = W >> (-2 * k)
         R = reciprocal_q31(_isqrt(Wn))
         g = r % G
+        table = np.empty(256 if use_table else 0, dtype=out.dtype)
         for cl in range(Cg):
             ch = g * Cg + cl
             M = srdhm_i32(R, gm[ch])
@@ -329,18 +351,15 @@ def _norm_kernel(rows, G, Cg, P, eps_fx, gm, gs, beta_fx, in_bits, out_bits, out
                 left = 31
             right = -e if e < 0 else 0
             bc = np.int64(beta_fx[ch])
-            for p in range(P):
-                i = cl * P + p
-                c = (np.int64(rows[r, i]) << H) - mean
-                x = saturate_i32_scalar(c << left)
-                v = rsr_any(srdhm_i32(x, M), right)
-                t = saturate_i32_scalar(v + bc)
-                y = rounding_shift_right_i32(t, 8)  # Q = BETA_FRAC_BITS
-                if y < 0:
-                    y = 0
-                elif y > qmax:
-                    y = qmax
-                out[r, i] = y
+            if use_table:
+                for q in range(256):
+                    table[q] = _affine(q, H, mean, left, M, right, bc, qmax)
+                for p in range(P):
+                    out[r, cl * P + p] = table[rows[r, cl * P + p]]
+            else:
+                for p in range(P):
+                    i = cl * P + p
+                    out[r, i] = _affine(rows[r, i], H, mean, left, M, right, bc, qmax)
 
 
 def _run(rows, G, Cg, P, params):
