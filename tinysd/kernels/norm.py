@@ -39,7 +39,7 @@ import math
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from tinysd.fixedpoint.checks import check_array
 from tinysd.fixedpoint.primitives import (
@@ -51,6 +51,7 @@ from tinysd.fixedpoint.primitives import (
 )
 from tinysd.fixedpoint.reference import rounding_shift_right_ref, sat32, srdhm_ref
 
+from .threads import run_ranges
 from .softmax import _bit_length, reciprocal_q31, reciprocal_q31_ref, rsr_any, rsr_any_ref
 
 log = logging.getLogger(__name__)
@@ -307,13 +308,14 @@ def _affine(q, H, mean, left, M, right, bc, qmax):
 _TABLE_MIN_RUN = 256
 
 
-@njit(cache=True, parallel=True)
-def _norm_kernel(rows, G, Cg, P, eps_fx, gm, gs, beta_fx, in_bits, out_bits, out):
-    n_rows, N = rows.shape
+@njit(cache=True, nogil=True)
+def _norm_kernel(r0, r1, rows, G, Cg, P, eps_fx, gm, gs, beta_fx, in_bits, out_bits, out):
+    """Rows r0..r1-1 of `rows` (n_rows, N) into the same rows of `out` (module docstring)."""
+    N = rows.shape[1]
     H = 31 - in_bits
     qmax = (np.int64(1) << out_bits) - 1
     use_table = in_bits == 8 and P > _TABLE_MIN_RUN
-    for r in prange(n_rows):  # rows are independent
+    for r in range(r0, r1):
         # --- statistics: int64 sums; |q - a| < 2**16 so D2 < N * 2**32 < 2**62
         sum1 = np.int64(0)
         for i in range(N):
@@ -364,9 +366,9 @@ def _norm_kernel(rows, G, Cg, P, eps_fx, gm, gs, beta_fx, in_bits, out_bits, out
 
 def _run(rows, G, Cg, P, params):
     out = np.empty(rows.shape, dtype=np.uint8 if params.out_bits == 8 else np.uint16)
-    _norm_kernel(rows, G, Cg, P, np.int64(params.eps_fx),
-                 np.ascontiguousarray(params.gamma_multiplier), np.ascontiguousarray(params.gamma_shift),
-                 np.ascontiguousarray(params.beta_fx), params.in_bits, params.out_bits, out)
+    run_ranges(_norm_kernel, rows.shape[0], rows.shape[1], rows, G, Cg, P, np.int64(params.eps_fx),
+               np.ascontiguousarray(params.gamma_multiplier), np.ascontiguousarray(params.gamma_shift),
+               np.ascontiguousarray(params.beta_fx), params.in_bits, params.out_bits, out)  # rows in parallel
     return out
 
 
