@@ -176,6 +176,8 @@ class StrictTap:
 
     def __getattr__(self, op):
         f = getattr(self.inner, op)
+        if op == "timestep_features":  # host-side float features of the time_proj input, not an op
+            return f
         if op in ("input", "output", "embedding"):
             def boundary(x, name, *a, **kw):
                 if op == "output":
