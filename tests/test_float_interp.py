@@ -65,3 +65,53 @@ def test_softmax_causal_and_norms():
 def test_missing_parameter_names_the_tensor():
     with pytest.raises(TinySDError, match=r"unet: missing parameter conv_in\.weight"):
         FloatInterpreter({}, "unet").conv2d(np.zeros((1, 1, 3, 3), np.float32), "conv_in")
+
+
+def _attention_ref(q, k, v, alpha):
+    s = alpha * np.matmul(q.astype(np.float64), k.astype(np.float64))
+    e = np.exp(s - s.max(-1, keepdims=True))
+    return np.matmul(e / e.sum(-1, keepdims=True), v.astype(np.float64))
+
+
+class _ThreeOps(FloatInterpreter):
+    """Overrides matmul (same arithmetic), so `attention` runs the three ops instead of the fused kernel."""
+
+    def matmul(self, a, b, name, alpha=1.0):
+        return FloatInterpreter.matmul(self, a, b, name, alpha)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 50, 8, 77, 8), (1, 2, 9, 5, 300, 7), (1, 1, 1, 4, 1, 4)])
+def test_fused_attention_against_float64(monkeypatch, shape):
+    """The fused attention rows (float32 exp polynomial, rows split over 3 threads) against float64, also with
+    scores spread over 200 (exp underflow clamped) and against the three-op path."""
+    from tinysd.kernels import threads
+
+    monkeypatch.setattr(threads, "MIN_PARALLEL_WORK", 0)
+    monkeypatch.setattr(threads, "thread_count", lambda: 3)
+    B, H, T, d, S, dv = shape
+    rng = np.random.default_rng(sum(shape))
+    for spread in (1.0, 30.0):
+        q = (rng.standard_normal((B, H, T, d)) * spread).astype(np.float32)
+        k = rng.standard_normal((B, H, d, S)).astype(np.float32)
+        v = rng.standard_normal((B, H, S, dv)).astype(np.float32)
+        alpha = d ** -0.5
+        got = FloatInterpreter({}, "t").attention(q, k, v, "a", alpha=alpha)
+        assert got.dtype == np.float32 and got.shape == (B, H, T, dv)
+        np.testing.assert_allclose(got, _attention_ref(q, k, v, alpha), rtol=0, atol=2e-5 * spread)
+        three = _ThreeOps({}, "t").attention(q, k, v, "a", alpha=alpha)
+        np.testing.assert_allclose(got, three, rtol=0, atol=2e-5 * spread)
+
+
+def test_fused_attention_exp_within_one_ulp():
+    """The kernel's exp: one key with score x next to one with score 0 gives p = exp(x) / (1 + exp(x))."""
+    x = -np.linspace(0, 80, 4001)
+    q = np.ones((1, 1, x.size, 1), np.float32)
+    k = np.zeros((1, 1, 1, 2), np.float32)
+    v = np.array([[[[0.0], [1.0]]]], np.float32)  # context = p of the second key
+    ops = FloatInterpreter({}, "t")
+    got = np.empty(x.size)
+    for i, xi in enumerate(x.astype(np.float32)):
+        k[0, 0, 0, 1] = xi  # scores (0, xi)
+        got[i] = ops.attention(q[:, :, :1], k, v, "a")[0, 0, 0, 0]
+    e = np.exp(x.astype(np.float32).astype(np.float64))
+    np.testing.assert_allclose(got, e / (1 + e), rtol=3e-7, atol=0)

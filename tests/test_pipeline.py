@@ -232,3 +232,27 @@ def test_whole_run_matches_diffusers(pipe, run):
     assert np.max(np.abs(ours - ref_images)) <= RUN_RTOL
     ours_u8 = np.stack([np.asarray(im) for im in res.images]).astype(np.int64)
     assert np.max(np.abs(ours_u8 - np.round(ref_images * 255))) <= 1
+
+
+def test_low_memory_gives_the_same_images(tiny_dir, pipe):
+    """Pipeline(low_memory=True) on a float checkpoint: each network read when first used, dropped after its
+    last use (txt2img and img2img, whose VAE encoder runs before the sampler loop); same latents and images."""
+    from PIL import Image
+
+    from tinysd.checkpoint import load_checkpoint
+
+    assert set(load_checkpoint(tiny_dir, networks=("vae",)).params) == {"vae"}
+    lm = Pipeline.from_pretrained(tiny_dir, low_memory=True)
+    nets = (lm.text_encoder, lm.unet, lm.vae)
+    n = pipe.native_size
+    init = Image.fromarray(np.random.default_rng(0).integers(0, 256, (n, n, 3), dtype=np.uint8))
+    for kwargs in ({"steps": 1}, {"steps": 2, "init_image": init, "strength": 0.5}):  # one UNet step each
+        seen = []
+        a = lm.generate("a red circle", seed=7, callback=lambda d, t: seen.append([n.loaded for n in nets]), **kwargs)
+        b = pipe.generate("a red circle", seed=7, **kwargs)
+        assert seen and all(s == [False, True, False] for s in seen)
+        assert not any(n.loaded for n in nets)
+        np.testing.assert_array_equal(a.latents, b.latents)
+        assert a.images[0].tobytes() == b.images[0].tobytes()
+    with pytest.raises(TinySDError, match="fp32 takes no options"):
+        Pipeline.from_pretrained(tiny_dir, low_memory=True, steps=3)

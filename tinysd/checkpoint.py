@@ -45,7 +45,7 @@ import shutil
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
@@ -205,22 +205,30 @@ def _refuse_pickle(path: Path) -> TinySDError:
         "and pass the .safetensors file")
 
 
-def load_checkpoint(path: str | Path, *, config: ModelConfig | None = None) -> LoadedModel:
+def load_checkpoint(path: str | Path, *, config: ModelConfig | None = None,
+                    networks: Iterable[str] = NETWORKS) -> LoadedModel:
     """Load a diffusers folder or a CompVis/A1111 single `.safetensors` file.
 
     `config` replaces the configs read from the folder / file / shape inference
-    (every tensor is still checked against it). Raises TinySDError on any bad input.
+    (every tensor is still checked against it). `networks`: the networks whose weights are read
+    (`params` has only those keys; every network's config and tensor names and shapes are still
+    checked): `Pipeline(low_memory=True)` reads one network at a time. Raises TinySDError on any
+    bad input.
     """
+    networks = tuple(networks)
+    unknown = [n for n in networks if n not in NETWORKS]
+    if unknown:
+        raise ValueError(f"unknown networks {unknown} (expected some of {NETWORKS})")
     path = Path(path)
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise _refuse_pickle(path)
     if not path.exists():
         raise TinySDError(f"{path}: no such file or folder")
     if path.is_dir():
-        return _load_folder(path, config)
+        return _load_folder(path, config, networks)
     if path.suffix.lower() != ".safetensors":
         raise TinySDError(f"{path}: not a model: expected a diffusers folder or a single .safetensors file")
-    return _load_single_file(path, config)
+    return _load_single_file(path, config, networks)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,7 +284,7 @@ def _shards(index: Path) -> list[Path]:
     return files
 
 
-def _load_folder(root: Path, override: ModelConfig | None) -> LoadedModel:
+def _load_folder(root: Path, override: ModelConfig | None, networks: tuple[str, ...] = NETWORKS) -> LoadedModel:
     index = root / "model_index.json"
     defaults = GenerationDefaults()
     if index.is_file():
@@ -319,11 +327,12 @@ def _load_folder(root: Path, override: ModelConfig | None) -> LoadedModel:
             log.debug("%s: ignoring non-parameter tensors %s", folder, ", ".join(dropped))
         where = str(weights[0]) if len(weights) == 1 else f"{folder} ({len(weights)} shards)"
         _check(network, cfg, plan, where)
-        params[network] = _read(network, plan)
         configs[network] = cfg
         files[network] = tuple(weights)
         dtypes[network] = _stored_dtypes(plan)
-        log.info("loaded %s: %d tensors from %s", network, len(plan), where)
+        if network in networks:
+            params[network] = _read(network, plan)
+            log.info("loaded %s: %d tensors from %s", network, len(plan), where)
     if override is not None:
         sched = override.scheduler
     else:
@@ -382,7 +391,7 @@ def model_config_to_dict(cfg: ModelConfig) -> dict[str, Any]:
     return {n: getattr(cfg, n).to_dict() for n in ("text_encoder", "unet", "vae", "scheduler")}
 
 
-def _load_single_file(path: Path, override: ModelConfig | None) -> LoadedModel:
+def _load_single_file(path: Path, override: ModelConfig | None, networks: tuple[str, ...] = NETWORKS) -> LoadedModel:
     sf = SafetensorsFile(path)
     keys = sf.keys()
     _foreign(keys, str(path))
@@ -411,9 +420,10 @@ def _load_single_file(path: Path, override: ModelConfig | None) -> LoadedModel:
     for network in NETWORKS:
         plan = _single_file_plan(network, getattr(cfg, network), sf)
         _check_single(network, getattr(cfg, network), plan, str(path))
-        params[network] = _read(network, plan)
         dtypes[network] = _stored_dtypes(plan)
-        log.info("loaded %s: %d tensors from %s", network, len(plan), path)
+        if network in networks:
+            params[network] = _read(network, plan)
+            log.info("loaded %s: %d tensors from %s", network, len(plan), path)
     return LoadedModel(config=cfg, params=params, tokenizer_dir=None, source=path, layout="single_file",
                        files={n: (path,) for n in NETWORKS}, stored_dtypes=dtypes)
 

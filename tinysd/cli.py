@@ -256,7 +256,7 @@ def generate(prompt, output, model, negative_prompt, steps, cfg, seed, sampler, 
     outputs = [output] if batch == 1 else [output.with_name(f"{output.stem}-{i}{output.suffix}") for i in range(batch)]
     check_output_path(outputs[0])
 
-    pipe = Pipeline.from_pretrained(model, precision=precision)
+    pipe = Pipeline.from_pretrained(model, precision=precision, low_memory=True)  # one generate: each network read when needed, dropped after use
     sampler, steps, cfg = pipe.defaults.resolve(*given)
     run_steps = steps if init_image is None else steps - img2img.start_index(steps, strength)
     width, height = pipe.check_args(prompt=prompt, negative_prompt=negative_prompt, steps=steps, guidance_scale=cfg,
@@ -324,9 +324,15 @@ cli.add_command(_golden_compare)
               help="AdaRound: Adam steps per layer.  [default: 1000]")
 @click.option("--adaround-samples", type=int, default=None,
               help="AdaRound: input columns sampled per layer.  [default: 2048]")
+@click.option("--adaround-inputs", type=click.Choice(["float", "quantized"]), default=None,
+              help="AdaRound: each layer's inputs from the float network, or from the network whose earlier "
+                   "layers are already AdaRounded (AIMET's; one replay per layer).  [default: float]")
+@click.option("--adaround-calls", type=int, default=None,
+              help="AdaRound: use at most N of the calibration run's calls per network entry point, evenly "
+                   "spaced (0: all).  [default: 0]")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it is an existing quantized model folder.")
 def quantize(model, output, precision, calibration_prompts, calibration_steps, method, encodings, onnx, sqnr_calls,
-             weights, adaround_iterations, adaround_samples, overwrite):
+             weights, adaround_iterations, adaround_samples, adaround_inputs, adaround_calls, overwrite):
     """Quantize the float checkpoint MODEL into a self-contained integer model folder.
 
     Prints what came from encodings files and what was calibrated, and the SQNR of each network's
@@ -335,9 +341,12 @@ def quantize(model, output, precision, calibration_prompts, calibration_steps, m
     from .quant.adaround import AdaRoundSettings
     from .quant.workflow import quantize_checkpoint
 
-    if weights != "adaround" and (adaround_iterations is not None or adaround_samples is not None):
-        raise TinySDError("--adaround-iterations / --adaround-samples need --weights adaround")
-    knobs = {k: v for k, v in (("iterations", adaround_iterations), ("samples", adaround_samples)) if v is not None}
+    if weights != "adaround" and (adaround_iterations is not None or adaround_samples is not None
+                                  or adaround_inputs is not None or adaround_calls is not None):
+        raise TinySDError("--adaround-iterations / --adaround-samples / --adaround-inputs / --adaround-calls need "
+                          "--weights adaround")
+    knobs = {k: v for k, v in (("iterations", adaround_iterations), ("samples", adaround_samples),
+                               ("inputs", adaround_inputs), ("calls", adaround_calls)) if v is not None}
     summary: dict = {}
     stats = None
     if verbosity(click.get_current_context()):

@@ -10,7 +10,8 @@ The estimate counts the largest tensors of each network call at the requested si
 * VAE decoder (one image at a time): ACTIVATION_COPIES tensors of the largest level
   (channels x height x width) and three (HW, HW) tensors of the mid block's single-head attention
   at the latent size (at most three tiles);
-* each level's convolution also holds an im2col band (at most IM2COL_ELEMENTS) and its product.
+* each level's convolution also holds an im2col band (at most IM2COL_ELEMENTS) and its product
+  (float engine), or work buffers of at most CONV_WORK_BYTES (integer engines, `tinysd.kernels.conv`).
 
 Elements are 4 bytes (float32) for the float engine and 8 for the integer engines (their
 accumulators are int64). The larger of the two networks (plus `param_bytes`, 0 from the pipeline,
@@ -29,6 +30,9 @@ from .errors import TinySDError
 ACTIVATION_COPIES = 12  # float32-sized tensors alive in one op: a group norm keeps float64 temporaries
 IM2COL_ELEMENTS = 1 << 24  # the float engine's im2col band (tinysd.interp.float._IM2COL_BUDGET)
 ATTENTION_TILE_ELEMENTS = 1 << 25  # larger attention scores are computed in query tiles (interpreters' `attention`)
+# the integer engines' tile in a low-memory pipeline (tinysd.offload): SD 1.5 512 x 512 UNet, 256 query rows
+LOW_MEMORY_ATTENTION_TILE_ELEMENTS = 1 << 24
+CONV_WORK_BYTES = 64 << 20  # integer conv2d's work buffers (im2col band, padded copy, products): tinysd.kernels.conv
 GiB = 1 << 30
 
 
@@ -48,6 +52,15 @@ def _attention_tile(bh: int, t: int, s: int) -> int:
     return bh * s * min(t, max(1, ATTENTION_TILE_ELEMENTS // (bh * s)))
 
 
+def _conv_elements(elements: int, itemsize: int) -> int:
+    """Elements (of `itemsize` bytes) a convolution with `elements` im2col entries holds besides its
+    input and output: the float engine's band and its product (IM2COL_ELEMENTS each at most), or
+    the integer engines' work buffers (CONV_WORK_BYTES at most)."""
+    if itemsize == 4:
+        return 2 * min(elements, IM2COL_ELEMENTS)
+    return min(2 * elements, CONV_WORK_BYTES // itemsize)
+
+
 def estimate_generation_bytes(config, width: int, height: int, batch: int, itemsize: int = 4) -> dict[str, int]:
     """{"unet": bytes, "vae": bytes} of working memory for `batch` images of width x height (see module docstring)."""
     u, v = config.unet, config.vae
@@ -59,7 +72,7 @@ def estimate_generation_bytes(config, width: int, height: int, batch: int, items
     for i, c in enumerate(u.block_out_channels):
         n = math.ceil(h / 2**i) * math.ceil(w / 2**i)  # positions at level i
         skips += (layers[i] + 1) * c * n
-        work = max(work, ACTIVATION_COPIES * 2 * c * n + 2 * min(9 * 2 * c * n, IM2COL_ELEMENTS))
+        work = max(work, ACTIVATION_COPIES * 2 * c * n + _conv_elements(9 * 2 * c * n, itemsize))
         if i in attention:  # scores, probabilities, one temporary: of one tile of query rows (all of them if small)
             attn = max(attn, 3 * _attention_tile(2 * batch * u.heads(i), n, n))
     unet = (2 * batch * (skips + work) + attn) * itemsize
@@ -67,7 +80,7 @@ def estimate_generation_bytes(config, width: int, height: int, batch: int, items
     for j, c in enumerate(v.block_out_channels):
         n = math.ceil(height / 2**j) * math.ceil(width / 2**j)
         c_in = v.block_out_channels[min(j + 1, len(v.block_out_channels) - 1)]  # the upsampler's conv reads the wider level
-        vae_work = max(vae_work, ACTIVATION_COPIES * c_in * n + 2 * min(9 * c_in * n, IM2COL_ELEMENTS))
+        vae_work = max(vae_work, ACTIVATION_COPIES * c_in * n + _conv_elements(9 * c_in * n, itemsize))
     vae_attn = 3 * _attention_tile(1, h * w, h * w) if v.mid_block_add_attention else 0
     vae = (vae_work + vae_attn) * itemsize
     return {"unet": unet, "vae": vae}

@@ -27,6 +27,11 @@ is the unconditional text.
 Precisions: `Pipeline.from_pretrained(path, precision=...)` builds the three
 networks with the engine registered for that precision (`register_precision`).
 "fp32" is the float32 NumPy engine; the quantized engine registers its own.
+
+Low memory: `Pipeline.from_pretrained(path, low_memory=True)` (what `tinysd generate` uses) reads each
+network's weights when it is first needed and drops them after use (`tinysd.offload`): the text encoder
+before the sampler loop, the UNet before the VAE decoder, the VAE after decoding; the images are the
+same. For fp32 and quantized folders; a float model quantized on the fly is loaded whole.
 """
 from __future__ import annotations
 
@@ -45,6 +50,7 @@ from .config import ModelConfig
 from .defaults import GenerationDefaults
 from .errors import TinySDError
 from .memory import check_generation_memory
+from .offload import LazyNetwork, release
 from .paths import DEFAULT_MODEL_DIR, TOKENIZER_DIR
 from .png import GenerationParams, file_sha256_prefix
 from .nn.unet import guidance_embedding
@@ -83,6 +89,30 @@ def _fp32_engine(loaded, **options):
 
 
 register_precision("fp32", _fp32_engine)
+
+
+def _load_fp32_network(path: Path, config: ModelConfig, network: str):
+    """One float32 network of the checkpoint at `path` (low memory: only its weights are read)."""
+    from .checkpoint import load_checkpoint
+    from .models import VAE, TextEncoder, UNet
+
+    cls = {"text_encoder": TextEncoder, "unet": UNet, "vae": VAE}[network]
+    loaded = load_checkpoint(path, config=config, networks=(network,))
+    return cls.from_params(getattr(config, network), loaded.params[network])
+
+
+def _load_integer_network(path: Path, precision: str | None, network: str, cache_weights: bool):
+    """One integer network of the quantized folder at `path` (low memory: only its arrays are read)."""
+    from .quant.engine import build_integer_network
+    from .quant.folder import load_quantized
+
+    from .memory import LOW_MEMORY_ATTENTION_TILE_ELEMENTS
+
+    net = build_integer_network(load_quantized(path, precision=precision, networks=(network,)), network,
+                                cache_weights=cache_weights)
+    # smaller attention tiles: the same integers (rows are independent), less working memory
+    net.interp.attention_tile_elements = min(net.interp.attention_tile_elements, LOW_MEMORY_ATTENTION_TILE_ELEMENTS)
+    return net
 
 
 def _register_builtin() -> None:
@@ -185,6 +215,14 @@ def _float_warnings_off(fn):
     return wrapper
 
 
+def _ready(net, name: str, stats) -> None:
+    """Read a low-memory pipeline's network now (timed as "load {name}"), so that its calls' time and peak
+    memory are the calls' own."""
+    if isinstance(net, LazyNetwork) and not net.loaded:
+        with stats.measure(f"load {name}"):
+            net.network()
+
+
 @dataclass
 class GenerationResult:
     """images: PIL images; params: what made each (its seed is seed + i); latents: final float64 latents (B, C, h, w), unscaled."""
@@ -200,6 +238,7 @@ class Pipeline:
     def __init__(self, tokenizer, text_encoder, unet, vae, config: ModelConfig, *, model_name: str = "model",
                  source: Path | None = None, layout: str | None = None, precision: str = "fp32",
                  defaults: GenerationDefaults | None = None):
+        # a network may be a tinysd.offload.LazyNetwork (low_memory): read when first used, dropped after use
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
         self.unet = unet
@@ -216,13 +255,16 @@ class Pipeline:
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, precision: str | None = None,
-                        **engine_options) -> "Pipeline":
+                        low_memory: bool = False, **engine_options) -> "Pipeline":
         """Load a diffusers folder, a single SD 1.x .safetensors file or a quantized model folder
         (None: the shipped default model).
 
         precision: the engine building the networks (`precisions()`). None means "fp32" for a float
         checkpoint (which "w8a8"/"w8a16" quantize on the fly) and the folder's own precision for a
         quantized folder written by `tinysd quantize`, which runs only at that precision.
+        low_memory: every file is checked now, but each network's weights are read only when it is first
+        used, and `generate` drops each network after its last use (module docstring); fp32 and
+        quantized folders only (ignored, with a log line, when quantizing on the fly).
         """
         from .checkpoint import load_checkpoint
         from .quant.folder import is_quantized_folder
@@ -232,24 +274,33 @@ class Pipeline:
             engine_for(precision)  # an unknown precision fails before any file is read
         path = default_model_path() if path is None else Path(path)
         if is_quantized_folder(path):
-            return cls._from_quantized(path, precision, **engine_options)
+            return cls._from_quantized(path, precision, low_memory=low_memory, **engine_options)
         precision = precision or "fp32"
         factory = engine_for(precision)
         if "," in precision:
             from .quant.model import canonical_precision
 
             precision = canonical_precision(precision)
+        if low_memory and precision != "fp32":
+            log.info("low memory: not available when quantizing a float model on the fly; loading it whole")
+            low_memory = False
         t0 = time.perf_counter()
-        loaded = load_checkpoint(path)
+        loaded = load_checkpoint(path, networks=() if low_memory else ("text_encoder", "unet", "vae"))
         tokenizer = CLIPTokenizer.from_dir(loaded.tokenizer_dir or TOKENIZER_DIR)
-        text_encoder, unet, vae = factory(loaded, **engine_options)
+        if low_memory:
+            if engine_options:
+                _fp32_engine(loaded, **engine_options)  # refuses them, naming them
+            text_encoder, unet, vae = (LazyNetwork(n, functools.partial(_load_fp32_network, path, loaded.config, n))
+                                       for n in ("text_encoder", "unet", "vae"))
+        else:
+            text_encoder, unet, vae = factory(loaded, **engine_options)
         log.info("loaded %s (%s, %s) in %.1f s", path, loaded.layout, precision, time.perf_counter() - t0)
         name = path.stem if path.is_file() else path.resolve().name
         return cls(tokenizer, text_encoder, unet, vae, loaded.config, model_name=name, source=path,
                    layout=loaded.layout, precision=precision, defaults=loaded.defaults)
 
     @classmethod
-    def _from_quantized(cls, path: Path, precision: str | None, cache_weights: bool = False,
+    def _from_quantized(cls, path: Path, precision: str | None, cache_weights: bool = False, low_memory: bool = False,
                         **engine_options) -> "Pipeline":
         """A pipeline running the integer networks of a quantized folder (tinysd.quant.folder).
 
@@ -264,9 +315,14 @@ class Pipeline:
             raise TinySDError(f"{path}: a quantized model takes only the engine option cache_weights "
                               f"(got {', '.join(sorted(engine_options))})")
         t0 = time.perf_counter()
-        qmodel = load_quantized(path, precision=precision)
+        qmodel = load_quantized(path, precision=precision, networks=() if low_memory else ("text_encoder", "unet", "vae"))
         tokenizer = CLIPTokenizer.from_dir(path / TOKENIZER_SUBDIR)
-        text_encoder, unet, vae = build_integer_networks(qmodel, cache_weights=bool(cache_weights))
+        if low_memory:
+            text_encoder, unet, vae = (
+                LazyNetwork(n, functools.partial(_load_integer_network, path, precision, n, bool(cache_weights)))
+                for n in ("text_encoder", "unet", "vae"))
+        else:
+            text_encoder, unet, vae = build_integer_networks(qmodel, cache_weights=bool(cache_weights))
         log.info("loaded %s (quantized, %s) in %.1f s", path, qmodel.precision, time.perf_counter() - t0)
         defaults = GenerationDefaults.from_index({"tinysd_defaults": qmodel.info.get("generation_defaults")},
                                                  f"{path}/quantization.json info")
@@ -390,8 +446,10 @@ class Pipeline:
         # 1. text features: negative and positive prompt in one text encoder call
         stats = NO_STATS if self.stats is None else self.stats
         t0 = time.perf_counter()
+        _ready(self.text_encoder, "text_encoder", stats)
         with stats.measure("text_encoder"):
             ctx = self.encode_prompt([negative_prompt, prompt], clip_skip)  # (2, 77, D)
+        release(self.text_encoder)  # low memory: not needed again
         ctx = _finite(ctx, "the text encoder output")
         ctx_neg, ctx_pos = ctx[:1], ctx[1:]
         if do_cfg:
@@ -408,9 +466,11 @@ class Pipeline:
         else:
             i0 = img2img.start_index(int(steps), float(strength))
             latents = self._img2img_latents(init_image, width, height, noise, shape, sched, i0)
+            release(self.vae)  # low memory: read again for decoding, after the UNet is dropped
 
         # 3. sampler loop (img2img: from step i0)
         t0 = time.perf_counter()
+        _ready(self.unet, "unet", stats)
         for i in range(i0, len(sched.timesteps)):
             t = sched.timesteps[i]
             x = sched.scale_model_input(latents, i).astype(np.float32)  # (B, C, h, w)
@@ -429,8 +489,10 @@ class Pipeline:
             if callback is not None:
                 callback(i + 1 - i0, int(steps) - i0)
         log.info("sampling: %d steps in %.2f s", int(steps) - i0, time.perf_counter() - t0)
+        release(self.unet)  # low memory: before the VAE is read
 
         # 4. decode, one image at a time
+        _ready(self.vae, "vae", stats)
         t0 = time.perf_counter()
         z = (latents / self.vae.scaling_factor).astype(np.float32)
         images = []
@@ -439,6 +501,7 @@ class Pipeline:
                 dec = self.vae.decode(z[b : b + 1])  # (1, 3, H, W)
             images += latents_to_images(_finite(np.asarray(dec), "the VAE decoder output"))
         log.info("vae decoder: %.2f s", time.perf_counter() - t0)
+        release(self.vae)
 
         base = dict(prompt=prompt, negative_prompt=negative_prompt, steps=int(steps), sampler=sampler, karras=bool(karras),
                     cfg_scale=g, width=width, height=height, model_name=self.model_name, model_hash=self.model_hash,

@@ -119,6 +119,8 @@ def main(argv=None) -> None:
     ap.add_argument("--every", type=int, default=4, help="every N-th calibration UNet call is AdaRound's data")
     ap.add_argument("--iterations", type=int, default=1000)
     ap.add_argument("--samples", type=int, default=2048)
+    ap.add_argument("--inputs", choices=("float", "quantized"), default="float",
+                    help="tinysd AdaRound's layer inputs (AdaRoundSettings.inputs)")
     ap.add_argument("--aimet-iterations", type=int, default=None, help="default: --iterations")
     ap.add_argument("--aimet-lr", type=float, default=None, help="Adam lr of AIMET's AdaRound (default: its own, 1e-3)")
     ap.add_argument("--aimet-python", default="/work/venvs/aimet-torch/bin/python")
@@ -151,7 +153,7 @@ def main(argv=None) -> None:
     from tinysd.safetensors_io import SafetensorsFile
 
     work = args.work
-    st = ar.AdaRoundSettings(iterations=args.iterations, samples=args.samples).check()
+    st = ar.AdaRoundSettings(iterations=args.iterations, samples=args.samples, inputs=args.inputs).check()
     loaded = load_checkpoint(args.model)
     t0 = time.perf_counter()
     calls: list = []
@@ -187,7 +189,8 @@ def main(argv=None) -> None:
         print(f"aimet stage started (pid {aimet.pid}, log {adir.parent / (adir.name + '.log')})", flush=True)
 
     params = loaded.params["unet"]
-    qfile = work / f"tinysd_q-it{args.iterations}-s{args.samples}.npz"
+    variant = f"-it{args.iterations}-s{args.samples}" + ("" if args.inputs == "float" else f"-{args.inputs}")
+    qfile = work / f"tinysd_q{variant}.npz"
     if qfile.exists():
         z = np.load(qfile)
         tinysd_seconds = float(z["__seconds__"])
@@ -195,8 +198,11 @@ def main(argv=None) -> None:
                    for k in z.files if k != "__seconds__"}
     else:
         t0 = time.perf_counter()
-        inputs = ar.sample_layer_inputs(loaded, fit, "unet", st)
-        codes_t, stats = ar.adaround_network(params, inputs, "unet", st)
+        if args.inputs == "quantized":
+            codes_t, stats = ar.adaround_network_sequential(loaded, fit, "unet", st)
+        else:
+            inputs = ar.sample_layer_inputs(loaded, fit, "unet", st)
+            codes_t, stats = ar.adaround_network(params, inputs, "unet", st)
         tinysd_seconds = time.perf_counter() - t0
         np.savez(qfile, __seconds__=np.float64(tinysd_seconds), **{k: q for k, (q, _) in codes_t.items()})
     print(f"tinysd AdaRound: {len(codes_t)} layers, {tinysd_seconds:.0f} s (incl. the float replay)", flush=True)
@@ -247,6 +253,7 @@ def main(argv=None) -> None:
                 "nearest on AIMET's encodings": codes_an}
     results = {"settings": {"model": str(args.model), "fitting_calls": len(fit), "held_out_calls": len(held),
                             "every": args.every, "iterations": args.iterations, "tinysd_samples": args.samples,
+                            "tinysd_inputs": args.inputs,
                             "aimet_iterations": args.aimet_iterations, "aimet_lr": args.aimet_lr or 1e-3},
                "seconds": {"tinysd": tinysd_seconds, "aimet": ainfo["seconds"]}, "aimet": ainfo,
                "max_relative_scale_difference": scale_diff, "aimet_soft_fraction": soft / total,
@@ -276,7 +283,7 @@ def main(argv=None) -> None:
             results["sqnr_db"][f"{prec} {label}"] = sq
             print(f"{prec} {label}: UNet SQNR {sq:.2f} dB", flush=True)
     print(json.dumps(results, indent=1), flush=True)
-    adir.with_name(adir.name + "-results.json").write_text(json.dumps(results, indent=1) + "\n")
+    adir.with_name(adir.name + f"-tinysd{variant}-results.json").write_text(json.dumps(results, indent=1) + "\n")
 
 
 if __name__ == "__main__":

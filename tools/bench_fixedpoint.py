@@ -8,7 +8,9 @@ accumulator (`linear_accumulator`) and the full op with the requantize epilogue 
 for every method of `plan_linear`: "i16" (int16 SIMD, vpdpwssd), "split" (float32 BLAS; hi/lo
 byte planes for uint16) and, for uint16, "f64" (float64 BLAS). The method each dtype uses by
 default is marked with *. Ratios are exact-time / float32-time (best of --repeat runs, all
-variants of a shape timed in alternation). Then requantize throughput (NumPy API and
+variants of a shape timed in alternation). Then the W8A8 attention products (uint8 x uint8
+`matmul`, requantized, one query tile of 512 rows of SD 1.5's 64x64 level: scores and context)
+for the "i16" and "split" plans against float32 `a @ b`; requantize throughput (NumPy API and
 the Numba kernel) and, if `tinysd.kernels.softmax` exists, softmax throughput.
 """
 from __future__ import annotations
@@ -28,9 +30,11 @@ os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(tempfile.gettempdir(), "ti
 import numpy as np  # noqa: E402
 
 from tinysd.fixedpoint import quantize_multiplier, requantize  # noqa: E402
-from tinysd.kernels import gemm, linear, linear_accumulator, prepare_weight, requantize_tensor  # noqa: E402
+from tinysd.kernels import gemm, linear, linear_accumulator, matmul, prepare_weight, requantize_tensor  # noqa: E402
 
 SHAPES = [(4096, 320, 320), (4096, 1280, 320), (1024, 640, 5760), (64, 1280, 11520)]
+#: (batch x heads, M, K, N) of the attention products at SD 1.5's 64x64 level, one 512-row query tile
+ATTENTION = {"scores": (16, 512, 40, 4096), "context": (16, 512, 4096, 40)}
 
 
 def best_time(fn, repeat):
@@ -97,6 +101,21 @@ def bench_gemm(shapes, repeat, rng):
               + " ".join(f"{t[key] / t_f32:14.2f}" for key, *_ in COLUMNS))
 
 
+def bench_attention(repeat, rng):
+    print(f"{'W8A8 attention':>34} {'f32 ms':>8} | {'i16*' if gemm.A8_METHOD == 'i16' else 'i16':>8} "
+          f"{'split*' if gemm.A8_METHOD != 'i16' else 'split':>8}   (ratios to f32)")
+    for name, (bt, m, k, n) in ATTENTION.items():
+        a = rng.integers(0, 256, (bt, m, k)).astype(np.uint8)
+        b = rng.integers(0, 256, (bt, k, n)).astype(np.uint8)
+        af, bf = a.astype(np.float32), b.astype(np.float32)
+        fns = {"f32": lambda: af @ bf}
+        for method in ("i16", "split"):
+            fns[method] = lambda meth=method: matmul(a, 3, b, 7, 2**30, -12, 5, 0, 255, 0, method=meth)
+        t = best_times_interleaved(fns, repeat)
+        print(f"{name:>8} ({bt}, {m:>4}, {k:>4}) x ({k:>4}, {n:>4}) {t['f32'] * 1e3:8.1f} | "
+              f"{t['i16'] / t['f32']:8.2f} {t['split'] / t['f32']:8.2f}")
+
+
 def bench_requantize(repeat, rng):
     size = 4_000_000
     acc = rng.integers(-2**24, 2**24, size).astype(np.int32)
@@ -133,11 +152,13 @@ def main():
     import numba
 
     print(f"numpy {np.__version__}, numba {numba.__version__}, threads {numba.get_num_threads()}, "
-          f"cpus {os.cpu_count()}")
+          f"cpus {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}")
     if not args.skip_gemm:
         bench_gemm(shapes, args.repeat, rng)
+        bench_attention(args.repeat, rng)
     bench_requantize(args.repeat, rng)
     bench_softmax(args.repeat, rng)
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

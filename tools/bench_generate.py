@@ -1,9 +1,10 @@
-"""The whole text-to-image job at SD 1.5 size: tinysd fp32 / w8a16 / w8a8 against diffusers fp32, one run.
+"""The whole text-to-image job at SD 1.5 size: tinysd fp32 / w8a16 / w8a8 against diffusers fp32 and ONNX Runtime.
 
-    python3 tools/bench_generate.py [--gen-steps 20] [--size 512] [--only fp32,w8a16,w8a8,diffusers]
-                                    [--rounds 1] [--calib-size 256] [--json FILE] [--work DIR]
+    python3 tools/bench_generate.py [--gen-steps 20] [--size 512] [--only fp32,w8a16,w8a8,diffusers,ort-fp32,ort-int8]
+                                    [--rounds 1] [--calib-size 256] [--threads 2] [--json FILE] [--work DIR]
 
-A script, not a test (dev-only: needs torch, diffusers, transformers). No download: a random-weight model
+A script, not a test (dev-only: needs torch, diffusers, transformers; onnx and onnxruntime for the ort-*
+variants). No download: a random-weight model
 with SD 1.5's configuration (UNet 859M weights, VAE 84M, CLIP ViT-L/14 text encoder 123M) is built with
 diffusers / transformers' own initialisation (fixed seed) and saved as a diffusers folder, which both tinysd
 and diffusers load. The integer variants are quantized from it by tinysd (`calibrate_model` with one prompt
@@ -20,12 +21,30 @@ phase: tinysd.runstats; so a phase's peak includes every loaded weight):
 * vae_decode: one 512 x 512 decode (latent 1 x 4 x 64 x 64);
 * generate: the full job, `--gen-steps` Euler steps, CFG 7.5, one 512 x 512 image (text encoder, steps x UNet,
   decode); with fewer than 20 steps the 20-step time is extrapolated as
-  generate + (20 - steps) x unet and marked so.
+  generate + (20 - steps) x unet and marked so. tinysd runs it as `tinysd generate` does, on a fresh
+  `Pipeline.from_pretrained(path, low_memory=True)` (each network read when first needed, dropped after its
+  last use), after the eager pipeline of the other phases is dropped; its per-network peaks (and the reads,
+  "load NET") are reported under `generate_networks`, and the process's RSS when it starts under
+  `generate_rss_before_mb`.
+
+--generate-only skips the text encoder, UNet and VAE phases (and tinysd's eager load).
 
 Variants `fp32-untiled`, `w8a16-untiled`, `w8a8-untiled` run tinysd with attention query tiles off (the
 engine before them), to show what the tiles save.
 
-ONNX Runtime and stable-diffusion.cpp are not run by this script (see docs/performance.md).
+ONNX Runtime (`ort-fp32`, `ort-int8`): the same diffusers networks exported once with `torch.onnx.export`
+(TorchScript exporter, opset 17, static shapes: text encoder (2, 77) ids, UNet batch 2 at the latent size,
+VAE decoder (1, 4, h, w); external data for the UNet's 3.4 GB) into WORK/onnx-fp32, and
+`onnxruntime.quantization.quantize_dynamic` of each (int8 weights, QInt8, the tool's default op types) into
+WORK/onnx-int8. Sessions use intra_op_num_threads = --threads, one inter-op thread, all graph optimisations.
+The ORT generate is the same job driven from NumPy: tinysd's tokenizer and Euler scheduler (diffusers'
+EulerDiscreteScheduler, same config), CFG 7.5, the three sessions.
+
+stable-diffusion.cpp is not run: PyPI's stable-diffusion-cpp-python has no binary wheel (source only,
+a CMake build of ggml) and needs its own checkpoint conversion; see docs/performance.md section 2b.
+
+Torch (diffusers) runs with --threads threads (torch.set_num_threads); tinysd's NumPy / numba engine with
+NUMBA_NUM_THREADS / OMP_NUM_THREADS / OPENBLAS_NUM_THREADS = --threads, set in each child's environment.
 """
 from __future__ import annotations
 
@@ -49,27 +68,43 @@ SEED = 20240601
 PROMPT = "a photograph of an astronaut riding a horse"
 T = 500
 TINYSD = ("fp32", "w8a16", "w8a8")
-ALL = TINYSD + ("diffusers",) + tuple(f"{v}-untiled" for v in TINYSD)
+ORT = ("ort-fp32", "ort-int8")
+ALL = TINYSD + ("diffusers",) + ORT + tuple(f"{v}-untiled" for v in TINYSD)
+OPSET = 17
+# ONNX networks: input names, output names
+ONNX_IO = {
+    "text_encoder": (["input_ids"], ["last_hidden_state"]),
+    "unet": (["sample", "timestep", "encoder_hidden_states"], ["out_sample"]),
+    "vae_decoder": (["latent"], ["image"]),
+}
 PHASES = ("load", "text_encoder", "unet", "vae_decode", "generate")
 
 
 # ---------------------------------------------------------------------------------------------
 # prepare: the random SD 1.5 folder and its quantized folders
 # ---------------------------------------------------------------------------------------------
-def make_model(folder: Path) -> None:
-    """A diffusers folder with SD 1.5's configuration and random weights (seeded)."""
+def make_model(folder: Path, tiny: bool = False) -> None:
+    """A diffusers folder with SD 1.5's configuration and random weights (seeded); tiny: a small model of the
+    same structure (two UNet levels, 32-channel VAE, 2-layer text encoder), for a quick trial of the script."""
     import torch
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(SEED)
-    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)  # SD 1.5's defaults
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, sample_size=512,
-                        block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+    d = 64 if tiny else 768  # text width = UNet cross-attention width
+    if tiny:
+        unet = UNet2DConditionModel(sample_size=8, block_out_channels=(32, 64), layers_per_block=1,
+                                    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=d,
+                                    attention_head_dim=8)
+    else:
+        unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=d, attention_head_dim=8)  # SD 1.5's defaults
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, sample_size=64 if tiny else 512,
+                        block_out_channels=(32,) * 4 if tiny else (128, 256, 512, 512), layers_per_block=1 if tiny else 2,
                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
-    te = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                      num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
-                                      projection_dim=768))
+    te = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=d, intermediate_size=4 * d,
+                                      num_hidden_layers=2 if tiny else 12, num_attention_heads=2 if tiny else 12,
+                                      max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=d))
     tok_dir = ROOT / "weights" / "tokenizer"
     tok = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=77)
     sched = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
@@ -90,7 +125,7 @@ def run_prepare(args) -> dict:
     out = {}
     t0 = time.perf_counter()
     if not (work / "sd15" / "model_index.json").is_file():
-        make_model(work / "sd15")
+        make_model(work / "sd15", tiny=args.tiny)
     out["make_model_s"] = time.perf_counter() - t0
     loaded = load_checkpoint(work / "sd15")
     t0 = time.perf_counter()
@@ -101,6 +136,126 @@ def run_prepare(args) -> dict:
         save_quantized(quantize_model(loaded, p, ranges), work / p)
         out[f"quantize_{p}_s"] = time.perf_counter() - t0
     return out
+
+
+def _torch_modules(folder: Path):
+    """{network: torch module, eval, float32} of the diffusers folder, with the ONNX_IO calling conventions."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    class UNetCall(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, sample, timestep, encoder_hidden_states):
+            return self.m(sample, timestep, encoder_hidden_states, return_dict=False)[0]
+
+    class Decoder(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, latent):
+            return self.m.decode(latent, return_dict=False)[0]
+
+    class TextEncoder(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids):
+            return self.m(input_ids, return_dict=False)[0]
+
+    return {
+        "text_encoder": lambda: TextEncoder(CLIPTextModel.from_pretrained(folder / "text_encoder")).eval(),
+        "unet": lambda: UNetCall(UNet2DConditionModel.from_pretrained(folder / "unet")).eval(),
+        "vae_decoder": lambda: Decoder(AutoencoderKL.from_pretrained(folder / "vae")).eval(),
+    }
+
+
+def _onnx_inputs(net: str, size: int, width: int = 768):
+    """Example inputs (NumPy) of one exported network, at the benchmark's shapes (width: the text features')."""
+    h = size // 8
+    rng = np.random.default_rng(SEED + 2)
+    if net == "text_encoder":
+        return (np.zeros((2, 77), np.int64),)
+    if net == "unet":
+        return (rng.standard_normal((2, 4, h, h), dtype=np.float32), np.array([T], np.float32),
+                rng.standard_normal((2, 77, width), dtype=np.float32))
+    return (rng.standard_normal((1, 4, h, h), dtype=np.float32),)
+
+
+def run_prepare_onnx(args) -> dict:
+    """WORK/onnx-fp32/{net}/model.onnx (one external-data file each) and WORK/onnx-int8 (quantize_dynamic)."""
+    import onnx
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    work = Path(args.work)
+    width = json.loads((work / "sd15" / "unet" / "config.json").read_text())["cross_attention_dim"]
+    out = {}
+    for net, make in _torch_modules(work / "sd15").items():
+        dst = work / "onnx-fp32" / net / "model.onnx"
+        if not dst.is_file():
+            t0 = time.perf_counter()
+            tmp = work / "onnx-export-tmp" / net
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            module = make()
+            ins, outs = ONNX_IO[net]
+            with torch.no_grad():
+                torch.onnx.export(module, tuple(torch.from_numpy(a) for a in _onnx_inputs(net, args.size, width)),
+                                  str(tmp / "model.onnx"), dynamo=False, opset_version=OPSET, input_names=ins,
+                                  output_names=outs, do_constant_folding=True)
+            del module
+            model = onnx.load(str(tmp / "model.onnx"))  # external tensors (one file each for > 2 GB) loaded
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            onnx.save_model(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location="model.onnx.data", size_threshold=1024)
+            del model
+            shutil.rmtree(tmp)
+            out[f"export_{net}_s"] = time.perf_counter() - t0
+        qdst = work / "onnx-int8" / net / "model.onnx"
+        if not qdst.is_file():
+            t0 = time.perf_counter()
+            qdst.parent.mkdir(parents=True, exist_ok=True)
+            quantize_dynamic(str(dst), str(qdst), weight_type=QuantType.QInt8, use_external_data_format=True)
+            out[f"quantize_dynamic_{net}_s"] = time.perf_counter() - t0
+    shutil.rmtree(work / "onnx-export-tmp", ignore_errors=True)
+    return out
+
+
+def _ort_sessions(folder: Path, threads: int) -> dict:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return {net: ort.InferenceSession(str(folder / net / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+            for net in ONNX_IO}
+
+
+def _ort_generate(sess: dict, tokenizer, sched_cfg, steps: int, size: int, guidance: float = 7.5):
+    """One image with ONNX Runtime sessions: text encoder, `steps` Euler steps with CFG, VAE decode."""
+    from tinysd.schedulers import NoiseSource, make_scheduler
+
+    def run(net, *arrays):
+        return sess[net].run(None, dict(zip(ONNX_IO[net][0], arrays)))[0]
+
+    sched = make_scheduler("euler", sched_cfg)
+    sched.set_timesteps(steps)
+    ctx = run("text_encoder", tokenizer(["", PROMPT]))  # (2, 77, 768)
+    noise = NoiseSource(0, 1)
+    latents = noise.randn((4, size // 8, size // 8)) * sched.init_noise_sigma  # (1, 4, h, w) float64
+    for i, t in enumerate(sched.timesteps):
+        x = sched.scale_model_input(latents, i).astype(np.float32)
+        eps = run("unet", np.concatenate([x, x]), np.array([t], np.float32), ctx).astype(np.float64)
+        eps = eps[:1] + guidance * (eps[1:] - eps[:1])
+        latents = sched.step(eps, i, latents).prev_sample
+    return run("vae_decoder", (latents / 0.18215).astype(np.float32))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,6 +269,12 @@ def _inputs(size):
     return sample, latent
 
 
+def _rss_bytes() -> int:
+    """The process's resident set now (VmRSS), bytes."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+
 def run_variant(args) -> dict:
     from tinysd.runstats import NetworkStats
 
@@ -124,22 +285,50 @@ def run_variant(args) -> dict:
         import torch
         from diffusers import StableDiffusionPipeline
 
+        torch.set_num_threads(args.threads)
         with stats.measure("load"):
             pipe = StableDiffusionPipeline.from_pretrained(work / "sd15", safety_checker=None,
                                                            requires_safety_checker=False)
         pipe.tokenizer.model_max_length = 77  # folders saved before the tokenizer was given its length
         ids = pipe.tokenizer(["", PROMPT], padding="max_length", max_length=77, return_tensors="pt").input_ids
         with torch.inference_mode():
-            with stats.measure("text_encoder"):
-                ctx = pipe.text_encoder(ids)[0]
-            with stats.measure("unet"):
-                pipe.unet(torch.from_numpy(sample), torch.tensor(T), encoder_hidden_states=ctx)
-            with stats.measure("vae_decode"):
-                pipe.vae.decode(torch.from_numpy(latent))
+            if not args.generate_only:
+                with stats.measure("text_encoder"):
+                    ctx = pipe.text_encoder(ids)[0]
+                with stats.measure("unet"):
+                    pipe.unet(torch.from_numpy(sample), torch.tensor(T), encoder_hidden_states=ctx)
+                with stats.measure("vae_decode"):
+                    pipe.vae.decode(torch.from_numpy(latent))
             with stats.measure("generate"):
                 pipe(PROMPT, num_inference_steps=args.gen_steps, guidance_scale=7.5, height=args.size,
                      width=args.size, generator=torch.Generator().manual_seed(0), output_type="np")
         extra = {"torch_threads": torch.get_num_threads()}
+    elif v in ORT:
+        import onnxruntime as ort
+
+        from tinysd.config import SchedulerConfig
+        from tinysd.tokenizer import CLIPTokenizer
+
+        folder = work / ("onnx-fp32" if v == "ort-fp32" else "onnx-int8")
+        tokenizer = CLIPTokenizer.from_dir(work / "sd15" / "tokenizer")
+        sched_cfg = SchedulerConfig.from_json(work / "sd15" / "scheduler" / "scheduler_config.json")
+        with stats.measure("load"):
+            sess = _ort_sessions(folder, args.threads)
+
+        def run(net, *arrays):
+            return sess[net].run(None, dict(zip(ONNX_IO[net][0], arrays)))[0]
+
+        ids = tokenizer(["", PROMPT])
+        if not args.generate_only:
+            with stats.measure("text_encoder"):
+                ctx = run("text_encoder", ids)
+            with stats.measure("unet"):
+                run("unet", sample, np.array([T], np.float32), ctx)
+            with stats.measure("vae_decode"):
+                run("vae_decoder", latent)
+        with stats.measure("generate"):
+            _ort_generate(sess, tokenizer, sched_cfg, args.gen_steps, args.size)
+        extra = {"onnxruntime": ort.__version__}
     else:
         from tinysd.pipeline import Pipeline
 
@@ -149,19 +338,31 @@ def run_variant(args) -> dict:
 
             tinysd.interp.float.ATTENTION_TILE_ELEMENTS = tinysd.interp.integer.ATTENTION_TILE_ELEMENTS = 1 << 62
             v = v[: -len("-untiled")]
-        with stats.measure("load"):
-            pipe = Pipeline.from_pretrained(work / ("sd15" if v == "fp32" else v))
-        ids = pipe.tokenizer(["", PROMPT])
-        with stats.measure("text_encoder"):
-            ctx = pipe.text_encoder(ids)
-        with stats.measure("unet"):
-            pipe.unet(sample, T, ctx)
-        with stats.measure("vae_decode"):
-            pipe.vae.decode(latent)
+        from tinysd.offload import free_memory
+
+        path = work / ("sd15" if v == "fp32" else v)
+        if not args.generate_only:
+            with stats.measure("load"):  # all three networks, as a library user holding the pipeline
+                pipe = Pipeline.from_pretrained(path)
+            ids = pipe.tokenizer(["", PROMPT])
+            with stats.measure("text_encoder"):
+                ctx = pipe.text_encoder(ids)
+            with stats.measure("unet"):
+                pipe.unet(sample, T, ctx)
+            with stats.measure("vae_decode"):
+                pipe.vae.decode(latent)
+            del pipe, ctx
+            free_memory()
+        # the one-shot job as `tinysd generate` runs it: each network read when needed, dropped after use
+        rss = _rss_bytes()
+        pipe = Pipeline.from_pretrained(path, low_memory=True)
+        pipe.stats = NetworkStats()
         with stats.measure("generate"):
             pipe.generate(PROMPT, steps=args.gen_steps, guidance_scale=7.5, width=args.size, height=args.size,
                           seed=0)
-        extra = {}
+        extra = {"generate_rss_before_mb": rss / 2**20,
+                 "generate_networks": {k: {"calls": e.calls, "s": e.seconds, "peak_mb": e.peak / 2**20}
+                                       for k, e in pipe.stats.entries.items()}}
     res = {k: {"s": e.seconds, "peak_mb": e.peak / 2**20, "exact_peak": e.exact} for k, e in stats.entries.items()}
     return {"phases": res, **extra}
 
@@ -171,9 +372,12 @@ def run_variant(args) -> dict:
 # ---------------------------------------------------------------------------------------------
 def child(variant, args, work) -> dict | None:
     cmd = [sys.executable, __file__, "--child", variant, "--work", str(work), "--size", str(args.size),
-           "--gen-steps", str(args.gen_steps), "--calib-size", str(args.calib_size)]
+           "--gen-steps", str(args.gen_steps), "--calib-size", str(args.calib_size), "--threads", str(args.threads)] + (["--tiny"] if args.tiny else []) + (
+        ["--generate-only"] if args.generate_only else [])
+    env = dict(os.environ, NUMBA_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads),
+               OPENBLAS_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     t0 = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True)
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if p.returncode != 0:
         print(f"{variant}: failed (exit {p.returncode}): {p.stderr.strip().splitlines()[-3:]}", flush=True)
         return None
@@ -185,25 +389,45 @@ def child(variant, args, work) -> dict | None:
 
 
 def table(runs: dict[str, list[dict]], gen_steps: int) -> list[str]:
-    """Best time per phase over rounds, ratio to diffusers, peak RSS (max over rounds)."""
-    best = {v: {ph: min(r["phases"][ph]["s"] for r in rs) for ph in PHASES} for v, rs in runs.items() if rs}
-    peak = {v: {ph: max(r["phases"][ph]["peak_mb"] for r in rs) for ph in PHASES} for v, rs in runs.items() if rs}
-    for v, b in best.items():  # 20-step estimate
-        b["generate20"] = b["generate"] + max(0, 20 - gen_steps) * b["unet"]
-    ref = best.get("diffusers")
+    """Best time per phase over rounds, ratio to diffusers, peak RSS (max over rounds); '-' for phases not run."""
+    nan = float("nan")
+
+    def best(rs, ph, key, pick):
+        vals = [r["phases"][ph][key] for r in rs if ph in r["phases"]]
+        return pick(vals) if vals else nan
+
+    t = {v: {ph: best(rs, ph, "s", min) for ph in PHASES} for v, rs in runs.items() if rs}
+    peak = {v: {ph: best(rs, ph, "peak_mb", max) for ph in PHASES} for v, rs in runs.items() if rs}
+    for v, b in t.items():  # 20-step estimate; the UNet step time from the generate's own calls if not measured apart
+        unet = b["unet"]
+        if unet != unet:
+            calls = [r["generate_networks"]["unet"] for r in runs[v] if "unet" in r.get("generate_networks", {})]
+            unet = min((c["s"] / c["calls"] for c in calls), default=nan)
+        b["generate20"] = b["generate"] + max(0, 20 - gen_steps) * unet if gen_steps < 20 else b["generate"]
+    ref = t.get("diffusers")
     cols = ("text_encoder", "unet", "vae_decode", "generate20")
-    head = ["variant"] + [f"{c} s (x diffusers)" for c in cols] + ["peak RSS MiB: te / unet / vae / generate"]
+    head = ["variant"] + [f"{c} s (x diffusers)" for c in cols] + ["peak RSS MiB: load / te / unet / vae / generate"]
     out = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    for v, b in best.items():
+
+    def num(x, fmt):
+        return "-" if x != x else format(x, fmt)
+
+    for v, b in t.items():
         cells = [v]
         for c in cols:
-            r = f" ({b[c] / ref[c]:.2f}x)" if ref else ""
-            cells.append(f"{b[c]:.2f}{r}")
+            r = f" ({b[c] / ref[c]:.2f}x)" if ref and b[c] == b[c] and ref[c] == ref[c] else ""
+            cells.append(num(b[c], ".2f") + r)
         p = peak[v]
-        cells.append(f"{p['text_encoder']:.0f} / {p['unet']:.0f} / {p['vae_decode']:.0f} / {p['generate']:.0f}")
+        cells.append(" / ".join(num(p[ph], ".0f") for ph in PHASES))
         out.append("| " + " | ".join(cells) + " |")
     if gen_steps < 20:
         out.append(f"(generate20 = measured {gen_steps}-step generate + {20 - gen_steps} x the one-step UNet time)")
+    for v, rs in runs.items():  # tinysd: per-network peaks inside the low-memory generate
+        nets = [r["generate_networks"] for r in rs if "generate_networks" in r]
+        if nets:
+            per = {k: max(n[k]["peak_mb"] for n in nets if k in n) for k in nets[0]}
+            out.append(f"{v} generate, peak RSS per network call (MiB): "
+                       + ", ".join(f"{k} {m:.0f}" for k, m in per.items()))
     return out
 
 
@@ -216,10 +440,15 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=1, help="repeat all variants, order reversed every other round")
     ap.add_argument("--work", type=Path, default=None, help="keep the models in this folder (reused when present)")
     ap.add_argument("--json", type=Path, default=None, help="also write all results to this JSON file")
+    ap.add_argument("--generate-only", action="store_true",
+                    help="skip the text encoder / UNet / VAE phases (tinysd: also the eager load): the job's time and memory")
+    ap.add_argument("--tiny", action="store_true", help="a tiny model of SD 1.5's structure (a quick trial)")
+    ap.add_argument("--threads", type=int, default=2, help="threads of every engine (default 2)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        res = run_prepare(args) if args.child == "prepare" else run_variant(args)
+        prep = {"prepare": run_prepare, "prepare-onnx": run_prepare_onnx}
+        res = prep[args.child](args) if args.child in prep else run_variant(args)
         print(json.dumps(res))
         return
     wanted = [v for v in args.only.split(",") if v]
@@ -239,6 +468,11 @@ def main(argv=None):
             results["prepare"] = child("prepare", args, args.work)
             if results["prepare"] is None:
                 raise SystemExit("prepare failed")
+        if any(v in ORT for v in wanted) and not all((args.work / f / "vae_decoder" / "model.onnx").is_file()
+                                                      for f in ("onnx-fp32", "onnx-int8")):
+            results["prepare_onnx"] = child("prepare-onnx", args, args.work)
+            if results["prepare_onnx"] is None:
+                raise SystemExit("ONNX export failed")
         for r in range(args.rounds):
             for v in (wanted if r % 2 == 0 else wanted[::-1]):
                 res = child(v, args, args.work)

@@ -170,6 +170,8 @@ def main(argv=None):
     ap.add_argument("--weights", nargs="+", default=["nearest"], choices=["nearest", "adaround"])
     ap.add_argument("--adaround-iterations", type=int, default=None)
     ap.add_argument("--adaround-samples", type=int, default=None)
+    ap.add_argument("--adaround-inputs", choices=["float", "quantized"], default=None)
+    ap.add_argument("--adaround-calls", type=int, default=None)
     ap.add_argument("--layers", choices=CALL_KINDS, default=None,
                     help="also print the SQNR of every tensor of this network (module docstring)")
     ap.add_argument("--layer-calls", type=int, default=4, help="recorded calls the --layers table uses")
@@ -202,7 +204,8 @@ def main(argv=None):
         from tinysd.quant.adaround import AdaRoundSettings
         from tinysd.quant.workflow import _adaround
 
-        knobs = {k: v for k, v in (("iterations", args.adaround_iterations), ("samples", args.adaround_samples))
+        knobs = {k: v for k, v in (("iterations", args.adaround_iterations), ("samples", args.adaround_samples),
+                                   ("inputs", args.adaround_inputs), ("calls", args.adaround_calls))
                  if v is not None}
         qloaded, params, info = _adaround(loaded, cal_calls, AdaRoundSettings(**knobs).check(), None)
         rounded["adaround"] = (qloaded, params)

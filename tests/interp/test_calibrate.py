@@ -25,7 +25,11 @@ def tiny():
 
 
 class FloatTap(FloatInterpreter):
-    """FloatInterpreter that keeps every computing op's output by tensor name (one call)."""
+    """FloatInterpreter that keeps every computing op's output by tensor name (one call).
+
+    Attention runs as its three ops, as the calibrating interpreter observes it (not fused)."""
+
+    fuse_attention = False
 
     def __init__(self, params, network):
         super().__init__(params, network)

@@ -4,6 +4,7 @@ import pytest
 
 from tinysd.fixedpoint import accumulator_shift, quantize_multiplier, requantize
 from tinysd.kernels import conv2d, prepare_weight, weight_bound
+from tinysd.kernels.conv import conv_bands
 from tinysd.kernels.reference import conv2d_ref
 
 QMAX = {np.uint8: 255, np.uint16: 65535}
@@ -69,6 +70,67 @@ def test_conv2d_extremes_exact():
     w = np.full((2, 64, 3, 3), -128, np.int8)  # |acc| = 64*9*128*255 > 2**24
     args = (x, 0, w, None, 2**30, -10, 255, 0, 255, 1, 1)
     assert_bit_equal(conv2d(*args), conv2d_ref(*args))
+
+
+@pytest.mark.parametrize("nb, ho, row_bytes, budget", [(1, 7, 10, 1000), (3, 7, 10, 20), (3, 7, 10, 35),
+                                                     (2, 5, 100, 1), (4, 3, 10, 65)])
+def test_conv_bands_cover_every_pixel_once_within_the_budget(nb, ho, row_bytes, budget):
+    seen = np.zeros((nb, ho), int)
+    bands = conv_bands(nb, ho, row_bytes, budget)
+    for n0, n1, y0, y1 in bands:
+        assert n1 == n0 + 1 or (y0, y1) == (0, ho)  # whole images, or rows of one image
+        assert (n1 - n0) * (y1 - y0) * row_bytes <= max(budget, row_bytes)
+        seen[n0:n1, y0:y1] += 1
+    assert (seen == 1).all()
+    assert (len(bands) > 1) == (nb * ho * row_bytes > budget)
+
+
+CONV_BAND_CASES = {  # (C, H, W, OUT, K, stride, padding)
+    "k3_pad1": (5, 13, 9, 19, 3, 1, 1),
+    "k3_stride2_pad0101": (4, 12, 9, 7, 3, 2, (0, 1, 0, 1)),
+    "k3_stride2_pad2": (3, 11, 10, 5, 3, 2, 2),
+    "k1": (6, 7, 5, 9, 1, 1, 0),
+}
+
+
+@pytest.mark.parametrize("method", ["i16", "split", "f64"])
+@pytest.mark.parametrize("xdt", [np.uint8, np.uint16])
+@pytest.mark.parametrize("case", sorted(CONV_BAND_CASES))
+def test_conv2d_in_bands_is_bit_equal(case, xdt, method):
+    """Budgets of one output row, a few rows, one image and two images: the bands (rows of one image with
+    the padding and stride seams, groups of whole images) give the unbanded integers and the reference's."""
+    c, h, w, n_out, k, stride, padding = CONV_BAND_CASES[case]
+    rng = np.random.default_rng(c * 31 + h)
+    x = rng.integers(0, QMAX[xdt] + 1, (3, c, h, w)).astype(xdt)
+    w = rng.integers(-128, 128, (n_out, c, k, k)).astype(np.int8)
+    b = rng.integers(-(10**5), 10**5, n_out).astype(np.int32)
+    acc_shift = accumulator_shift(weight_bound(w, b, xdt))
+    mult, shift = quantize_multiplier(rng.uniform(0.5, 2.0, n_out) * 2.0 ** (acc_shift - 10))
+    args = (x, QMAX[xdt] // 3, prepare_weight(w), b, mult, shift, 3, 0, QMAX[xdt], stride, padding, acc_shift, method)
+    want = conv2d(*args)
+    assert_bit_equal(want, conv2d_ref(x, *args[1:2], w, *args[3:12]))
+    for budget in (1, 3000, 20000, 60000):
+        assert_bit_equal(conv2d(*args, work_bytes=budget), want)
+
+
+def test_conv2d_work_buffers_stay_within_the_bound():
+    """The NumPy allocations of a banded conv2d beyond its output stay under work_bytes (the unbanded
+    one needs several times more: the bound is what limits them)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 65536, (1, 32, 96, 96)).astype(np.uint16)
+    wq = prepare_weight(rng.integers(-128, 128, (32, 32, 3, 3)).astype(np.int8))
+    args = (x, 7, wq, None, 2**30, -12, 0, 0, 65535, 1, 1, 6)
+    budget = 1 << 20
+    peaks = {}
+    for bound in (budget, 1 << 30):
+        conv2d(*args, work_bytes=bound)  # warm up: packed weight, JIT
+        tracemalloc.start()
+        out = conv2d(*args, work_bytes=bound)
+        peaks[bound] = tracemalloc.get_traced_memory()[1] - out.nbytes
+        tracemalloc.stop()
+    assert peaks[budget] <= budget < peaks[1 << 30] / 4, peaks
 
 
 @pytest.mark.parametrize(

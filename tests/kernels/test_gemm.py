@@ -165,6 +165,8 @@ def _check_i16_linear(x, zp, w, b, rng):
         (13, 1021, 70),  # odd K, two blocks, M not a multiple of the 6-row tile, N = 64 + 6
         (6, 2, 200),  # K = 2, N = 3 panels of 64 + one of 8
         (40, 1531, 17),  # four blocks (510, 510, 510, 1), N = 16 + 1
+        (5, 9, 25),  # M < one 6-row tile; AVX2 panels of 16: one full, one 16 wide with 9 valid
+        (11, 33, 24),  # AVX2: a full panel and a one-vector (8-lane) panel; AVX-512: 16 + 8 of 16 lanes
     ],
 )
 def test_linear_i16_edge_shapes_random(xdt, m, k, n):
@@ -324,6 +326,40 @@ def test_matmul_extremes_exact():
     np.testing.assert_array_equal(matmul_accumulator(a, 0, b, 255), want)
 
 
+@pytest.mark.parametrize("method", ["i16", "split"])
+@pytest.mark.parametrize("shape_a, shape_b", [((2, 3, 13, 41), (1, 3, 41, 37)),  # odd K, N = 2 panels + 5, M % 6
+                                              ((1, 5, 8), (8, 70)),  # b without batch dims, K = 8
+                                              ((2, 7, 64), (2, 64, 16))])  # N one full AVX2 panel
+def test_matmul_uint8_plans_match_reference(method, shape_a, shape_b):
+    """uint8 x uint8 (attention in W8A8): the int16 SIMD plan (centred operands, no correction terms)
+    and the float32 offset8 plan, against the reference, zero points at both ends and inside."""
+    rng = np.random.default_rng(len(shape_a) * 100 + shape_b[-1])
+    a = rng.integers(0, 256, shape_a).astype(np.uint8)
+    b = rng.integers(0, 256, shape_b).astype(np.uint8)
+    for a_zp, b_zp in ((0, 255), (255, 0), (37, 200)):
+        want_acc = (a.astype(np.int64) - a_zp) @ (b.astype(np.int64) - b_zp)
+        np.testing.assert_array_equal(matmul_accumulator(a, a_zp, b, b_zp, method=method), want_acc)
+        acc_shift = accumulator_shift(shape_a[-1] * 255 * 255)
+        mult, shift = quantize_multiplier(40 / (want_acc.std() + 1) * 2.0**acc_shift)
+        for out_zp, qmin, qmax in ((100, 0, 255), (0, -(2**31), 2**31 - 1)):
+            args = (a, a_zp, b, b_zp, mult, shift, out_zp, qmin, qmax, acc_shift)
+            assert_bit_equal(matmul(*args, method=method), matmul_ref(*args))
+
+
+def test_matmul_i16_int32_lane_bound_is_tight():
+    """|a - a_zp| = |b - b_zp| = 255 over K = one block of 33024 + 3: each lane sums 33024 * 65025 =
+    2147385600 < 2**31 before the int64 add; a longer block would wrap."""
+    assert plan_matmul(np.uint8, np.uint8, "i16").chunk == 33024
+    k = 33024 + 3
+    a = np.full((1, 7, k), 255, np.uint8)
+    b = np.zeros((1, k, 17), np.uint8)
+    b[0, :, 1] = 255
+    got = matmul_accumulator(a, 0, b, 255, method="i16")
+    want = np.full((1, 7, 17), -k * 255 * 255, np.int64)
+    want[..., 1] = 0
+    np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize(
     "change, name",
     [
@@ -343,11 +379,54 @@ def test_matmul_bad_input_names_argument(change, name):
         matmul(**args)
 
 
-@pytest.mark.skipif(not gemm_i16.VNNI, reason="needs a Numba target with AVX-512 VNNI")
-def test_i16_micro_kernel_compiles_to_vpdpwssd():
-    """The speed of the i16 plan rests on LLVM turning the micro-kernel's IR into vpdpwssd (6 x 4 per
-    K pair, zmm); a compiler change that loses the pattern would still be exact but slow."""
-    mk = gemm_i16._mk4
+def _pack_panel(w):
+    """Packed int16 pairs of one panel (width, K even) in the layout of gemm_i16 (word p*width + c)."""
+    width, k = w.shape
+    return np.ascontiguousarray(w.astype(np.int16).reshape(width, k // 2, 2).transpose(1, 0, 2)).reshape(-1)
+
+
+@pytest.mark.parametrize("lanes", sorted(gemm_i16.TILES))
+def test_i16_micro_kernel_of_every_target_tile_is_exact(lanes):
+    """Each target's micro-tile (16 lanes x 6 x 4 for AVX-512, 8 lanes x 6 x 2 for AVX2), compiled
+    here whatever the host (LLVM splits vectors wider than the CPU's): overwrite, then add into the
+    int64 tile, with every lane at the int32 bound of a 510-long block and random rows."""
+    mr, nv = gemm_i16.TILES[lanes]
+    width = lanes * nv
+    mk = gemm_i16._make_micro_kernel(mr, nv, lanes)
+
+    @numba.njit(cache=False)
+    def two_blocks(a, b, npairs, c):
+        mk(a, 0, a.shape[1], b, 0, npairs, c, c.shape[1], 0)  # c = block 0
+        mk(a, 2 * npairs, a.shape[1], b, npairs * (b.size // a.shape[1]), npairs, c, c.shape[1], 1)  # c += block 1
+
+    rng = np.random.default_rng(lanes)
+    k = 2 * 510
+    a = np.full((mr, k), -32768, np.int16)
+    a[1:] = rng.integers(-32768, 32768, (mr - 1, k))
+    w = np.full((width, k), -128, np.int8)
+    w[2:] = rng.integers(-128, 128, (width - 2, k))
+    w[1, ::2] = 127
+    c = np.full((mr, width), 99, np.int64)
+    two_blocks(a, _pack_panel(w), 255, c)
+    np.testing.assert_array_equal(c, a.astype(np.int64) @ w.astype(np.int64).T)
+    assert c[0, 0] == 2 * 510 * 32768 * 128
+
+
+def _inner_loop(asm, mnemonic):
+    """Lines of the innermost loop holding `mnemonic`: from the label before its first use to the branch after it."""
+    lines = asm.splitlines()
+    first = next(i for i, line in enumerate(lines) if mnemonic in line)
+    start = max(i for i in range(first) if lines[i].startswith("."))
+    end = next(i for i in range(first, len(lines)) if lines[i].strip().startswith("j"))
+    return lines[start:end + 1]
+
+
+@pytest.mark.skipif(not gemm_i16.FAST, reason="needs a Numba target with AVX2 or AVX-512 VNNI")
+def test_i16_micro_kernel_compiles_to_int16_dot_products_without_spills():
+    """The speed of the i16 plan rests on LLVM turning the micro-kernel's IR into vpdpwssd (AVX-512
+    VNNI, zmm) or vpmaddwd (AVX2, ymm), MR x NV per K pair, with every accumulator in a register (no
+    stack access in the inner loop); a compiler change that loses either would still be exact but slow."""
+    mk = gemm_i16._MK[gemm_i16.NV - 1]
 
     @numba.njit(cache=False)
     def one_tile(a, b, c):
@@ -355,9 +434,13 @@ def test_i16_micro_kernel_compiles_to_vpdpwssd():
 
     rng = np.random.default_rng(4)
     a = rng.integers(-32768, 32768, (gemm_i16.MR, 8)).astype(np.int16)
-    w = rng.integers(-128, 128, (64, 8)).astype(np.int8)
-    c = np.zeros((gemm_i16.MR, 64), np.int64)
+    w = rng.integers(-128, 128, (gemm_i16.PANEL, 8)).astype(np.int8)
+    c = np.zeros((gemm_i16.MR, gemm_i16.PANEL), np.int64)
     one_tile(a, gemm_i16.pack_weight(w), c)
     np.testing.assert_array_equal(c, a.astype(np.int64) @ w.astype(np.int64).T)
     asm = "\n".join(one_tile.inspect_asm().values())
-    assert asm.count("vpdpwssd") >= gemm_i16.MR * gemm_i16.NV and "zmm" in asm
+    mnemonic, reg = ("vpdpwssd", "zmm") if gemm_i16.VNNI else ("vpmaddwd", "ymm" if gemm_i16.LANES == 8 else "zmm")
+    loop = _inner_loop(asm, mnemonic)
+    assert sum(mnemonic in line for line in loop) == gemm_i16.MR * gemm_i16.NV
+    assert all(reg in line for line in loop if mnemonic in line)
+    assert not [line for line in loop if "(%rsp)" in line], "accumulators spilled to the stack"

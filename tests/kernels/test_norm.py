@@ -93,6 +93,25 @@ def test_large_group_bit_equal():
     _gn(xq, 2, _params(20, 16, 16, rng, in_scale=s, eps=1e-6))
 
 
+@pytest.mark.parametrize("out_bits", [8, 16])
+def test_group_norm_8bit_table_path_bit_equal(out_bits):
+    """8-bit input with more than _TABLE_MIN_RUN positions per channel: the kernel maps each (row, channel) run
+    through a 256-entry table of the per-element formula; still bit-equal to the reference, also with gammas
+    that saturate (huge, tiny, zero, negative) and a constant group."""
+    from tinysd.kernels.norm import _TABLE_MIN_RUN
+
+    rng = np.random.default_rng(13 + out_bits)
+    side = 17  # 289 positions > _TABLE_MIN_RUN
+    assert side * side > _TABLE_MIN_RUN
+    spread = rng.uniform(0.2, 3, size=(1, 8, 1, 1))
+    xq, s, _ = _quantize(rng.normal(0.3, 1.0, size=(2, 8, side, side)) * spread, 8)
+    xq[1, :2] = 77  # one constant group (zero variance)
+    _gn(xq, 4, _params(8, 8, out_bits, rng, in_scale=s))
+    gamma = np.array([1e4, -1e4, 1e-9, 0.0, -0.7, 3.0, 1.0, 1e3])
+    _gn(xq, 4, _params(8, 8, out_bits, rng, in_scale=s, gamma=gamma, beta=rng.normal(0, 50, 8)))
+    _gn(xq[:, :, ::-1], 2, _params(8, 8, out_bits, rng, in_scale=s))  # non-contiguous view
+
+
 def test_exhaustive_pairs_8bit():
     """Every (a, b) pair of uint8 codes as a 2-element layer-norm row."""
     a, b = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")

@@ -171,3 +171,136 @@ def test_adarounded_params_requantize_to_the_same_integers():
                                      {"unet.c.weight": (q, enc)}, "unet")
     assert params["c.weight"].dtype == np.float32 and encs["unet.c.weight"] is enc
     assert np.array_equal(enc.quantize(params["c.weight"]), q)
+
+
+# --- inputs from the AdaRounded-so-far network (AdaRoundSettings.inputs = "quantized") ---------------------
+def _shifted_inputs(seed=11, out=8, k=12, n=400):
+    """A layer whose quantized-network input x_q misses a systematic part of the float input x_f: x_f = x_q + dx
+    with dx correlated with x_q (a per-input gain error of a few %)."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(out, k)) * 0.1
+    xq = rng.normal(size=(k, n)) * rng.uniform(0.5, 2.0, size=(k, 1))
+    dx = xq * rng.uniform(-0.05, 0.05, size=(k, 1)) + 0.01 * rng.normal(size=(k, n))
+    _, enc = quantize_weight(w)
+    return w, np.asarray(enc.scale, np.float64), xq, dx
+
+
+def _asym_error(w, q, s, xq, dx):
+    e = (q * s[:, None]) @ xq - w @ (xq + dx)
+    return float(np.sum(e * e) / xq.shape[1])
+
+
+def test_quantized_inputs_with_no_input_error_are_the_float_reconstruction():
+    w, s, x = _paired_layer(seed=4, out=4, k=8, n=64)
+    st = AdaRoundSettings(iterations=300)
+    ref = adaround_layer(w, s, x, st)
+    cols = adaround_layer(w, s, x, st, dx=np.zeros_like(x))  # N >= K: through G, G_dq = G_dd = 0
+    assert np.array_equal(cols.q, ref.q)
+    assert cols.error_adaround == pytest.approx(ref.error_adaround, rel=1e-9)
+    wide = adaround_layer(w, s, x[:, :6], st, dx=np.zeros((8, 6)))  # N < K: columns kept
+    assert np.array_equal(wide.q, adaround_layer(w, s, x[:, :6], st).q)
+
+
+def test_quantized_inputs_reconstruct_the_float_output_and_beat_float_inputs():
+    w, s, xq, dx = _shifted_inputs()
+    st = AdaRoundSettings(iterations=800)
+    asym = adaround_layer(w, s, xq, st, dx=dx)
+    # the reported errors are the asymmetric reconstruction ((W_q x_q - W x_f)^2), nearest's and AdaRound's
+    nearest = round_half_away_from_zero(w / s[:, None])
+    assert asym.error_nearest == pytest.approx(_asym_error(w, nearest, s, xq, dx), rel=1e-9)
+    assert asym.error_adaround == pytest.approx(_asym_error(w, asym.q, s, xq, dx), rel=1e-9)
+    # the same problem through the Gram matrices
+    n = xq.shape[1]
+    g = adaround_layer(w, s, gram=xq @ xq.T / n, gram_dq=dx @ xq.T / n, gram_dd=dx @ dx.T / n, settings=st)
+    assert np.array_equal(g.q, asym.q)
+    # fitted on the float inputs, AdaRound cannot see dx: on the quantized network it does worse
+    flt = adaround_layer(w, s, xq + dx, st)
+    assert asym.error_adaround < 0.8 * _asym_error(w, flt.q, s, xq, dx)
+    assert asym.error_adaround < 0.8 * asym.error_nearest
+    floor = np.floor(w / s[:, None])
+    assert np.all((asym.q == floor) | (asym.q == floor + 1)) and asym.soft == 0.0
+
+
+def test_sequential_driver_fits_each_layer_on_the_adarounded_so_far_network(monkeypatch):
+    import tinysd.quant.adaround as ar
+    from tinysd.checkpoint import load_checkpoint
+    from tinysd.models import TextEncoder
+    from tinysd.quant.adaround import adaround_network, adaround_network_sequential, sample_layer_inputs
+    from tinysd.quant.calibration import NetworkCall, model_graphs
+
+    loaded = load_checkpoint(ROOT / "tests" / "fixtures" / "tiny-sd")
+    rng = np.random.default_rng(0)
+    vocab = loaded.params["text_encoder"]["text_model.embeddings.token_embedding.weight"].shape[0]
+    calls = [NetworkCall("text_encoder", (rng.integers(0, vocab, size=(2, 77)),)) for _ in range(2)]
+    st = AdaRoundSettings(iterations=60, samples=6, inputs="quantized")
+    codes, stats = adaround_network_sequential(loaded, calls, "text_encoder", st)
+    # float columns kept from one replay or sampled again per layer: the same positions, the same result
+    monkeypatch.setattr(ar, "FLOAT_COLUMNS_BYTES", 0)
+    again, _ = adaround_network_sequential(loaded, calls, "text_encoder", st)
+    assert all(np.array_equal(codes[k][0], again[k][0]) for k in codes)
+    params = loaded.params["text_encoder"]
+    graph = model_graphs(loaded.config)["text_encoder"]
+    order = list(stats)
+    assert {f"text_encoder.{n}.weight" for n in order} == set(codes) and len(order) >= 12
+    # the first layer to run sees the network's own input: the same result as with float-network inputs
+    fcodes, _ = adaround_network(params, {order[0]: sample_layer_inputs(loaded, calls, "text_encoder", st)[order[0]]},
+                                 "text_encoder", st)
+    key = f"text_encoder.{order[0]}.weight"
+    assert np.array_equal(codes[key][0], fcodes[key][0])
+    # the last layer to run (K = 16 > 2 * 6: columns kept), re-derived by hand: its input columns in the network
+    # whose every other layer has its AdaRounded weight, against the float network's at the same positions
+    last = order[-1]
+    new, _ = adarounded_params(params, {k: v for k, v in codes.items() if k != f"text_encoder.{last}.weight"},
+                               "text_encoder")
+    cols = {}
+    for tag, p in (("f", params), ("q", new)):
+        sampler = ColumnSampler(p, "text_encoder", 3, st.seed, layers=[last])
+        for c in calls:
+            TextEncoder(graph, sampler)(*c.args)
+        cols[tag] = np.concatenate(sampler.columns[last], axis=1).astype(np.float64)
+    assert cols["q"].shape == (16, 6) and not np.array_equal(cols["f"], cols["q"])
+    w = params[f"{last}.weight"]
+    _, enc = quantize_weight(w, axis=0)
+    res = adaround_layer(w, enc.scale, cols["q"], st, dx=cols["f"] - cols["q"])
+    assert np.array_equal(codes[f"text_encoder.{last}.weight"][0], res.q)
+    assert stats[last].error_adaround == res.error_adaround
+
+
+def test_calls_are_capped_evenly_per_kind():
+    from tinysd.quant.adaround import calls_by_kind
+    from tinysd.quant.calibration import NetworkCall
+
+    calls = [NetworkCall("unet", (i,)) for i in range(10)] + [NetworkCall("vae.decode", (i,)) for i in range(3)]
+    calls.insert(4, NetworkCall("text_encoder", (0,)))
+    assert [c.args[0] for c in calls_by_kind(calls, "unet")["unet"]] == list(range(10))
+    assert [c.args[0] for c in calls_by_kind(calls, "unet", 4)["unet"]] == [0, 3, 6, 9]
+    assert [c.args[0] for c in calls_by_kind(calls, "unet", 5)["unet"]] == [0, 2, 4, 6, 8]
+    assert list(calls_by_kind(calls, "vae", 4)) == ["vae.decode"] and len(calls_by_kind(calls, "vae", 4)["vae.decode"]) == 3
+    with pytest.raises(Exception, match="calls"):
+        AdaRoundSettings(calls=-1).check()
+
+
+def test_workflow_runs_the_sequential_fit_for_quantized_inputs(monkeypatch):
+    """inputs="quantized": every network's calibration calls go to `adaround_network_sequential` (replaced here by
+    a fit that keeps nearest rounding), and the "weights" entry of quantization.json records the choice."""
+    import tinysd.quant.adaround as ar
+    from tinysd.checkpoint import load_checkpoint
+    from tinysd.quant.calibration import NetworkCall
+    from tinysd.quant.workflow import _adaround
+
+    seen = []
+
+    def fit(loaded, calls, network, settings, progress=None):
+        seen.append((network, settings.inputs, sorted(calls_by_kind(calls, network))))
+        return {}, {}
+
+    from tinysd.quant.adaround import calls_by_kind
+
+    monkeypatch.setattr(ar, "adaround_network_sequential", fit)
+    loaded = load_checkpoint(ROOT / "tests" / "fixtures" / "tiny-sd")
+    calls = [NetworkCall(k, ()) for k in ("text_encoder", "unet", "unet", "vae.decode", "vae.encode")]
+    _, _, info = _adaround(loaded, calls, AdaRoundSettings(inputs="quantized", calls=4), None)
+    assert seen == [("text_encoder", "quantized", ["text_encoder"]), ("unet", "quantized", ["unet"]),
+                    ("vae", "quantized", ["vae.decode", "vae.encode"])]
+    assert info["settings"]["inputs"] == "quantized" and info["settings"]["calls"] == 4
+    assert info["inputs"].startswith("AdaRounded-so-far network")

@@ -11,6 +11,7 @@ import pytest
 from tinysd.checkpoint import load_checkpoint
 from tinysd.errors import TinySDError
 from tinysd.fixedpoint import ARITHMETIC_SPEC_VERSION
+from tinysd.memory import LOW_MEMORY_ATTENTION_TILE_ELEMENTS
 from tinysd.paths import TOKENIZER_DIR
 from tinysd.pipeline import Pipeline
 from tinysd.quant import folder as folder_module
@@ -266,6 +267,14 @@ def test_damaged_folder_is_one_line_error(copy, case):
     with pytest.raises(TinySDError) as e:
         Pipeline.from_pretrained(copy)
     one_line_error(e, *needles)
+    if case == "flipped bit":  # low memory: only the SHA-256 needs the data, checked when the network is read
+        pipe = Pipeline.from_pretrained(copy, low_memory=True)
+        with pytest.raises(TinySDError) as e:
+            pipe.unet.network()
+    else:  # every other check is done before any weight is read
+        with pytest.raises(TinySDError) as e:
+            Pipeline.from_pretrained(copy, low_memory=True)
+    one_line_error(e, *needles)
 
 
 @pytest.mark.parametrize("spec, per_network, canonical", [
@@ -337,3 +346,26 @@ def test_pipeline_quantizes_on_the_fly_with_the_default_prompts(loaded):
         arrays = net.interp.qnet.arrays
         want = ref.networks[net.interp.network].arrays
         assert arrays.keys() == want.keys() and all(np.array_equal(arrays[k], want[k]) for k in want)
+
+
+def test_low_memory_pipeline_reads_one_network_at_a_time_and_gives_the_same_images(saved):
+    """Pipeline(low_memory=True) on a quantized folder: each network read when first used (its arrays only),
+    dropped after its last use; the images and latents are those of the pipeline holding all three."""
+    eager = Pipeline.from_pretrained(saved)
+    only = load_quantized(saved, networks=("unet",))
+    assert set(only.networks) == {"unet"} and only.config == eager.config
+    ref = eager.generate("a red circle", steps=2, seed=3)
+    pipe = Pipeline.from_pretrained(saved, low_memory=True)
+    nets = (pipe.text_encoder, pipe.unet, pipe.vae)
+    assert not any(n.loaded for n in nets)  # nothing read yet
+    seen = []
+    res = pipe.generate("a red circle", steps=2, seed=3,
+                        callback=lambda done, total: seen.append(tuple(n.loaded for n in nets)))
+    assert seen == [(False, True, False)] * 2  # during the sampler loop only the UNet is resident
+    assert not any(n.loaded for n in nets)  # all dropped at the end
+    np.testing.assert_array_equal(res.latents, ref.latents)
+    assert res.images[0].tobytes() == ref.images[0].tobytes()
+    assert pipe.unet.interp.attention_tile_elements == LOW_MEMORY_ATTENTION_TILE_ELEMENTS  # (same integers: rows
+    # are independent, tests/interp/test_integer.py::test_attention_in_query_tiles_gives_the_same_integers)
+    again = pipe.generate("a red circle", steps=2, seed=3)  # read again when used again
+    np.testing.assert_array_equal(again.latents, ref.latents)

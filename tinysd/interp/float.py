@@ -19,7 +19,8 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ..errors import TinySDError
-from ..memory import ATTENTION_TILE_ELEMENTS  # scores above this many elements: `attention` tiles the queries
+from ..kernels.threads import run_ranges
+from ..memory import ATTENTION_TILE_ELEMENTS  # integer interpreter: scores above this many elements are tiled
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,75 @@ def _softmax_kernel():
                 out[r, j] = 0.0
 
     return softmax_rows
+
+
+# float32 exp for x <= 0 (Cephes expf): x = k ln2 + r, |r| <= ln2 / 2, exp(r) by a degree-7 polynomial, 2**k
+# from the exponent bits; relative error below 1 ulp (tests/test_float_interp.py); x < -87 is taken as -87
+# (exp(-87) = 1.6e-38: nothing next to the row maximum's 1).
+_EXP_POLY = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1)
+
+
+@functools.lru_cache(maxsize=None)
+def _attention_kernel():
+    """Fused attention rows (numba, nogil): softmax(q k) v one query row at a time, float32.
+
+    attention_rows(r0, r1, q, k, v, T, out) for rows r0..r1-1 of q (BH*T, d) (row r belongs to head bh = r // T),
+    k (BH, d, S), v (BH, S, dv), out (BH*T, dv): scores s_j = sum_c q[r, c] k[bh, c, j] (float32, c in order),
+    p_j = exp(s_j - max s) / float32(sum_j exp(s_j - max s)) (float32 exp, see _EXP_POLY; the sum in
+    float64), out[r] = sum_j p_j v[bh, j] (float32, j in order). Only one row of scores is alive per thread.
+    """
+    import numba
+
+    c0, c1, c2, c3, c4, c5 = (np.float32(c) for c in _EXP_POLY)
+    log2e, ln2_hi, ln2_lo = np.float32(1.4426950408889634), np.float32(0.693359375), np.float32(-2.12194440e-4)
+
+    @numba.njit(cache=True, nogil=True, inline="always")
+    def exp_row(s, ibuf, fbuf):  # s[:] = exp(s[:]) for s <= 0; returns the float64 sum
+        for j in range(s.shape[0]):
+            x = max(s[j], np.float32(-87.0))
+            kf = np.floor(x * log2e + np.float32(0.5))
+            r = x - kf * ln2_hi - kf * ln2_lo
+            p = ((((c0 * r + c1) * r + c2) * r + c3) * r + c4) * r + c5
+            s[j] = p * (r * r) + r + np.float32(1.0)
+            ibuf[j] = (np.int32(kf) + 127) << 23  # the float32 2**k, k in [-126, 0]
+        tot = 0.0
+        for j in range(s.shape[0]):
+            e = s[j] * fbuf[j]
+            s[j] = e
+            tot += e
+        return tot
+
+    @numba.njit(cache=True, nogil=True)
+    def attention_rows(r0, r1, q, k, v, T, out):
+        d = q.shape[1]
+        S = k.shape[2]
+        dv = v.shape[2]
+        s = np.empty(S, np.float32)  # (S,) one row of scores / probabilities
+        ibuf = np.empty(S, np.int32)
+        fbuf = ibuf.view(np.float32)
+        acc = np.empty(dv, np.float32)
+        for r in range(r0, r1):
+            kk = k[r // T]  # (d, S)
+            vv = v[r // T]  # (S, d)
+            s[:] = 0.0
+            for c in range(d):
+                qc = q[r, c]
+                for j in range(S):
+                    s[j] += qc * kk[c, j]
+            m = s[0]
+            for j in range(1, S):
+                m = max(m, s[j])
+            for j in range(S):
+                s[j] -= m
+            inv = np.float32(exp_row(s, ibuf, fbuf))
+            acc[:] = 0.0
+            for j in range(S):
+                pj = s[j] / inv
+                for c in range(dv):
+                    acc[c] += pj * vv[j, c]
+            out[r, :] = acc
+
+    return attention_rows
 
 
 @functools.lru_cache(maxsize=None)
@@ -259,32 +329,35 @@ class FloatInterpreter:
                 b = b * F32(alpha)
         return np.matmul(a, b)  # (..., M, N)
 
+    #: multihead_attention sends every attention, however small, to `attention` (tinysd/nn/layers.py)
+    fuse_attention = True
+
     def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, name: str, alpha: float = 1.0,
                   causal: bool = False) -> np.ndarray:
-        """softmax(alpha q k [causal]) v: ops `{name}.scores`, `.probs`, `.context`, in tiles of query rows
-        when the scores have more than `attention_tile_elements` elements.
+        """softmax(alpha q k [causal]) v (ops `{name}.scores`, `.probs`, `.context`), fused: one query row at a
+        time (`_attention_kernel`, rows split over threads), so no (T, S) scores are ever stored.
 
         q (B, H, T, d), k (B, H, d, S), v (B, H, S, d) -> (B, H, T, d) float32. alpha scales the operand
-        `matmul` would scale untiled (the smaller of q and k, decided on the whole q), so each element is
-        rounded as untiled; the products may differ from the untiled ones in the last bits where BLAS blocks
-        a tile differently. Untiled when causal or when a subclass overrides `matmul` / `softmax`.
+        `matmul` would scale (the smaller of q and k), rounded to float32 as there. As the three ops when causal
+        or when a subclass overrides `matmul` / `softmax` (the calibrating interpreter observes them).
         """
-        B, H, T, _ = q.shape
+        B, H, T, d = q.shape
         S = k.shape[-1]
-        rows = max(1, self.attention_tile_elements // max(1, B * H * S))
         own = type(self).matmul is FloatInterpreter.matmul and type(self).softmax is FloatInterpreter.softmax
-        if causal or rows >= T or not own:
+        if causal or not own or T == 0 or S == 0:
             scores = self.matmul(q, k, f"{name}.scores", alpha=alpha)
             return self.matmul(self.softmax(scores, f"{name}.probs", causal=causal), v, f"{name}.context")
-        scale_q = alpha != 1.0 and q.size <= k.size
-        if alpha != 1.0 and not scale_q:
-            k = k * F32(alpha)
-        out = np.empty(q.shape[:3] + (v.shape[-1],), dtype=F32)  # (B, H, T, d)
-        for r0 in range(0, T, rows):
-            qt = q[:, :, r0:r0 + rows]
-            scores = np.matmul(qt * F32(alpha) if scale_q else qt, k)  # (B, H, rows, S)
-            out[:, :, r0:r0 + rows] = np.matmul(self.softmax(scores, f"{name}.probs"), v)
-        return out
+        if alpha != 1.0:
+            if q.size <= k.size:
+                q = q * F32(alpha)
+            else:
+                k = k * F32(alpha)
+        q2 = np.ascontiguousarray(q, dtype=F32).reshape(B * H * T, d)  # (BH*T, d)
+        k3 = np.ascontiguousarray(k, dtype=F32).reshape(B * H, d, S)  # (BH, d, S)
+        v3 = np.ascontiguousarray(v, dtype=F32).reshape(B * H, S, v.shape[-1])  # (BH, S, d)
+        out = np.empty((B * H * T, v.shape[-1]), dtype=F32)  # (BH*T, d)
+        run_ranges(_attention_kernel(), B * H * T, S * d, q2, k3, v3, T, out)
+        return out.reshape(B, H, T, v.shape[-1])
 
     def add(self, a: np.ndarray, b: np.ndarray, name: str) -> np.ndarray:
         return np.add(a, b, dtype=F32)

@@ -3,6 +3,11 @@
 The im2col Numba kernels read the raw input, pad with x_zp and write the plan's representation
 (float, columns (c, i, j); or, for the default int16 plan, an NHWC copy then contiguous rows with
 columns (i, j, c)); the epilogue writes the output directly in NCHW.
+
+Work buffers are bounded: the im2col operand, the padded NHWC copy and the float plans' chunk
+products are made for a band of output pixels at a time (whole images, or bands of output rows of
+one image) holding at most `tinysd.memory.CONV_WORK_BYTES` (or one output row, if that is more).
+Every output pixel's sum is independent of the others, so the integers do not depend on the bands.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from ..fixedpoint.checks import (
     requant_params,
 )
 from ..fixedpoint.primitives import ACC_SHIFT_MAX
+from ..memory import CONV_WORK_BYTES
 from .gemm import (
     CENTRED_BOUND,
     _bias_arg,
@@ -60,6 +66,34 @@ def conv_output_size(h, w, kh, kw, stride, padding):
     return (h + top + bottom - kh) // sh + 1, (w + left + right - kw) // sw + 1
 
 
+def conv_work_bytes(plan, n_out, c, kh, kw, stride, padded_width, wo) -> int:
+    """Upper bound of the work-buffer bytes of conv2d per output row of one image, for `plan`:
+    int16 plans: the im2col rows (Wo x Kp int16) and sh + KH rows of the padded NHWC copy
+    (a band of r rows reads (r - 1) * sh + KH <= r * (sh + KH) padded rows); float plans: the
+    im2col rows (nsplit x Wo x K) and the chunk products (chunks x nsplit x Wo x OUT)."""
+    k = c * kh * kw
+    if plan.dtype is np.int16:
+        return 2 * (wo * (k + 1) + (stride[0] + kh) * padded_width * c)
+    itemsize = np.dtype(plan.dtype).itemsize
+    nchunks = max(1, -(-k // plan.chunk))
+    return itemsize * plan.nsplit * wo * (k + nchunks * n_out)
+
+
+def conv_bands(nb, ho, row_bytes, budget=None):
+    """Bands (n0, n1, y0, y1) of output pixels covering images [0, nb) x rows [0, Ho), each holding
+    at most max(budget, row_bytes) bytes of work buffers (`row_bytes` per output row of one
+    image; budget default CONV_WORK_BYTES): all at once if they fit, else groups of whole images,
+    else bands of output rows of one image."""
+    budget = CONV_WORK_BYTES if budget is None else budget
+    rows = max(1, budget // max(1, row_bytes))  # output rows (of one image) per band
+    if nb * ho <= rows:
+        return [(0, nb, 0, ho)]
+    if ho <= rows:
+        step = rows // ho
+        return [(n0, min(nb, n0 + step), 0, ho) for n0 in range(0, nb, step)]
+    return [(n, n + 1, y0, min(ho, y0 + rows)) for n in range(nb) for y0 in range(0, ho, rows)]
+
+
 def _check_conv_args(x_q, x_zp, w_q, stride, padding):
     wq, w_arg = _weight_arg(w_q, 4)
     check_array("x_q", x_q, ACTIVATION_DTYPES)
@@ -77,7 +111,8 @@ def _check_conv_args(x_q, x_zp, w_q, stride, padding):
 
 
 def conv2d(
-    x_q, x_zp, w_q, bias_q, multiplier, shift, out_zp, qmin, qmax, stride=1, padding=0, acc_shift=0, method=None
+    x_q, x_zp, w_q, bias_q, multiplier, shift, out_zp, qmin, qmax, stride=1, padding=0, acc_shift=0, method=None,
+    work_bytes=None,
 ):
     """Quantized NCHW convolution (spec §4.1).
 
@@ -88,7 +123,8 @@ def conv2d(
     x_q: uint8/uint16 (N, C, H, W). w_q: int8 (OUT, C, KH, KW) or PreparedWeight. bias_q: int32
     (OUT,) or None. stride: int or (sh, sw). padding: int or (top, bottom, left, right).
     multiplier/shift/acc_shift: ints or (OUT,) arrays. Returns (N, OUT, Ho, Wo), dtype from
-    [qmin, qmax].
+    [qmin, qmax]. work_bytes: bound of the work buffers (default CONV_WORK_BYTES; see the module
+    docstring); the integers do not depend on it.
     """
     wq, w_arg, x_zp, stride, padding, ho, wo = _check_conv_args(x_q, x_zp, w_q, stride, padding)
     n_out, c, kh, kw = wq.shape
@@ -102,9 +138,20 @@ def conv2d(
     wt, wsum = _weight_operand(w_arg, plan)
     bias_eff = bias + _offset(plan.mode, x_zp) * wsum  # exact zero-point / offset correction
     nb = x_q.shape[0]
-    cols = im2col_operand(x_q, x_zp, kh, kw, stride, padding, ho, wo, plan)  # rows (n, y, x); K: see im2col_operand
+    x_q = np.ascontiguousarray(x_q)
     out = np.empty((nb, n_out, ho * wo), out_dtype(qmin, qmax))  # NCHW, pixels flattened
-    nsat = weight_product(plan, cols, nb * ho * wo, wt, n_out, bias_eff, accs, mult, sh, out_zp, qmin, qmax, ho * wo,
-                          out.reshape(-1))
+    flat = out.reshape(-1)
+    top, bottom, left, right = padding
+    row_bytes = conv_work_bytes(plan, n_out, c, kh, kw, stride, x_q.shape[3] + left + right, wo)
+    nsat = 0
+    for n0, n1, y0, y1 in conv_bands(nb, ho, row_bytes, work_bytes):
+        # a band: images [n0, n1), output rows [y0, y1) (all of them unless n1 == n0 + 1); its im2col rows
+        # are (n, y, x) of the band, and out[n, o, y*Wo + x] is flat[start + m + o*Ho*Wo] for band row m
+        band_pad = (top - y0 * stride[0], bottom, left, right)  # the band's first padded row is y0 * sh
+        cols = im2col_operand(x_q[n0:n1], x_zp, kh, kw, stride, band_pad, y1 - y0, wo, plan)
+        start = n0 * n_out * ho * wo + y0 * wo
+        nsat += weight_product(plan, cols, (n1 - n0) * (y1 - y0) * wo, wt, n_out, bias_eff, accs, mult, sh, out_zp,
+                               qmin, qmax, ho * wo, flat[start:])
+        del cols  # before the next band's is made
     _report_saturation(nsat, "conv2d")
     return out.reshape(nb, n_out, ho, wo)

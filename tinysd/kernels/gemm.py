@@ -44,7 +44,7 @@ from ..fixedpoint.checks import (
 )
 from ..fixedpoint.primitives import ACC_SHIFT_MAX, requantize_i32, rounding_shift_right_i64
 from . import gemm_i16
-from .gemm_i16 import MR, PANEL, tile_product
+from .gemm_i16 import LANES, MR, PANEL, tile_product
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class GemmPlan:
 
 def _make_plan(dtype, mode, a_bound, b_bound):
     if dtype is np.int16:
-        return GemmPlan(dtype, mode, a_bound, b_bound, gemm_i16.block_length(a_bound))  # even
+        return GemmPlan(dtype, mode, a_bound, b_bound, gemm_i16.block_length(a_bound, b_bound))  # even
     limit = F32_EXACT if dtype is np.float32 else F64_EXACT
     chunk = limit // (a_bound * b_bound)
     chunk = chunk if chunk < 128 else chunk - chunk % 128  # a multiple of 128: BLAS-friendly
@@ -138,9 +138,16 @@ def plan_linear(x_dtype, method: str | None = None) -> GemmPlan:
     return _make_plan(np.float64, "centred", 128, CENTRED_BOUND[name])
 
 
-def plan_matmul(a_dtype, b_dtype) -> GemmPlan:
-    """Plan for two activations: uint8 x uint8 offset8 in float32, anything with uint16 centred in float64."""
+def plan_matmul(a_dtype, b_dtype, method: str | None = None) -> GemmPlan:
+    """Plan for two activations: uint8 x uint8 centred in int16 SIMD (method "i16"; |x - zp| <= 255,
+    block 33024) or offset8 in float32 ("split" / "f64"); anything with uint16 centred in float64.
+    None: A8_METHOD. All plans give the same integers."""
     an, bn = np.dtype(a_dtype).name, np.dtype(b_dtype).name
+    method = method or A8_METHOD
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+    if an == bn == "uint8" and method == "i16":
+        return _make_plan(np.int16, "centred", 255, 255)  # chunk 33024: one block for every SD shape
     if an == bn == "uint8":
         return _make_plan(np.float32, "offset8", 128, 128)  # chunk 1024
     return _make_plan(np.float64, "centred", CENTRED_BOUND[an], CENTRED_BOUND[bn])
@@ -266,12 +273,14 @@ def im2col_operand(x_q, zp, kh, kw, stride, padding, ho, wo, plan):
     """Operand of an NCHW input padded with zp, for `plan`: float (nsplit*N*Ho*Wo, C*KH*KW), columns
     ordered (c, i, j); or, for int16 plans, int16 (Mp, Kp) zero-padded (gemm_i16.padded_shape),
     columns ordered (i, j, c) (made from an NHWC copy: each row is KH*KW contiguous copies of C
-    values; `PreparedWeight.i16` packs 4-D weights in the same order)."""
+    values; `PreparedWeight.i16` packs 4-D weights in the same order). A negative `top` starts at
+    padded row -top (a band of output rows: conv2d)."""
     nb, c, h, w = x_q.shape
     out = _operand_buffer(nb * ho * wo, c * kh * kw, plan)
     if plan.dtype is np.int16:
         top, bottom, left, right = padding
-        xp = np.empty((nb, h + top + bottom, w + left + right, c), np.int16)  # (N, Hp, Wp, C)
+        hp = (ho - 1) * stride[0] + kh  # the padded rows the output reads (top may be negative: a band)
+        xp = np.empty((nb, hp, w + left + right, c), np.int16)  # (N, Hp, Wp, C)
         _pad_nhwc_kernel(np.ascontiguousarray(x_q), np.int64(zp), MODE_CODE[plan.mode], top, left, xp)
         _im2col_nhwc_kernel(xp, kh, kw, stride[0], stride[1], ho, wo, out)
         return out
@@ -408,7 +417,7 @@ def _gemm_i16(a, m_rows, wpk, n_cols, block_pairs, tiles_per_block, n_chunks, bi
     """
     npairs = a.shape[1] // 2
     n_tiles = a.shape[0] // MR
-    n_pad = (n_cols + 15) // 16 * 16
+    n_pad = (n_cols + LANES - 1) // LANES * LANES
     n_panels = (n_pad + PANEL - 1) // PANEL
     n_blocks = (n_tiles + tiles_per_block - 1) // tiles_per_block
     nsat = 0
@@ -681,15 +690,44 @@ def _check_matmul_args(a_q, a_zp, b_q, b_zp):
     return check_zero_point("a_zp", a_zp, a_q.dtype), check_zero_point("b_zp", b_zp, b_q.dtype)
 
 
-def _matmul_common(a_q, a_zp, b_q, b_zp):
-    """parts (C, Bt*M, N), per-row and per-column corrections, constant, batch shape."""
+def _batched(a_q, b_q):
+    """a3 (Bt, M, K), b3 (Bt, K, N) with the batch dims broadcast, and the batch shape."""
     batch = np.broadcast_shapes(a_q.shape[:-2], b_q.shape[:-2])
     m, k = a_q.shape[-2:]
     n = b_q.shape[-1]
     a3 = np.broadcast_to(a_q, batch + (m, k)).reshape(-1, m, k)  # (Bt, M, K)
     b3 = np.broadcast_to(b_q, batch + (k, n)).reshape(-1, k, n)  # (Bt, K, N)
-    nb = a3.shape[0]
-    plan = plan_matmul(a_q.dtype, b_q.dtype)
+    return a3, b3, batch
+
+
+def _matmul_i16(a3, a_zp, b3, b_zp, plan, requant, out):
+    """int16 plan of matmul: per batch element i, the centred operands a - a_zp (Mp, Kp) and b - b_zp
+    packed as a weight (N, K) (both int16, |.| <= 255) through _gemm_i16. requant: None (out (Bt, M, N)
+    int64 = the exact sum) or (acc_shift, mult, shift, out_zp, qmin, qmax) per tensor (out (Bt, M, N)
+    requantized). Returns the saturation count."""
+    nb, m, k = a3.shape
+    n = b3.shape[2]
+    zeros = np.zeros(n, np.int64)  # no bias: the centred product needs no correction terms
+    nsat = 0
+    for i in range(nb):
+        a_op = activation_operand(a3[i], a_zp, plan)  # (Mp, Kp) int16
+        b_op = np.empty((n, k), np.int16)  # (N, K): b - b_zp, transposed
+        _operand_kernel(np.ascontiguousarray(b3[i].T), np.int64(b_zp), MODE_CODE["centred"], b_op)
+        wpk = gemm_i16.pack_weight(b_op)
+        if requant is None:
+            _i16_product(a_op, m, wpk, n, plan, zeros, None, None, None, 0, 0, 0, 0, None, out_raw=out[i])
+            continue
+        accs, mult, sh, out_zp, qmin, qmax = requant
+        nsat += _i16_product(a_op, m, wpk, n, plan, zeros, np.full(n, accs, np.int64), np.full(n, mult, np.int64),
+                             np.full(n, sh, np.int64), out_zp, qmin, qmax, 0, out[i].reshape(-1))
+    return nsat
+
+
+def _matmul_common(a_q, a_zp, b_q, b_zp, plan):
+    """parts (C, Bt*M, N), per-row and per-column corrections, constant, batch shape (float plans)."""
+    a3, b3, batch = _batched(a_q, b_q)
+    nb, m, k = a3.shape
+    n = b3.shape[2]
     a_op = activation_operand(a3.reshape(-1, k), a_zp, plan).reshape(nb, m, k)
     b_op = activation_operand(b3.reshape(-1, n), b_zp, plan).reshape(nb, k, n)
     parts = chunked_products(a_op, b_op, plan.chunk).reshape(-1, nb * m, n)  # (C, Bt*M, N)
@@ -707,29 +745,44 @@ def _matmul_common(a_q, a_zp, b_q, b_zp):
     return parts, rowc.reshape(-1), colc, const, batch, m, n
 
 
-def matmul_accumulator(a_q, a_zp, b_q, b_zp):
-    """Exact int64 (..., M, N) = sum_k (a[..., m, k] - a_zp) * (b[..., k, n] - b_zp), batch dims broadcast."""
+def matmul_accumulator(a_q, a_zp, b_q, b_zp, method=None):
+    """Exact int64 (..., M, N) = sum_k (a[..., m, k] - a_zp) * (b[..., k, n] - b_zp), batch dims broadcast.
+    method: as plan_matmul (same integers)."""
     a_zp, b_zp = _check_matmul_args(a_q, a_zp, b_q, b_zp)
-    parts, rowc, colc, const, batch, m, n = _matmul_common(a_q, a_zp, b_q, b_zp)
+    plan = plan_matmul(a_q.dtype, b_q.dtype, method)
+    if plan.dtype is np.int16:
+        a3, b3, batch = _batched(a_q, b_q)
+        acc = np.empty((a3.shape[0], a3.shape[1], b3.shape[2]), np.int64)  # (Bt, M, N)
+        _matmul_i16(a3, a_zp, b3, b_zp, plan, None, acc)
+        return acc.reshape(batch + acc.shape[1:])
+    parts, rowc, colc, const, batch, m, n = _matmul_common(a_q, a_zp, b_q, b_zp, plan)
     acc = parts.astype(np.int64).sum(axis=0).reshape(-1, m, n)  # (Bt, M, N)
     acc += rowc.reshape(-1, m, 1) + colc[:, None, :] + const
     return acc.reshape(batch + (m, n))
 
 
-def matmul(a_q, a_zp, b_q, b_zp, multiplier, shift, out_zp, qmin, qmax, acc_shift=0):
+def matmul(a_q, a_zp, b_q, b_zp, multiplier, shift, out_zp, qmin, qmax, acc_shift=0, method=None):
     """Batched product of two activations (spec §4.3): attention scores and probs @ V.
 
         acc[..., m, n] = sum_k (a_q[..., m, k] - a_zp) * (b_q[..., k, n] - b_zp)   (exact)
         out = requantize(narrow_i64(acc, acc_shift), multiplier, shift, out_zp, qmin, qmax)
 
     a_q (..., M, K), b_q (..., K, N): uint8/uint16, leading dims broadcast. multiplier, shift,
-    acc_shift are per-tensor ints. Output (..., M, N), dtype from [qmin, qmax].
+    acc_shift are per-tensor ints. Output (..., M, N), dtype from [qmin, qmax]. method: as
+    plan_matmul (same bits, speed only).
     """
     a_zp, b_zp = _check_matmul_args(a_q, a_zp, b_q, b_zp)
     mult, sh = (int(v[0]) for v in requant_params(multiplier, shift, 1))
     accs = int(per_channel("acc_shift", acc_shift, 1, 0, ACC_SHIFT_MAX)[0])
     out_zp, qmin, qmax = check_out_range(out_zp, qmin, qmax)
-    parts, rowc, colc, const, batch, m, n = _matmul_common(a_q, a_zp, b_q, b_zp)
+    plan = plan_matmul(a_q.dtype, b_q.dtype, method)
+    if plan.dtype is np.int16:
+        a3, b3, batch = _batched(a_q, b_q)
+        out = np.empty((a3.shape[0], a3.shape[1], b3.shape[2]), out_dtype(qmin, qmax))  # (Bt, M, N)
+        nsat = _matmul_i16(a3, a_zp, b3, b_zp, plan, (accs, mult, sh, out_zp, qmin, qmax), out)
+        _report_saturation(nsat, "matmul")
+        return out.reshape(batch + out.shape[1:])
+    parts, rowc, colc, const, batch, m, n = _matmul_common(a_q, a_zp, b_q, b_zp, plan)
     out = np.empty((parts.shape[1], n), out_dtype(qmin, qmax))  # (Bt*M, N)
     nsat = _epilogue_matmul(parts, m, rowc, colc, const, accs, mult, sh, out_zp, qmin, qmax, out)
     _report_saturation(nsat, "matmul")

@@ -1,12 +1,14 @@
 """Exact int16 x int16 -> int32 SIMD products for the "i16" GEMM plan (spec §3.3, CPU fast path).
 
 Mirrors the AVX-512 VNNI instruction `vpdpwssd` (and, without VNNI, `vpmaddwd` + `vpaddd`):
-each 32-bit lane holds a pair of int16 values, and one instruction does, for 16 lanes l,
+each 32-bit lane holds a pair of int16 values, and one instruction does, for its lanes l
+(`LANES`: 16 in a 512-bit vector, 8 in a 256-bit one),
 
     acc[l] += a[2l] * b[2l] + a[2l+1] * b[2l+1]        (int32, wrapping)
 
 The micro-kernel below is written as that portable LLVM IR pattern (sext, mul, even + odd lanes,
-add); LLVM selects `vpdpwssd zmm` on CPUs with avx512_vnni. It never relies on wrapping:
+add); LLVM selects `vpdpwssd zmm` on CPUs with avx512_vnni and `vpmaddwd ymm` + `vpaddd ymm` on
+AVX2 CPUs. It never relies on wrapping:
 
     Operands: activations a = x - offset with |a| <= A (uint16: x - 32768, A = 32768;
     uint8: x - 128, A = 128); int8 weights |w| <= 128. A lane accumulates one output's
@@ -15,8 +17,9 @@ add); LLVM selects `vpdpwssd zmm` on CPUs with avx512_vnni. It never relies on w
     (uint16: 510) that is < 2**31: the int32 lane holds the exact sum. Each K-block's
     int32 result is then added into an int64 tile (exact: |acc| < 2**62 is checked).
 
-Weights are packed once (`pack_weight`) into int16 pairs, panel by panel (`PANEL` = 64 output
-channels, the last panel 16, 32, 48 or 64 wide): word `p * width + c` of a panel holds
+Weights are packed once (`pack_weight`) into int16 pairs, panel by panel (`PANEL` = LANES * NV
+output channels: 64 with AVX-512, 16 with AVX2; the last panel a multiple of LANES, N padded to
+one): word `p * width + c` of a panel holds
 (w[c, 2p], w[c, 2p + 1]), zero beyond N and K. That is 2 bytes per weight (the float32 copy of
 the "split"/"f64" plans is 4). Activations are written as an (Mp, Kp) int16 matrix, Mp a
 multiple of `MR` and Kp even, padded with 0 (`tile_product` reads pairs (a[r, 2p], a[r, 2p+1])).
@@ -30,15 +33,10 @@ from numba import njit, prange, types
 from numba.core import cgutils, config
 from numba.extending import intrinsic
 
-MR = 6  # activation rows per micro-tile
-NV = 4  # 16-lane vectors of output channels per micro-tile
-PANEL = 16 * NV  # output channels per weight panel
 LANE_MAX = 2**31 - 1  # int32 lane
 W_BOUND = 128  # |int8 weight|
 
 _I16, _I32, _I64 = ir.IntType(16), ir.IntType(32), ir.IntType(64)
-_V16I32, _V32I16, _V32I32, _V16I64 = (ir.VectorType(_I32, 16), ir.VectorType(_I16, 32),
-                                      ir.VectorType(_I32, 32), ir.VectorType(_I64, 16))
 
 
 def target_features() -> set[str]:
@@ -58,10 +56,20 @@ def target_features() -> set[str]:
 VNNI = {"avx512vnni", "avx512bw"} <= target_features()
 FAST = VNNI or "avx2" in target_features()
 
+#: int32 lanes per SIMD vector and the micro-tile (MR rows x NV vectors of output channels) for the
+#: target: 512-bit vectors (16 lanes, 6 x 4 = 24 of the 32 zmm registers as accumulators) where
+#: AVX-512 BW is there, else 256-bit vectors (8 lanes, AVX2: MR x NV accumulators plus NV weight
+#: vectors and one broadcast activation pair within the 16 ymm registers, so nothing spills).
+TILES = {16: (6, 4), 8: (6, 2)}
+LANES = 16 if {"avx512f", "avx512bw"} <= target_features() else 8
+MR, NV = TILES[LANES]
+PANEL = LANES * NV  # output channels per weight panel
 
-def block_length(a_bound: int) -> int:
-    """Longest even K-block with block * a_bound * 128 <= 2**31 - 1 (int32 lanes stay exact)."""
-    n = LANE_MAX // (a_bound * W_BOUND)
+
+def block_length(a_bound: int, b_bound: int = W_BOUND) -> int:
+    """Longest even K-block with block * a_bound * b_bound <= 2**31 - 1 (int32 lanes stay exact;
+    b_bound: 128 for int8 weights, 255 for centred uint8 activations)."""
+    n = LANE_MAX // (a_bound * b_bound)
     return max(2, n - n % 2)
 
 
@@ -69,30 +77,33 @@ def _lanes(values):
     return ir.Constant(ir.VectorType(_I32, len(values)), [ir.Constant(_I32, v) for v in values])
 
 
-_EVEN, _ODD, _SPLAT0 = _lanes(range(0, 32, 2)), _lanes(range(1, 32, 2)), _lanes([0] * 16)
-
-
 def _dot_pairs(builder, acc, a, b):
-    """acc + (a[2l] b[2l] + a[2l+1] b[2l+1]) per lane l; a, b <16 x i32> holding int16 pairs: vpdpwssd."""
-    ae = builder.sext(builder.bitcast(a, _V32I16), _V32I32)
-    be = builder.sext(builder.bitcast(b, _V32I16), _V32I32)
-    prod = builder.mul(ae, be)  # <32 x i32>, |.| <= 2**22: exact
-    undef = ir.Constant(_V32I32, ir.Undefined)
-    pairs = builder.add(builder.shuffle_vector(prod, undef, _EVEN), builder.shuffle_vector(prod, undef, _ODD))
+    """acc + (a[2l] b[2l] + a[2l+1] b[2l+1]) per lane l; a, b <L x i32> holding int16 pairs:
+    vpdpwssd (AVX-512 VNNI), vpmaddwd + vpaddd (AVX2, AVX-512 BW)."""
+    lanes = a.type.count
+    wide = ir.VectorType(_I32, 2 * lanes)
+    ae = builder.sext(builder.bitcast(a, ir.VectorType(_I16, 2 * lanes)), wide)
+    be = builder.sext(builder.bitcast(b, ir.VectorType(_I16, 2 * lanes)), wide)
+    prod = builder.mul(ae, be)  # <2L x i32>, |.| <= 2**22: exact
+    undef = ir.Constant(wide, ir.Undefined)
+    even, odd = _lanes(range(0, 2 * lanes, 2)), _lanes(range(1, 2 * lanes, 2))
+    pairs = builder.add(builder.shuffle_vector(prod, undef, even), builder.shuffle_vector(prod, undef, odd))
     return builder.add(acc, pairs)
 
 
-def _make_micro_kernel(mr, nv):
-    """Intrinsic (a, a_off, lda, b, b_off, npairs, c, ldc, add) -> None for an mr x 16*nv tile:
+def _make_micro_kernel(mr, nv, lanes):
+    """Intrinsic (a, a_off, lda, b, b_off, npairs, c, ldc, add) -> None for an mr x L*nv tile (L = lanes):
 
-        s[r, 16v + l] = sum_{p < npairs} a[a_off + r*lda + 2p + i] * b[b_off + p*16*nv + 16v + l, i]
-                        (sum over i in {0, 1}; int32 lanes; r < mr, v < nv, l < 16)
-        c[r, 16v + l] = c[r, 16v + l] + s (add != 0) or s (add == 0), in int64
+        s[r, Lv + l] = sum_{p < npairs} a[a_off + r*lda + 2p + i] * b[b_off + p*L*nv + Lv + l, i]
+                       (sum over i in {0, 1}; int32 lanes; r < mr, v < nv, l < L)
+        c[r, Lv + l] = c[r, Lv + l] + s (add != 0) or s (add == 0), in int64
 
     a: int16 C-contiguous (offsets in int16 elements); b: int16 packed pairs (offset in pairs);
     c: int64 C-contiguous (row stride ldc). npairs >= 1 and npairs * 2 <= block_length(A).
     """
-    width = 16 * nv
+    width = lanes * nv
+    vi32, vi64 = ir.VectorType(_I32, lanes), ir.VectorType(_I64, lanes)
+    splat0 = _lanes([0] * lanes)
 
     @intrinsic
     def micro_kernel(typingctx, a, a_off, lda, b, b_off, npairs, c, ldc, add):
@@ -105,38 +116,38 @@ def _make_micro_kernel(mr, nv):
             c_ptr = context.make_array(signature.args[6])(context, builder, args[6]).data  # i64*
             a_off, lda, b_off, npairs, ldc = args[1], args[2], args[4], args[5], args[7]
             add = builder.icmp_signed("!=", args[8], ir.Constant(args[8].type, 0))
-            zero = ir.Constant(_V16I32, [ir.Constant(_I32, 0)] * 16)
+            zero = ir.Constant(vi32, [ir.Constant(_I32, 0)] * lanes)
             accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(nv)] for _ in range(mr)]
-            undef = ir.Constant(_V16I32, ir.Undefined)
+            undef = ir.Constant(vi32, ir.Undefined)
             with cgutils.for_range(builder, npairs) as loop:
                 p = loop.index
                 row = builder.add(b_off, builder.mul(p, ir.Constant(_I64, width)))
                 bv = []
                 for v in range(nv):
-                    ptr = builder.gep(b_ptr, [builder.add(row, ir.Constant(_I64, 16 * v))])
-                    bv.append(builder.load(builder.bitcast(ptr, _V16I32.as_pointer()), align=4))
+                    ptr = builder.gep(b_ptr, [builder.add(row, ir.Constant(_I64, lanes * v))])
+                    bv.append(builder.load(builder.bitcast(ptr, vi32.as_pointer()), align=4))
                 col = builder.add(a_off, builder.mul(p, ir.Constant(_I64, 2)))
                 for r in range(mr):
                     off = builder.add(col, builder.mul(ir.Constant(_I64, r), lda))
                     word = builder.load(builder.bitcast(builder.gep(a_ptr, [off]), _I32.as_pointer()), align=2)
                     bcast = builder.shuffle_vector(builder.insert_element(undef, word, ir.Constant(_I32, 0)),
-                                                   undef, _SPLAT0)
+                                                   undef, splat0)
                     for v in range(nv):
                         builder.store(_dot_pairs(builder, builder.load(accs[r][v]), bcast, bv[v]), accs[r][v])
             ptrs = [[builder.bitcast(builder.gep(c_ptr, [builder.add(builder.mul(ir.Constant(_I64, r), ldc),
-                                                                     ir.Constant(_I64, 16 * v))]),
-                                     _V16I64.as_pointer()) for v in range(nv)] for r in range(mr)]
+                                                                     ir.Constant(_I64, lanes * v))]),
+                                     vi64.as_pointer()) for v in range(nv)] for r in range(mr)]
             with builder.if_else(add) as (then, otherwise):
                 with then:
                     for r in range(mr):
                         for v in range(nv):
                             total = builder.add(builder.load(ptrs[r][v], align=8),
-                                                builder.sext(builder.load(accs[r][v]), _V16I64))
+                                                builder.sext(builder.load(accs[r][v]), vi64))
                             builder.store(total, ptrs[r][v], align=8)
                 with otherwise:
                     for r in range(mr):
                         for v in range(nv):
-                            builder.store(builder.sext(builder.load(accs[r][v]), _V16I64), ptrs[r][v], align=8)
+                            builder.store(builder.sext(builder.load(accs[r][v]), vi64), ptrs[r][v], align=8)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -144,10 +155,8 @@ def _make_micro_kernel(mr, nv):
     return micro_kernel
 
 
-_mk1 = _make_micro_kernel(MR, 1)
-_mk2 = _make_micro_kernel(MR, 2)
-_mk3 = _make_micro_kernel(MR, 3)
-_mk4 = _make_micro_kernel(MR, 4)
+_MK = [_make_micro_kernel(MR, nv, LANES) for nv in range(1, 5)]  # nv = 1..4 vectors (NV <= 4)
+_mk1, _mk2, _mk3, _mk4 = _MK
 
 
 @njit(cache=True, inline="always")
@@ -159,7 +168,7 @@ def tile_product(a, row0, wpk, panel, width, npairs_total, block_pairs, ctile):
     """
     lda = a.shape[1]
     base = PANEL * panel * npairs_total  # words before this panel
-    nv = width // 16
+    nv = width // LANES
     for p0 in range(0, npairs_total, block_pairs):
         n = min(block_pairs, npairs_total - p0)
         a_off = row0 * lda + 2 * p0
@@ -192,10 +201,11 @@ def _pack_kernel(w, npairs, n_pad, out):
 
 
 def pack_weight(w2):
-    """Packed int16 pairs (1-D, `PANEL`-wide panels, see module docstring) of an int8 (N, K) weight."""
+    """Packed int16 pairs (1-D, `PANEL`-wide panels, see module docstring) of an int8 (N, K) weight
+    (or int16 (N, K): the centred uint8 right operand of an activation product)."""
     n, k = w2.shape
     npairs = (k + 1) // 2
-    n_pad = -(-n // 16) * 16
+    n_pad = -(-n // LANES) * LANES
     out = np.empty(n_pad * npairs * 2, np.int16)
     _pack_kernel(np.ascontiguousarray(w2), npairs, n_pad, out)
     return out

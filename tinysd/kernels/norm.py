@@ -51,6 +51,7 @@ from tinysd.fixedpoint.primitives import (
 )
 from tinysd.fixedpoint.reference import rounding_shift_right_ref, sat32, srdhm_ref
 
+from .threads import run_ranges
 from .softmax import _bit_length, reciprocal_q31, reciprocal_q31_ref, rsr_any, rsr_any_ref
 
 log = logging.getLogger(__name__)
@@ -287,12 +288,34 @@ def _isqrt(x):
     return s
 
 
-@njit(cache=True)
-def _norm_kernel(rows, G, Cg, P, eps_fx, gm, gs, beta_fx, in_bits, out_bits, out):
-    n_rows, N = rows.shape
+@njit(cache=True, inline="always")
+def _affine(q, H, mean, left, M, right, bc, qmax):
+    """One element of the affine step (module docstring, "per element"): code q -> output code."""
+    c = (np.int64(q) << H) - mean
+    x = saturate_i32_scalar(c << left)
+    v = rsr_any(srdhm_i32(x, M), right)
+    t = saturate_i32_scalar(v + bc)
+    y = rounding_shift_right_i32(t, 8)  # Q = BETA_FRAC_BITS
+    if y < 0:
+        y = 0
+    elif y > qmax:
+        y = qmax
+    return y
+
+
+#: With 8-bit input, a (row, channel) run of more than this many elements is mapped through a 256-entry
+#: table of `_affine` (the output depends only on the code within the run): the same integers, fewer operations.
+_TABLE_MIN_RUN = 256
+
+
+@njit(cache=True, nogil=True)
+def _norm_kernel(r0, r1, rows, G, Cg, P, eps_fx, gm, gs, beta_fx, in_bits, out_bits, out):
+    """Rows r0..r1-1 of `rows` (n_rows, N) into the same rows of `out` (module docstring)."""
+    N = rows.shape[1]
     H = 31 - in_bits
     qmax = (np.int64(1) << out_bits) - 1
-    for r in range(n_rows):
+    use_table = in_bits == 8 and P > _TABLE_MIN_RUN
+    for r in range(r0, r1):
         # --- statistics: int64 sums; |q - a| < 2**16 so D2 < N * 2**32 < 2**62
         sum1 = np.int64(0)
         for i in range(N):
@@ -320,6 +343,7 @@ def _norm_kernel(rows, G, Cg, P, eps_fx, gm, gs, beta_fx, in_bits, out_bits, out
             Wn = W >> (-2 * k)
         R = reciprocal_q31(_isqrt(Wn))
         g = r % G
+        table = np.empty(256 if use_table else 0, dtype=out.dtype)
         for cl in range(Cg):
             ch = g * Cg + cl
             M = srdhm_i32(R, gm[ch])
@@ -329,25 +353,22 @@ def _norm_kernel(rows, G, Cg, P, eps_fx, gm, gs, beta_fx, in_bits, out_bits, out
                 left = 31
             right = -e if e < 0 else 0
             bc = np.int64(beta_fx[ch])
-            for p in range(P):
-                i = cl * P + p
-                c = (np.int64(rows[r, i]) << H) - mean
-                x = saturate_i32_scalar(c << left)
-                v = rsr_any(srdhm_i32(x, M), right)
-                t = saturate_i32_scalar(v + bc)
-                y = rounding_shift_right_i32(t, 8)  # Q = BETA_FRAC_BITS
-                if y < 0:
-                    y = 0
-                elif y > qmax:
-                    y = qmax
-                out[r, i] = y
+            if use_table:
+                for q in range(256):
+                    table[q] = _affine(q, H, mean, left, M, right, bc, qmax)
+                for p in range(P):
+                    out[r, cl * P + p] = table[rows[r, cl * P + p]]
+            else:
+                for p in range(P):
+                    i = cl * P + p
+                    out[r, i] = _affine(rows[r, i], H, mean, left, M, right, bc, qmax)
 
 
 def _run(rows, G, Cg, P, params):
     out = np.empty(rows.shape, dtype=np.uint8 if params.out_bits == 8 else np.uint16)
-    _norm_kernel(rows, G, Cg, P, np.int64(params.eps_fx),
-                 np.ascontiguousarray(params.gamma_multiplier), np.ascontiguousarray(params.gamma_shift),
-                 np.ascontiguousarray(params.beta_fx), params.in_bits, params.out_bits, out)
+    run_ranges(_norm_kernel, rows.shape[0], rows.shape[1], rows, G, Cg, P, np.int64(params.eps_fx),
+               np.ascontiguousarray(params.gamma_multiplier), np.ascontiguousarray(params.gamma_shift),
+               np.ascontiguousarray(params.beta_fx), params.in_bits, params.out_bits, out)  # rows in parallel
     return out
 
 

@@ -34,6 +34,8 @@ from tinysd.fixedpoint.checks import check_array
 from tinysd.fixedpoint.primitives import rounding_shift_right_i32, srdhm_i32
 from tinysd.fixedpoint.reference import rounding_shift_right_ref, srdhm_ref
 
+from .threads import run_ranges
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -173,14 +175,14 @@ def softmax_reference(x_q, exp_table, out_bits=None, causal=False) -> np.ndarray
 # ---------------------------------------------------------------------------------------------
 # Numba kernel
 # ---------------------------------------------------------------------------------------------
-@njit(cache=True)
-def _softmax_kernel(rows, E, out_bits, causal_t, out):
-    """rows (R, T) uint8/uint16; causal_t = T of the (T, T) mask or 0; out (R, T) zeros on entry."""
-    n_rows, T = rows.shape
+@njit(cache=True, nogil=True)
+def _softmax_kernel(r0, r1, rows, E, out_bits, causal_t, out):
+    """Rows r0..r1-1 of rows (R, T) uint8/uint16; causal_t = T of the (T, T) mask or 0; out (R, T) zeros on entry."""
+    T = rows.shape[1]
     last = E.shape[0] - 1
     qmax = (np.int64(1) << out_bits) - 1
     e = np.empty(T, dtype=np.int64)
-    for r in range(n_rows):
+    for r in range(r0, r1):
         width = (r % causal_t) + 1 if causal_t > 0 else T
         m = np.int64(rows[r, 0])
         for j in range(1, width):  # vmax
@@ -215,5 +217,6 @@ def softmax(x_q, exp_table, out_bits=None, causal=False) -> np.ndarray:
     T = x_q.shape[-1]
     rows = np.ascontiguousarray(x_q).reshape(-1, T)  # (R, T)
     out = np.zeros(rows.shape, dtype=np.uint8 if out_bits == 8 else np.uint16)
-    _softmax_kernel(rows, np.ascontiguousarray(exp_table), out_bits, T if causal else 0, out)
+    run_ranges(_softmax_kernel, rows.shape[0], T, rows, np.ascontiguousarray(exp_table), out_bits, T if causal else 0,
+               out)  # rows in parallel
     return out.reshape(x_q.shape)

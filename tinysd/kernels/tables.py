@@ -36,6 +36,8 @@ from numba import njit
 
 from tinysd.fixedpoint.checks import check_array
 
+from .threads import run_ranges
+
 log = logging.getLogger(__name__)
 
 __all__ = ["TABLE_FUNCTIONS", "make_table", "apply_table", "apply_table_reference", "table_float"]
@@ -153,10 +155,10 @@ def apply_table_reference(x_q: np.ndarray, table: np.ndarray) -> np.ndarray:
     return table[x_q.astype(np.int64)]
 
 
-@njit(cache=True)
-def _apply_table_kernel(x_flat, table, out_flat):
-    # one lookup per element: HVX vlut32/vlut16 (8-bit in) or vgather (16-bit in)
-    for i in range(x_flat.shape[0]):
+@njit(cache=True, nogil=True)
+def _apply_table_kernel(i0, i1, x_flat, table, out_flat):
+    # elements i0..i1-1, one lookup each: HVX vlut32/vlut16 (8-bit in) or vgather (16-bit in)
+    for i in range(i0, i1):
         out_flat[i] = table[x_flat[i]]
 
 
@@ -169,5 +171,5 @@ def apply_table(x_q: np.ndarray, table: np.ndarray) -> np.ndarray:
     _check_apply(x_q, table)
     x_flat = np.ascontiguousarray(x_q).reshape(-1)
     out = np.empty(x_flat.shape[0], dtype=table.dtype)
-    _apply_table_kernel(x_flat, np.ascontiguousarray(table), out)
+    run_ranges(_apply_table_kernel, x_flat.shape[0], 1, x_flat, np.ascontiguousarray(table), out)  # in parallel
     return out.reshape(x_q.shape)

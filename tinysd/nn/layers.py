@@ -136,7 +136,8 @@ def multihead_attention(ops, q, k, v, heads: int, name: str, causal: bool = Fals
     applied to the q k^T product (`matmul` alpha), as torch's attention does.
     Ops: `{name}.scores`, `{name}.probs`, `{name}.context`. When the scores have more than
     `ops.attention_tile_elements` elements and the interpreter's class has an `attention` method (float,
-    integer), the three run as one `ops.attention` call, in tiles of query rows; a proxy whose class has
+    integer), the three run as one `ops.attention` call, in tiles of query rows; an interpreter with a true
+    `fuse_attention` (float) gets every attention as one `ops.attention` call; a proxy whose class has
     none (the recording interpreter) always sees the three ops.
     """
     B, T, C = q.shape
@@ -146,7 +147,8 @@ def multihead_attention(ops, q, k, v, heads: int, name: str, causal: bool = Fals
     k = ops.transpose(ops.reshape(k, (B, S, heads, d)), (0, 2, 3, 1))  # (B, H, d, S)
     v = ops.transpose(ops.reshape(v, (B, S, heads, d)), (0, 2, 1, 3))  # (B, H, S, d)
     tile = getattr(ops, "attention_tile_elements", 0) if getattr(type(ops), "attention", None) else 0
-    if tile and B * heads * T * S > tile:  # large scores: the three ops in one call, in query tiles
+    fuse = bool(getattr(ops, "fuse_attention", False)) and getattr(type(ops), "attention", None) is not None
+    if fuse or (tile and B * heads * T * S > tile):  # the three ops in one call (fused, or in query tiles)
         ctx = ops.attention(q, k, v, name, alpha=float(d) ** -0.5, causal=causal)  # (B, H, T, d)
     else:
         scores = ops.matmul(q, k, f"{name}.scores", alpha=float(d) ** -0.5)  # (B, H, T, S)

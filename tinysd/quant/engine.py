@@ -43,11 +43,19 @@ def build_integer_networks(qmodel: QuantizedModel, cache_weights: bool = False):
     missing = [n for n in ("text_encoder", "unet", "vae") if n not in qmodel.networks]
     if missing:
         raise TinySDError(f"quantized model has no {', '.join(missing)} network")
-    graphs = model_graphs(qmodel.config)
-    interp = {n: IntegerInterpreter(qmodel.networks[n], cache_weights=cache_weights) for n in graphs}
-    return (IntegerTextEncoder(graphs["text_encoder"], interp["text_encoder"]),
-            UNet(graphs["unet"], interp["unet"]),
-            VAE(graphs["vae"], interp["vae"]))
+    return tuple(build_integer_network(qmodel, n, cache_weights) for n in ("text_encoder", "unet", "vae"))
+
+
+_WRAPPERS = {"text_encoder": IntegerTextEncoder, "unet": UNet, "vae": VAE}
+
+
+def build_integer_network(qmodel: QuantizedModel, network: str, cache_weights: bool = False):
+    """One network of `build_integer_networks` ("text_encoder", "unet" or "vae"); `qmodel` needs only that
+    network's arrays (`load_quantized(..., networks=(network,))`)."""
+    if network not in qmodel.networks:
+        raise TinySDError(f"quantized model has no {network} network")
+    graph = model_graphs(qmodel.config)[network]
+    return _WRAPPERS[network](graph, IntegerInterpreter(qmodel.networks[network], cache_weights=cache_weights))
 
 
 def factory_for(precision: str):

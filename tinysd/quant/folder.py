@@ -37,7 +37,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
@@ -49,7 +49,7 @@ from ..atomic import atomic_dir
 from ..errors import TinySDError
 from ..fileio import open_regular, read_text
 from ..fixedpoint import ARITHMETIC_SPEC_VERSION
-from ..safetensors_io import SafetensorsFile, write_safetensors
+from ..safetensors_io import DTYPES, SafetensorsFile, write_safetensors
 from .encodings import (
     QUANT_SCHEME_MINMAX,
     QUANT_SCHEME_PERCENTILE,
@@ -281,7 +281,9 @@ def check_precision(path: str | Path, folder_precision: str, requested: str | No
                       f"run it at {folder_precision}, or {how}")
 
 
-def _load_arrays(root: Path, network: str, entry: Mapping) -> dict[str, np.ndarray]:
+def _load_arrays(root: Path, network: str, entry: Mapping, read: bool = True) -> dict[str, np.ndarray]:
+    """The network's arrays, every check done; read=False: only the checks the header allows (listed tensors,
+    dtypes, shapes), no data read and no SHA-256, and {} returned."""
     where = root / MARKER
     rel = _field(entry, "arrays", str, where)
     tensors = _field(entry, "tensors", dict, where)
@@ -299,19 +301,22 @@ def _load_arrays(root: Path, network: str, entry: Mapping) -> dict[str, np.ndarr
         if extra:
             parts.append(f"{len(extra)} unexpected tensor(s): {_listing(extra)}")
         raise TinySDError(f"{path}: does not hold the arrays listed in {MARKER}: " + "; ".join(parts))
-    arrays = sf.read_raw(tensors)
     for name, spec in tensors.items():
-        a = arrays[name]
+        info = sf.infos[name]
+        a_dtype, a_shape = DTYPES[info.dtype][0], info.shape  # those of the array read_raw makes
         try:
             dtype, shape = np.dtype(spec[0]), tuple(int(d) for d in spec[1])
         except (TypeError, ValueError, IndexError):
             raise TinySDError(f"{where}: malformed entry for {network} tensor {name!r}") from None
         if dtype.kind not in "iu":
             raise TinySDError(f"{where}: {network} tensor {name!r} is listed as {dtype}, not an integer type")
-        if a.dtype != dtype:
-            raise TinySDError(f"{path}: tensor {name!r} is {a.dtype}, expected {dtype}")
-        if a.shape != shape:
-            raise TinySDError(f"{path}: tensor {name!r} has shape {list(a.shape)}, expected {list(shape)}")
+        if a_dtype != dtype:
+            raise TinySDError(f"{path}: tensor {name!r} is {a_dtype}, expected {dtype}")
+        if a_shape != shape:
+            raise TinySDError(f"{path}: tensor {name!r} has shape {list(a_shape)}, expected {list(shape)}")
+    if not read:
+        return {}
+    arrays = sf.read_raw(tensors)
     if file_sha256(path) != digest:
         raise TinySDError(f"{path}: corrupt (SHA-256 differs from the one recorded in {MARKER})")
     return {name: arrays[name] for name in tensors}
@@ -332,13 +337,21 @@ def _split_encodings(path: Path, role: str, encs: Mapping[str, Encoding]) -> dic
     return out
 
 
-def load_quantized(path: str | Path, precision: str | None = None) -> QuantizedModel:
+def load_quantized(path: str | Path, precision: str | None = None,
+                   networks: Iterable[str] = NETWORKS) -> QuantizedModel:
     """Read a folder written by `save_quantized`; every array is returned read-only, as stored.
 
     `precision`: when given, the folder must have been built for it (else a
-    TinySDError naming both). All validation failures are one TinySDError
-    naming the file (and tensor); see the module docstring.
+    TinySDError naming both). `networks`: the networks whose arrays are read
+    (the model's `networks` has only those; `Pipeline(low_memory=True)` reads one
+    at a time); the headers, configs and encodings are checked in every case.
+    All validation failures are one TinySDError naming the file (and tensor);
+    see the module docstring.
     """
+    networks_wanted = tuple(networks)
+    unknown = [n for n in networks_wanted if n not in NETWORKS]
+    if unknown:
+        raise ValueError(f"unknown networks {unknown} (expected some of {NETWORKS})")
     root = Path(path)
     if not root.is_dir():
         raise TinySDError(f"{root}: no such folder")
@@ -389,7 +402,9 @@ def load_quantized(path: str | Path, precision: str | None = None) -> QuantizedM
 
     nets = {}
     for network in NETWORKS:
-        arrays = _load_arrays(root, network, networks[network])
+        arrays = _load_arrays(root, network, networks[network], read=network in networks_wanted)
+        if network not in networks_wanted:
+            continue
         nets[network] = QuantizedNetwork(network=network, precision=per_net[network], arrays=arrays,
                                          activations=act_by[network], params=par_by[network])
     log.info("loaded %s quantized model from %s", folder_precision, root)

@@ -207,16 +207,19 @@ def _adaround(loaded, calls, settings, progress):
     import dataclasses
     import time
 
-    from .adaround import adaround_network, adarounded_params, sample_layer_inputs
+    from .adaround import adaround_network, adaround_network_sequential, adarounded_params, sample_layer_inputs
 
     t0 = time.perf_counter()
     params, encs, layers, gains = {}, {}, 0, []
     for net in NETWORKS:
-        inputs = sample_layer_inputs(loaded, calls, net, settings)
         stage = f"AdaRound {net}"
-        codes, stats = adaround_network(loaded.params[net], inputs, net, settings,
-                                        progress=progress and (lambda done, total, s=stage: progress(s, done, total)))
-        del inputs
+        bar = progress and (lambda done, total, s=stage: progress(s, done, total))
+        if settings.inputs == "quantized":  # each layer on the AdaRounded-so-far network's inputs (AIMET's way)
+            codes, stats = adaround_network_sequential(loaded, calls, net, settings, progress=bar)
+        else:
+            inputs = sample_layer_inputs(loaded, calls, net, settings)
+            codes, stats = adaround_network(loaded.params[net], inputs, net, settings, progress=bar)
+            del inputs
         params[net], encs[net] = adarounded_params(loaded.params[net], codes, net)
         layers += len(codes)
         gains += [10 * math.log10(r.error_nearest / r.error_adaround) for r in stats.values()
@@ -224,7 +227,8 @@ def _adaround(loaded, calls, settings, progress):
     seconds = time.perf_counter() - t0
     log.info("AdaRound: %d layers in %.1f s", layers, seconds)
     info = {"method": "adaround", "settings": settings.record(), "layers": layers, "seconds": round(seconds, 1),
-            "inputs": "float network, calibration calls",
+            "inputs": ("AdaRounded-so-far network (float activations), calibration calls"
+                       if settings.inputs == "quantized" else "float network, calibration calls"),
             "mean_reconstruction_gain_db": round(float(np.mean(gains)), 3) if gains else None}
     return dataclasses.replace(loaded, params=params), encs, info
 
