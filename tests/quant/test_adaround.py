@@ -275,7 +275,8 @@ def test_calls_are_capped_evenly_per_kind():
     assert [c.args[0] for c in calls_by_kind(calls, "unet")["unet"]] == list(range(10))
     assert [c.args[0] for c in calls_by_kind(calls, "unet", 4)["unet"]] == [0, 3, 6, 9]
     assert [c.args[0] for c in calls_by_kind(calls, "unet", 5)["unet"]] == [0, 2, 4, 6, 8]
-    assert list(calls_by_kind(calls, "vae", 4)) == ["vae.decode"] and len(calls_by_kind(calls, "vae", 4)["vae.decode"]) == 3
+    vae = calls_by_kind(calls, "vae", 4)
+    assert list(vae) == ["vae.decode"] and len(vae["vae.decode"]) == 3
     with pytest.raises(Exception, match="calls"):
         AdaRoundSettings(calls=-1).check()
 
@@ -285,6 +286,7 @@ def test_workflow_runs_the_sequential_fit_for_quantized_inputs(monkeypatch):
     a fit that keeps nearest rounding), and the "weights" entry of quantization.json records the choice."""
     import tinysd.quant.adaround as ar
     from tinysd.checkpoint import load_checkpoint
+    from tinysd.quant.adaround import calls_by_kind
     from tinysd.quant.calibration import NetworkCall
     from tinysd.quant.workflow import _adaround
 
@@ -293,8 +295,6 @@ def test_workflow_runs_the_sequential_fit_for_quantized_inputs(monkeypatch):
     def fit(loaded, calls, network, settings, progress=None):
         seen.append((network, settings.inputs, sorted(calls_by_kind(calls, network))))
         return {}, {}
-
-    from tinysd.quant.adaround import calls_by_kind
 
     monkeypatch.setattr(ar, "adaround_network_sequential", fit)
     loaded = load_checkpoint(ROOT / "tests" / "fixtures" / "tiny-sd")
