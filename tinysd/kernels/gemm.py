@@ -380,7 +380,7 @@ def _requant_row(acc, bias_r, acc_shift, left, mult, half, right, out_zp, qmin, 
     for c < len(y) (all arguments sliced to the row's channels).
 
     The same integers as _narrow_requant, written branch-free so that LLVM vectorizes it (per-lane
-    shifts, 64-bit multiplies): bias_r = bias + rounding half of acc_shift, left/right = max(+-shift,
+    shifts; the srdhm product of two int32 values, mult passed as int32: vpmuldq on AVX2): bias_r = bias + rounding half of acc_shift, left/right = max(+-shift,
     0), half = rounding half of right (see _i16_requant_params). Returns the number of saturating
     narrows.
     """
@@ -389,8 +389,8 @@ def _requant_row(acc, bias_r, acc_shift, left, mult, half, right, out_zp, qmin, 
         r = (acc[c] + bias_r[c]) >> acc_shift[c]  # narrow_i64: rounding shift ...
         rs = min(max(r, -2147483648), 2147483647)  # ... and saturation
         nsat += r != rs
-        x = min(max(rs << left[c], -2147483648), 2147483647)  # requantize_i32: sat32(acc << shift)
-        v = min(max((x * mult[c] + 1073741824) >> 31, -2147483648), 2147483647)  # srdhm
+        x = np.int32(min(max(rs << left[c], -2147483648), 2147483647))  # requantize_i32: sat32(acc << shift)
+        v = min(max((np.int64(x) * np.int64(mult[c]) + 1073741824) >> 31, -2147483648), 2147483647)  # srdhm
         v = (v + half[c]) >> right[c]  # rounding shift right
         y[c] = min(max(v + out_zp, qmin), qmax)
     return nsat
@@ -472,10 +472,12 @@ def _i16_product(op, m_rows, wpk, n_cols, plan, bias_eff, accs, mult, sh, out_zp
     n_chunks = min(n_panels, max(1, -(-I16_ITEMS_PER_THREAD * get_num_threads() // n_blocks)))
     raw = out_raw is not None
     if raw:  # unused requantize arguments, typed as in the requantizing call
-        bias_r, accs, left, mult, half, right = bias_eff, *(np.zeros(1, np.int64),) * 5
+        bias_r, accs, left, half, right = bias_eff, *(np.zeros(1, np.int64),) * 4
+        mult = np.zeros(1, np.int32)
         out = np.empty(0, np.uint8)
     else:
         bias_r, left, half, right = _i16_requant_params(bias_eff, accs, sh)
+        mult = mult.astype(np.int32)  # in [0, 2**31 - 1]: int32 x int32 products (vpmuldq on AVX2)
         out_raw = np.empty((0, 0), np.int64)
     return _gemm_i16(op, m_rows, wpk, n_cols, plan.chunk // 2, tiles_per_block, n_chunks, bias_r, accs, left, mult,
                      half, right, out_zp, qmin, qmax, nchw_pixels, raw, out, out_raw)
