@@ -380,9 +380,9 @@ def _requant_row(acc, bias_r, acc_shift, left, mult, half, right, out_zp, qmin, 
     for c < len(y) (all arguments sliced to the row's channels).
 
     The same integers as _narrow_requant, written branch-free so that LLVM vectorizes it (per-lane
-    shifts; the srdhm product of two int32 values, mult passed as int32: vpmuldq on AVX2): bias_r = bias + rounding half of acc_shift, left/right = max(+-shift,
-    0), half = rounding half of right (see _i16_requant_params). Returns the number of saturating
-    narrows.
+    shifts; the srdhm product of two int32 values, mult passed as int32: vpmuldq on AVX2):
+    bias_r = bias + rounding half of acc_shift, left/right = max(+-shift, 0), half = rounding half
+    of right (see _i16_requant_params). Returns the number of saturating narrows.
     """
     nsat = 0
     for c in range(y.size):
