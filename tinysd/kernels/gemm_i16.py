@@ -161,7 +161,10 @@ _mk1, _mk2, _mk3, _mk4 = _MK
 
 #: bytes of packed weights per K-block that `block_product` keeps in L1 while it runs over the row tiles
 L1_WEIGHT_BYTES = 16 * 1024
-L1_PAIRS = max(2, L1_WEIGHT_BYTES // (4 * PANEL))  # K pairs of one panel in L1_WEIGHT_BYTES
+#: K pairs per K-block (besides the plan's exact block): L1_WEIGHT_BYTES of one panel with the AVX2 tile
+#: (256 pairs, measured faster); with the AVX-512 tile only the plan's block, as it was measured on the
+#: VNNI machine (a 64-pair L1 block there is unmeasured)
+L1_PAIRS = max(2, L1_WEIGHT_BYTES // (4 * PANEL)) if LANES == 8 else 1 << 30
 
 
 @njit(cache=True, inline="always")
