@@ -44,7 +44,7 @@ from ..fixedpoint.checks import (
 )
 from ..fixedpoint.primitives import ACC_SHIFT_MAX, requantize_i32, rounding_shift_right_i64
 from . import gemm_i16
-from .gemm_i16 import LANES, MR, PANEL, tile_product
+from .gemm_i16 import LANES, MR, PANEL, block_product
 
 log = logging.getLogger(__name__)
 
@@ -380,17 +380,17 @@ def _requant_row(acc, bias_r, acc_shift, left, mult, half, right, out_zp, qmin, 
     for c < len(y) (all arguments sliced to the row's channels).
 
     The same integers as _narrow_requant, written branch-free so that LLVM vectorizes it (per-lane
-    shifts, 64-bit multiplies): bias_r = bias + rounding half of acc_shift, left/right = max(+-shift,
-    0), half = rounding half of right (see _i16_requant_params). Returns the number of saturating
-    narrows.
+    shifts; the srdhm product of two int32 values, mult passed as int32: vpmuldq on AVX2):
+    bias_r = bias + rounding half of acc_shift, left/right = max(+-shift, 0), half = rounding half
+    of right (see _i16_requant_params). Returns the number of saturating narrows.
     """
     nsat = 0
     for c in range(y.size):
         r = (acc[c] + bias_r[c]) >> acc_shift[c]  # narrow_i64: rounding shift ...
         rs = min(max(r, -2147483648), 2147483647)  # ... and saturation
         nsat += r != rs
-        x = min(max(rs << left[c], -2147483648), 2147483647)  # requantize_i32: sat32(acc << shift)
-        v = min(max((x * mult[c] + 1073741824) >> 31, -2147483648), 2147483647)  # srdhm
+        x = np.int32(min(max(rs << left[c], -2147483648), 2147483647))  # requantize_i32: sat32(acc << shift)
+        v = min(max((np.int64(x) * np.int64(mult[c]) + 1073741824) >> 31, -2147483648), 2147483647)  # srdhm
         v = (v + half[c]) >> right[c]  # rounding shift right
         y[c] = min(max(v + out_zp, qmin), qmax)
     return nsat
@@ -412,8 +412,9 @@ def _gemm_i16(a, m_rows, wpk, n_cols, block_pairs, tiles_per_block, n_chunks, bi
     a: (Mp, Kp) int16 operand; wpk: packed weight. raw: out_raw (M, N) int64 = acc; else out
     (flat, layout as _epilogue_linear) = requantize(narrow_i64(acc, acc_shift[n]), ...), with bias
     and the requantize parameters as prepared by _i16_requant_params. Work items: blocks of
-    `tiles_per_block` row tiles x `n_chunks` ranges of weight panels; in an item each weight panel
-    is reused over the block's row tiles. Returns the saturation count.
+    `tiles_per_block` row tiles x `n_chunks` ranges of weight panels; in an item each K-block of a
+    weight panel is reused over the block's row tiles (`gemm_i16.block_product`). Returns the
+    saturation count.
     """
     npairs = a.shape[1] // 2
     n_tiles = a.shape[0] // MR
@@ -424,14 +425,17 @@ def _gemm_i16(a, m_rows, wpk, n_cols, block_pairs, tiles_per_block, n_chunks, bi
     for item in prange(n_blocks * n_chunks):
         blk = item // n_chunks
         chunk = item - blk * n_chunks
-        ctile = np.empty((MR, PANEL), np.int64)
         y = np.empty(PANEL, np.int64)
+        t0 = blk * tiles_per_block
+        t1 = min(n_tiles, t0 + tiles_per_block)
+        cblock = np.empty((tiles_per_block * MR, PANEL), np.int64)
         for j in range(chunk * n_panels // n_chunks, (chunk + 1) * n_panels // n_chunks):
             width = min(PANEL, n_pad - PANEL * j)
             n0 = PANEL * j
             n_valid = min(width, n_cols - n0)
-            for t in range(blk * tiles_per_block, min(n_tiles, (blk + 1) * tiles_per_block)):
-                tile_product(a, t * MR, wpk, j, width, npairs, block_pairs, ctile)
+            block_product(a, t0, t1, wpk, j, width, npairs, block_pairs, cblock)
+            for t in range(t0, t1):
+                ctile = cblock[(t - t0) * MR:(t - t0 + 1) * MR]
                 for r in range(min(MR, m_rows - t * MR)):
                     m = t * MR + r
                     if raw:
@@ -472,12 +476,15 @@ def _i16_product(op, m_rows, wpk, n_cols, plan, bias_eff, accs, mult, sh, out_zp
     n_chunks = min(n_panels, max(1, -(-I16_ITEMS_PER_THREAD * get_num_threads() // n_blocks)))
     raw = out_raw is not None
     if raw:  # unused requantize arguments, typed as in the requantizing call
-        bias_r, accs, left, mult, half, right = bias_eff, *(np.zeros(1, np.int64),) * 5
+        bias_r, accs, left, half, right = bias_eff, *(np.zeros(1, np.int64),) * 4
+        mult = np.zeros(1, np.int32)
         out = np.empty(0, np.uint8)
     else:
         bias_r, left, half, right = _i16_requant_params(bias_eff, accs, sh)
+        mult = mult.astype(np.int32)  # in [0, 2**31 - 1]: int32 x int32 products (vpmuldq on AVX2)
         out_raw = np.empty((0, 0), np.int64)
-    return _gemm_i16(op, m_rows, wpk, n_cols, plan.chunk // 2, tiles_per_block, n_chunks, bias_r, accs, left, mult,
+    block_pairs = min(plan.chunk // 2, gemm_i16.L1_PAIRS)  # exact (<= the plan's block) and L1-sized
+    return _gemm_i16(op, m_rows, wpk, n_cols, block_pairs, tiles_per_block, n_chunks, bias_r, accs, left, mult,
                      half, right, out_zp, qmin, qmax, nchw_pixels, raw, out, out_raw)
 
 

@@ -22,7 +22,7 @@ output channels: 64 with AVX-512, 16 with AVX2; the last panel a multiple of LAN
 one): word `p * width + c` of a panel holds
 (w[c, 2p], w[c, 2p + 1]), zero beyond N and K. That is 2 bytes per weight (the float32 copy of
 the "split"/"f64" plans is 4). Activations are written as an (Mp, Kp) int16 matrix, Mp a
-multiple of `MR` and Kp even, padded with 0 (`tile_product` reads pairs (a[r, 2p], a[r, 2p+1])).
+multiple of `MR` and Kp even, padded with 0 (`block_product` reads pairs (a[r, 2p], a[r, 2p+1])).
 """
 from __future__ import annotations
 
@@ -159,28 +159,41 @@ _MK = [_make_micro_kernel(MR, nv, LANES) for nv in range(1, 5)]  # nv = 1..4 vec
 _mk1, _mk2, _mk3, _mk4 = _MK
 
 
-@njit(cache=True, inline="always")
-def tile_product(a, row0, wpk, panel, width, npairs_total, block_pairs, ctile):
-    """ctile[:MR, :width] = sum_k a[row0 + r, k] * w[PANEL*panel + c, k]   (exact, int64).
+#: bytes of packed weights per K-block that `block_product` keeps in L1 while it runs over the row tiles
+L1_WEIGHT_BYTES = 16 * 1024
+#: K pairs per K-block (besides the plan's exact block): L1_WEIGHT_BYTES of one panel with the AVX2 tile
+#: (256 pairs, measured faster); with the AVX-512 tile only the plan's block, as it was measured on the
+#: VNNI machine (a 64-pair L1 block there is unmeasured)
+L1_PAIRS = max(2, L1_WEIGHT_BYTES // (4 * PANEL)) if LANES == 8 else 1 << 30
 
-    a: (Mp, 2*npairs_total) int16; wpk: packed weights (see module docstring); ctile: (MR, PANEL)
-    int64 (columns >= width untouched). K is processed in blocks of block_pairs pairs.
+
+@njit(cache=True, inline="always")
+def block_product(a, t0, t1, wpk, panel, width, npairs_total, block_pairs, cblock):
+    """cblock[(t - t0)*MR + r, :width] = sum_k a[t*MR + r, k] * w[PANEL*panel + c, k]   (exact, int64)
+    for the row tiles t0 <= t < t1.
+
+    a: (Mp, 2*npairs_total) int16; wpk: packed weights (see module docstring); cblock: (>= (t1-t0)*MR,
+    PANEL) int64 (columns >= width untouched). K is processed in blocks of block_pairs pairs (at most
+    the plan's exact block); each block of the panel's weights is used for all the tiles before the
+    next (GotoBLAS order: it stays in L1), and each tile's block sum is added into cblock in int64.
     """
     lda = a.shape[1]
     base = PANEL * panel * npairs_total  # words before this panel
     nv = width // LANES
     for p0 in range(0, npairs_total, block_pairs):
         n = min(block_pairs, npairs_total - p0)
-        a_off = row0 * lda + 2 * p0
         b_off = base + p0 * width
-        if nv == 4:
-            _mk4(a, a_off, lda, wpk, b_off, n, ctile, PANEL, p0)
-        elif nv == 3:
-            _mk3(a, a_off, lda, wpk, b_off, n, ctile, PANEL, p0)
-        elif nv == 2:
-            _mk2(a, a_off, lda, wpk, b_off, n, ctile, PANEL, p0)
-        else:
-            _mk1(a, a_off, lda, wpk, b_off, n, ctile, PANEL, p0)  # p0 > 0: add to the earlier blocks
+        for t in range(t0, t1):
+            a_off = t * MR * lda + 2 * p0
+            c = cblock[(t - t0) * MR:]
+            if nv == 4:
+                _mk4(a, a_off, lda, wpk, b_off, n, c, PANEL, p0)
+            elif nv == 3:
+                _mk3(a, a_off, lda, wpk, b_off, n, c, PANEL, p0)
+            elif nv == 2:
+                _mk2(a, a_off, lda, wpk, b_off, n, c, PANEL, p0)
+            else:
+                _mk1(a, a_off, lda, wpk, b_off, n, c, PANEL, p0)  # p0 > 0: add to the earlier blocks
 
 
 @njit(cache=True, parallel=True)
