@@ -125,21 +125,36 @@ def _attention_kernel():
             kk = k[r // T]  # (d, S)
             vv = v[r // T]  # (S, d)
             s[:] = 0.0
-            for c in range(d):
+            c = 0
+            while c + 4 <= d:  # four terms per pass over s, added in the order of c (as one term per pass)
+                q0, q1, q2, q3 = q[r, c], q[r, c + 1], q[r, c + 2], q[r, c + 3]
+                for j in range(S):
+                    s[j] = s[j] + q0 * kk[c, j] + q1 * kk[c + 1, j] + q2 * kk[c + 2, j] + q3 * kk[c + 3, j]
+                c += 4
+            while c < d:
                 qc = q[r, c]
                 for j in range(S):
                     s[j] += qc * kk[c, j]
+                c += 1
             m = s[0]
             for j in range(1, S):
                 m = max(m, s[j])
             for j in range(S):
                 s[j] -= m
             inv = np.float32(exp_row(s, ibuf, fbuf))
-            acc[:] = 0.0
             for j in range(S):
-                pj = s[j] / inv
+                s[j] = s[j] / inv
+            acc[:] = 0.0
+            j = 0
+            while j + 4 <= S:  # four terms per pass over acc, added in the order of j
+                p0, p1, p2, p3 = s[j], s[j + 1], s[j + 2], s[j + 3]
                 for c in range(dv):
-                    acc[c] += pj * vv[j, c]
+                    acc[c] = acc[c] + p0 * vv[j, c] + p1 * vv[j + 1, c] + p2 * vv[j + 2, c] + p3 * vv[j + 3, c]
+                j += 4
+            while j < S:
+                for c in range(dv):
+                    acc[c] += s[j] * vv[j, c]
+                j += 1
             out[r, :] = acc
 
     return attention_rows
