@@ -47,6 +47,16 @@ def test_gelu_is_correctly_rounded_erf_gelu():
     np.testing.assert_array_equal(FloatInterpreter({}, "t").gelu(x, "g"), ref)
 
 
+def test_gelu_split_over_threads(monkeypatch):
+    from tinysd.kernels import threads
+
+    x = np.linspace(-9, 9, 1001, dtype=np.float32)[:1001 - 1001 % 7].reshape(7, -1)
+    one = FloatInterpreter({}, "t").gelu(x, "g")
+    monkeypatch.setattr(threads, "MIN_PARALLEL_WORK", 0)
+    monkeypatch.setattr(threads, "thread_count", lambda: 3)
+    np.testing.assert_array_equal(FloatInterpreter({}, "t").gelu(x, "g"), one)
+
+
 def test_softmax_causal_and_norms():
     ops = FloatInterpreter({"n.weight": np.full(6, 2.0, np.float32), "n.bias": np.ones(6, np.float32)}, "t")
     rng = np.random.default_rng(1)

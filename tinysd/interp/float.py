@@ -31,16 +31,18 @@ _IM2COL_BUDGET = 1 << 24  # 64 MiB
 
 
 @functools.lru_cache(maxsize=None)
-def _gelu_ufunc():
-    """A float32 -> float32 ufunc: 0.5 x (1 + erf(x / sqrt 2)) in float64, rounded once (numba)."""
+def _gelu_kernel():
+    """gelu_range(i0, i1, x, out): out[i] = 0.5 x (1 + erf(x / sqrt 2)) in float64, rounded once to float32, for
+    i in i0..i1-1 of flat float32 arrays (numba, nogil: ranges run on threads)."""
     import numba
 
-    @numba.vectorize(["float32(float32)"], cache=True)
-    def gelu(x):
-        xd = np.float64(x)
-        return np.float32(0.5 * xd * (1.0 + math.erf(xd * 0.7071067811865476)))
+    @numba.njit(cache=True, nogil=True)
+    def gelu_range(i0, i1, x, out):
+        for i in range(i0, i1):
+            xd = np.float64(x[i])
+            out[i] = np.float32(0.5 * xd * (1.0 + math.erf(xd * 0.7071067811865476)))
 
-    return gelu
+    return gelu_range
 
 
 @functools.lru_cache(maxsize=None)
@@ -322,7 +324,10 @@ class FloatInterpreter:
             return x / (F32(1) + np.exp(-x))
 
     def gelu(self, x: np.ndarray, name: str) -> np.ndarray:
-        return _gelu_ufunc()(np.ascontiguousarray(x, dtype=F32))
+        xf = np.ascontiguousarray(x, dtype=F32)
+        out = np.empty_like(xf)
+        run_ranges(_gelu_kernel(), xf.size, 1, xf.reshape(-1), out.reshape(-1))  # elements in parallel
+        return out
 
     def quick_gelu(self, x: np.ndarray, name: str) -> np.ndarray:
         with np.errstate(over="ignore"):
