@@ -25,7 +25,13 @@ def tiny():
 
 
 class FloatTap(FloatInterpreter):
-    """FloatInterpreter that keeps every computing op's output by tensor name (one call)."""
+    """FloatInterpreter that keeps every computing op's output by tensor name (one call).
+
+    Attention as the three ops (scores, probs, context), as the calibrating interpreter computes it to observe
+    them; the fused attention of the float engine agrees with them to float32 rounding
+    (tests/interp/test_integer.py::test_float_attention_fused)."""
+
+    fuse_attention = False
 
     def __init__(self, params, network):
         super().__init__(params, network)

@@ -196,6 +196,45 @@ def normalized_layer(x: np.ndarray, eps: float) -> np.ndarray:
     return (x64 - mean) / np.sqrt(var + eps)
 
 
+@functools.lru_cache(maxsize=None)
+def _norm_kernel():
+    """norm_rows(r0, r1, x, G, Cg, P, w, b, eps, out) (numba, nogil) for rows r0..r1-1 of x (N*G, Cg*P) float32:
+    row r is group r % G; mean and variance (of the row, divided by its length) in float64, then
+    out = float32((x - mean) / sqrt(var + eps) * w[c] + b[c]) in float64, c = (r % G) * Cg + i // P."""
+    import numba
+
+    @numba.njit(cache=True, nogil=True)
+    def norm_rows(r0, r1, x, G, Cg, P, w, b, eps, out):
+        n = x.shape[1]
+        for r in range(r0, r1):
+            s = 0.0
+            for i in range(n):
+                s += np.float64(x[r, i])
+            mean = s / n
+            ss = 0.0
+            for i in range(n):
+                dd = np.float64(x[r, i]) - mean
+                ss += dd * dd
+            sd = math.sqrt(ss / n + eps)
+            for cl in range(Cg):
+                ch = (r % G) * Cg + cl
+                wc = np.float64(w[ch])
+                bc = np.float64(b[ch])
+                for p in range(cl * P, (cl + 1) * P):
+                    out[r, p] = np.float32((np.float64(x[r, p]) - mean) / sd * wc + bc)
+
+    return norm_rows
+
+
+def _norm(x: np.ndarray, G: int, Cg: int, P: int, w: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
+    """x viewed as (rows, G... ) rows of Cg * P elements, normalised with `_norm_kernel`, in x's shape (float32)."""
+    xr = np.ascontiguousarray(x, dtype=F32).reshape(-1, Cg * P)  # (N*G, Cg*P)
+    out = np.empty_like(xr)
+    run_ranges(_norm_kernel(), xr.shape[0], xr.shape[1], xr, G, Cg, P, np.ascontiguousarray(w, dtype=F32),
+               np.ascontiguousarray(b, dtype=F32), float(eps), out)  # rows in parallel
+    return out.reshape(x.shape)
+
+
 def _pad4(padding) -> tuple[int, int, int, int]:
     """An int or (top, bottom, left, right) -> (top, bottom, left, right)."""
     if isinstance(padding, (int, np.integer)):
@@ -305,18 +344,17 @@ class FloatInterpreter:
         return conv2d_nchw(x, self.param(f"{name}.weight"), self._bias(name), stride, padding)
 
     def group_norm(self, x: np.ndarray, name: str, groups: int, eps: float) -> np.ndarray:
+        """GroupNorm: statistics of each (sample, group) in float64, result rounded once (`_norm_kernel`)."""
         C = x.shape[1]
-        y = normalized_group(x, groups, eps)
-        bshape = (1, C) + (1,) * (x.ndim - 2)
-        w = self.param(f"{name}.weight").astype(np.float64).reshape(bshape)
-        b = self.param(f"{name}.bias").astype(np.float64).reshape(bshape)
-        return (y * w + b).astype(F32)
+        P = int(np.prod(x.shape[2:], dtype=np.int64))
+        if C % groups:
+            raise ValueError(f"{name}: {groups} groups do not divide {C} channels")
+        return _norm(x, groups, C // groups, P, self.param(f"{name}.weight"), self.param(f"{name}.bias"), eps)
 
     def layer_norm(self, x: np.ndarray, name: str, eps: float) -> np.ndarray:
-        y = normalized_layer(x, eps)
-        w = self.param(f"{name}.weight").astype(np.float64)
-        b = self.param(f"{name}.bias").astype(np.float64)
-        return (y * w + b).astype(F32)
+        """LayerNorm over the last axis: statistics in float64, result rounded once (`_norm_kernel`)."""
+        D = x.shape[-1]
+        return _norm(x, 1, D, 1, self.param(f"{name}.weight"), self.param(f"{name}.bias"), eps)
 
     # --- elementwise / reductions -------------------------------------------
     def silu(self, x: np.ndarray, name: str) -> np.ndarray:
@@ -349,7 +387,9 @@ class FloatInterpreter:
                 b = b * F32(alpha)
         return np.matmul(a, b)  # (..., M, N)
 
-    #: multihead_attention sends every attention, however small, to `attention` (tinysd/nn/layers.py)
+    #: multihead_attention sends every attention, however small, to `attention` (tinysd/nn/layers.py), which
+    #: fuses it. The calibrating interpreter (it overrides matmul / softmax to observe them) computes the three
+    #: ops instead: its outputs agree with this engine's to float32 rounding, not bit for bit.
     fuse_attention = True
 
     def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, name: str, alpha: float = 1.0,
@@ -364,7 +404,7 @@ class FloatInterpreter:
         B, H, T, d = q.shape
         S = k.shape[-1]
         own = type(self).matmul is FloatInterpreter.matmul and type(self).softmax is FloatInterpreter.softmax
-        if causal or not own or T == 0 or S == 0:
+        if causal or not own or not self.fuse_attention or T == 0 or S == 0:
             scores = self.matmul(q, k, f"{name}.scores", alpha=alpha)
             return self.matmul(self.softmax(scores, f"{name}.probs", causal=causal), v, f"{name}.context")
         if alpha != 1.0:
