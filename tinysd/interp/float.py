@@ -91,7 +91,8 @@ def _attention_kernel():
     attention_rows(r0, r1, q, k, v, T, out) for rows r0..r1-1 of q (BH*T, d) (row r belongs to head bh = r // T),
     k (BH, d, S), v (BH, S, dv), out (BH*T, dv): scores s_j = sum_c q[r, c] k[bh, c, j] (float32, c in order),
     p_j = exp(s_j - max s) / float32(sum_j exp(s_j - max s)) (float32 exp, see _EXP_POLY; the sum in
-    float64), out[r] = sum_j p_j v[bh, j] (float32, j in order). Only one row of scores is alive per thread.
+    float64), out[r] = sum_j p_j v[bh, j] (float32, j in order). Two rows of a head are computed together (they
+    share the loads of k and v; each row's sums keep their order). Only two rows of scores are alive per thread.
     """
     import numba
 
@@ -114,50 +115,84 @@ def _attention_kernel():
             tot += e
         return tot
 
+    @numba.njit(cache=True, nogil=True, inline="always")
+    def softmax_row(s, ibuf, fbuf):  # s[:] = exp(s - max s) / float32(float64 sum)
+        m = s[0]
+        for j in range(1, s.shape[0]):
+            m = max(m, s[j])
+        for j in range(s.shape[0]):
+            s[j] -= m
+        inv = np.float32(exp_row(s, ibuf, fbuf))
+        for j in range(s.shape[0]):
+            s[j] = s[j] / inv
+
     @numba.njit(cache=True, nogil=True)
     def attention_rows(r0, r1, q, k, v, T, out):
-        d = q.shape[1]
-        S = k.shape[2]
-        dv = v.shape[2]
-        s = np.empty(S, np.float32)  # (S,) one row of scores / probabilities
+        d, S, dv = q.shape[1], k.shape[2], v.shape[2]
+        s0 = np.empty(S, np.float32)  # (S,) scores / probabilities of row r
+        s1 = np.empty(S, np.float32)  # (S,) of row r + 1
         ibuf = np.empty(S, np.int32)
         fbuf = ibuf.view(np.float32)
-        acc = np.empty(dv, np.float32)
-        for r in range(r0, r1):
+        a0 = np.empty(dv, np.float32)
+        a1 = np.empty(dv, np.float32)
+        r = r0
+        while r < r1:
+            pair = r + 1 < r1 and (r + 1) // T == r // T  # two rows of one head share each load of k and v
             kk = k[r // T]  # (d, S)
-            vv = v[r // T]  # (S, d)
-            s[:] = 0.0
+            vv = v[r // T]  # (S, dv)
+            s0[:] = 0.0
+            s1[:] = 0.0
             c = 0
-            while c + 4 <= d:  # four terms per pass over s, added in the order of c (as one term per pass)
+            while c + 4 <= d:  # four terms per pass over the row, added in the order of c
                 q0, q1, q2, q3 = q[r, c], q[r, c + 1], q[r, c + 2], q[r, c + 3]
-                for j in range(S):
-                    s[j] = s[j] + q0 * kk[c, j] + q1 * kk[c + 1, j] + q2 * kk[c + 2, j] + q3 * kk[c + 3, j]
+                if pair:
+                    u0, u1, u2, u3 = q[r + 1, c], q[r + 1, c + 1], q[r + 1, c + 2], q[r + 1, c + 3]
+                    for j in range(S):
+                        k0, k1, k2, k3 = kk[c, j], kk[c + 1, j], kk[c + 2, j], kk[c + 3, j]
+                        s0[j] = s0[j] + q0 * k0 + q1 * k1 + q2 * k2 + q3 * k3
+                        s1[j] = s1[j] + u0 * k0 + u1 * k1 + u2 * k2 + u3 * k3
+                else:
+                    for j in range(S):
+                        s0[j] = s0[j] + q0 * kk[c, j] + q1 * kk[c + 1, j] + q2 * kk[c + 2, j] + q3 * kk[c + 3, j]
                 c += 4
             while c < d:
-                qc = q[r, c]
                 for j in range(S):
-                    s[j] += qc * kk[c, j]
+                    s0[j] += q[r, c] * kk[c, j]
+                if pair:
+                    for j in range(S):
+                        s1[j] += q[r + 1, c] * kk[c, j]
                 c += 1
-            m = s[0]
-            for j in range(1, S):
-                m = max(m, s[j])
-            for j in range(S):
-                s[j] -= m
-            inv = np.float32(exp_row(s, ibuf, fbuf))
-            for j in range(S):
-                s[j] = s[j] / inv
-            acc[:] = 0.0
+            softmax_row(s0, ibuf, fbuf)
+            if pair:
+                softmax_row(s1, ibuf, fbuf)
+            a0[:] = 0.0
+            a1[:] = 0.0
             j = 0
-            while j + 4 <= S:  # four terms per pass over acc, added in the order of j
-                p0, p1, p2, p3 = s[j], s[j + 1], s[j + 2], s[j + 3]
-                for c in range(dv):
-                    acc[c] = acc[c] + p0 * vv[j, c] + p1 * vv[j + 1, c] + p2 * vv[j + 2, c] + p3 * vv[j + 3, c]
+            while j + 4 <= S:  # four terms per pass over the accumulator, in the order of j
+                p0, p1, p2, p3 = s0[j], s0[j + 1], s0[j + 2], s0[j + 3]
+                if pair:
+                    w0, w1, w2, w3 = s1[j], s1[j + 1], s1[j + 2], s1[j + 3]
+                    for c in range(dv):
+                        v0, v1, v2, v3 = vv[j, c], vv[j + 1, c], vv[j + 2, c], vv[j + 3, c]
+                        a0[c] = a0[c] + p0 * v0 + p1 * v1 + p2 * v2 + p3 * v3
+                        a1[c] = a1[c] + w0 * v0 + w1 * v1 + w2 * v2 + w3 * v3
+                else:
+                    for c in range(dv):
+                        a0[c] = a0[c] + p0 * vv[j, c] + p1 * vv[j + 1, c] + p2 * vv[j + 2, c] + p3 * vv[j + 3, c]
                 j += 4
             while j < S:
                 for c in range(dv):
-                    acc[c] += s[j] * vv[j, c]
+                    a0[c] += s0[j] * vv[j, c]
+                if pair:
+                    for c in range(dv):
+                        a1[c] += s1[j] * vv[j, c]
                 j += 1
-            out[r, :] = acc
+            out[r, :] = a0
+            if pair:
+                out[r + 1, :] = a1
+                r += 2
+            else:
+                r += 1
 
     return attention_rows
 
