@@ -64,7 +64,9 @@ def test_huge_images_are_refused_before_any_allocation(tmp_path):
     cfg = Pipeline.from_pretrained(TINY).config
     check_generation_memory(cfg, 64, 64, 1, limit=1 << 30)
     with pytest.raises(TinySDError, match="more than this machine's 0.1 GiB"):
-        check_generation_memory(cfg, 256, 256, 1, limit=1 << 27)  # attention tiles lowered the estimate
+        check_generation_memory(cfg, 256, 256, 1, limit=1 << 27, itemsize=8)  # attention tiles lowered the estimate
+    with pytest.raises(TinySDError, match="more than this machine's 0.1 GiB"):
+        check_generation_memory(cfg, 256, 256, 1, limit=1 << 26)  # float: fused attention stores no scores
 
 
 @pytest.mark.parametrize("model, size, batch", [(TINY, 64, 1), (TINY, 32, 2), (None, 64, 1)])

@@ -47,6 +47,16 @@ def test_gelu_is_correctly_rounded_erf_gelu():
     np.testing.assert_array_equal(FloatInterpreter({}, "t").gelu(x, "g"), ref)
 
 
+def test_gelu_split_over_threads(monkeypatch):
+    from tinysd.kernels import threads
+
+    x = np.linspace(-9, 9, 1001, dtype=np.float32)[:1001 - 1001 % 7].reshape(7, -1)
+    one = FloatInterpreter({}, "t").gelu(x, "g")
+    monkeypatch.setattr(threads, "MIN_PARALLEL_WORK", 0)
+    monkeypatch.setattr(threads, "thread_count", lambda: 3)
+    np.testing.assert_array_equal(FloatInterpreter({}, "t").gelu(x, "g"), one)
+
+
 def test_softmax_causal_and_norms():
     ops = FloatInterpreter({"n.weight": np.full(6, 2.0, np.float32), "n.bias": np.ones(6, np.float32)}, "t")
     rng = np.random.default_rng(1)
@@ -115,3 +125,24 @@ def test_fused_attention_exp_within_one_ulp():
         got[i] = ops.attention(q[:, :, :1], k, v, "a")[0, 0, 0, 0]
     e = np.exp(x.astype(np.float32).astype(np.float64))
     np.testing.assert_allclose(got, e / (1 + e), rtol=3e-7, atol=0)
+
+
+@pytest.mark.parametrize("threaded", [False, True])
+def test_group_and_layer_norm_against_float64(monkeypatch, threaded):
+    from tinysd.kernels import threads
+
+    if threaded:
+        monkeypatch.setattr(threads, "MIN_PARALLEL_WORK", 0)
+        monkeypatch.setattr(threads, "thread_count", lambda: 3)
+    rng = np.random.default_rng(5)
+    w, b = rng.normal(1, 0.5, 8).astype(np.float32), rng.normal(0, 0.5, 8).astype(np.float32)
+    ops = FloatInterpreter({"n.weight": w, "n.bias": b}, "t")
+    x = (rng.standard_normal((3, 8, 5, 7)) * rng.uniform(0.1, 30, (1, 8, 1, 1)) + 4).astype(np.float32)
+    xg = x.reshape(3, 4, -1).astype(np.float64)
+    ref = ((xg - xg.mean(-1, keepdims=True)) / np.sqrt(xg.var(-1, keepdims=True) + 1e-6)).reshape(x.shape)
+    ref = ref * w.reshape(1, 8, 1, 1) + b.reshape(1, 8, 1, 1)
+    np.testing.assert_allclose(ops.group_norm(x, "n", groups=4, eps=1e-6), ref, rtol=0, atol=2e-6 * np.abs(ref).max())
+    xl = x.transpose(0, 2, 3, 1)  # (3, 5, 7, 8), non-contiguous
+    x64 = xl.astype(np.float64)
+    refl = (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + 1e-5) * w + b
+    np.testing.assert_allclose(ops.layer_norm(xl, "n", eps=1e-5), refl, rtol=0, atol=2e-6 * np.abs(refl).max())

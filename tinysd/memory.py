@@ -6,7 +6,8 @@ The estimate counts the largest tensors of each network call at the requested si
   downsampler output, kept until the up path reads it), ACTIVATION_COPIES tensors of the widest
   activation of a level (an up-path concat doubles the channels), and per attention level
   three (2B x heads, HW, HW) tensors (scores, probabilities, one temporary), or three tiles of
-  query rows when the scores have more than ATTENTION_TILE_ELEMENTS (the interpreters then tile);
+  query rows when the scores have more than ATTENTION_TILE_ELEMENTS (the integer interpreter then tiles;
+  the float engine, itemsize 4, stores no scores at all: its attention is fused, one query row at a time);
 * VAE decoder (one image at a time): ACTIVATION_COPIES tensors of the largest level
   (channels x height x width) and three (HW, HW) tensors of the mid block's single-head attention
   at the latent size (at most three tiles);
@@ -73,7 +74,8 @@ def estimate_generation_bytes(config, width: int, height: int, batch: int, items
         n = math.ceil(h / 2**i) * math.ceil(w / 2**i)  # positions at level i
         skips += (layers[i] + 1) * c * n
         work = max(work, ACTIVATION_COPIES * 2 * c * n + _conv_elements(9 * 2 * c * n, itemsize))
-        if i in attention:  # scores, probabilities, one temporary: of one tile of query rows (all of them if small)
+        if i in attention and itemsize != 4:  # scores, probabilities, one temporary: of one tile of query rows
+            # (all of them if small); the float engine (itemsize 4) fuses attention and stores none
             attn = max(attn, 3 * _attention_tile(2 * batch * u.heads(i), n, n))
     unet = (2 * batch * (skips + work) + attn) * itemsize
     vae_work = 0
@@ -81,7 +83,7 @@ def estimate_generation_bytes(config, width: int, height: int, batch: int, items
         n = math.ceil(height / 2**j) * math.ceil(width / 2**j)
         c_in = v.block_out_channels[min(j + 1, len(v.block_out_channels) - 1)]  # the upsampler's conv reads the wider level
         vae_work = max(vae_work, ACTIVATION_COPIES * c_in * n + _conv_elements(9 * c_in * n, itemsize))
-    vae_attn = 3 * _attention_tile(1, h * w, h * w) if v.mid_block_add_attention else 0
+    vae_attn = 3 * _attention_tile(1, h * w, h * w) if v.mid_block_add_attention and itemsize != 4 else 0
     vae = (vae_work + vae_attn) * itemsize
     return {"unet": unet, "vae": vae}
 

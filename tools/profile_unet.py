@@ -11,9 +11,9 @@ table uses the fastest call (the first includes one-time work: Numba cache loadi
   graph are unchanged: the proxy only forwards, so outputs are those of an unwrapped run). Op kinds: conv2d by
   kernel size, linear, the two attention products (`*.scores`, `*.context`), softmax, the norms, the
   activations, add / mul / scale / concat / upsample, layout ops (reshape, transpose, split: views, their copies
-  are paid by the op that reads them), and "graph (outside ops)" = step time minus the sum of the ops. When the
-  attention scores exceed the interpreters' query-tile size (64 x 64 latents) the three attention ops run as one
-  `attention` call ("attention, tiled").
+  are paid by the op that reads them), and "graph (outside ops)" = step time minus the sum of the ops. The float
+  engine runs every attention as one fused `attention` call, the integer engine when the scores exceed its
+  query-tile size (64 x 64 latents): "attention (float: fused; integer: query tiles)".
   The integer interpreter is also run with a timed kernel backend (`kernels=`), which splits the op times into
   the kernels (`linear`, `conv2d`, `matmul`, `softmax`, `requantize_tensor`, ...) plus `prepare_weight` (the
   per-call int16 / float32 copy of the int8 weight); "interpreter (outside kernels)" is the rest.
@@ -45,7 +45,7 @@ import bench_unet as B  # noqa: E402
 
 ALL = ("fp32", "w8a16", "w8a8", "diffusers")
 OP_ORDER = ("conv2d 3x3", "conv2d 1x1", "linear", "attention scores matmul", "softmax", "attention context matmul",
-            "attention, tiled", "group norm", "layer norm", "silu", "gelu", "add", "mul", "scale", "concat",
+            "attention (float: fused; integer: query tiles)", "group norm", "layer norm", "silu", "gelu", "add", "mul", "scale", "concat",
             "upsample", "layout (reshape/transpose/split)", "input/output", "graph (outside ops)")
 
 
@@ -64,7 +64,7 @@ def op_kind(op: str, args: tuple, kwargs: dict, inner) -> str:
     if op in ("input", "output"):
         return "input/output"
     return {"group_norm": "group norm", "layer_norm": "layer norm", "upsample_nearest2x": "upsample",
-            "attention": "attention, tiled"}.get(op, op)
+            "attention": "attention (float: fused; integer: query tiles)"}.get(op, op)
 
 
 class TimedOps:

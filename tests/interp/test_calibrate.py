@@ -27,7 +27,9 @@ def tiny():
 class FloatTap(FloatInterpreter):
     """FloatInterpreter that keeps every computing op's output by tensor name (one call).
 
-    Attention runs as its three ops, as the calibrating interpreter observes it (not fused)."""
+    Attention as the three ops (scores, probs, context), as the calibrating interpreter computes it to observe
+    them; the fused attention of the float engine agrees with them to float32 rounding
+    (tests/interp/test_integer.py::test_float_attention_fused)."""
 
     fuse_attention = False
 

@@ -31,16 +31,18 @@ _IM2COL_BUDGET = 1 << 24  # 64 MiB
 
 
 @functools.lru_cache(maxsize=None)
-def _gelu_ufunc():
-    """A float32 -> float32 ufunc: 0.5 x (1 + erf(x / sqrt 2)) in float64, rounded once (numba)."""
+def _gelu_kernel():
+    """gelu_range(i0, i1, x, out): out[i] = 0.5 x (1 + erf(x / sqrt 2)) in float64, rounded once to float32, for
+    i in i0..i1-1 of flat float32 arrays (numba, nogil: ranges run on threads)."""
     import numba
 
-    @numba.vectorize(["float32(float32)"], cache=True)
-    def gelu(x):
-        xd = np.float64(x)
-        return np.float32(0.5 * xd * (1.0 + math.erf(xd * 0.7071067811865476)))
+    @numba.njit(cache=True, nogil=True)
+    def gelu_range(i0, i1, x, out):
+        for i in range(i0, i1):
+            xd = np.float64(x[i])
+            out[i] = np.float32(0.5 * xd * (1.0 + math.erf(xd * 0.7071067811865476)))
 
-    return gelu
+    return gelu_range
 
 
 @functools.lru_cache(maxsize=None)
@@ -89,7 +91,8 @@ def _attention_kernel():
     attention_rows(r0, r1, q, k, v, T, out) for rows r0..r1-1 of q (BH*T, d) (row r belongs to head bh = r // T),
     k (BH, d, S), v (BH, S, dv), out (BH*T, dv): scores s_j = sum_c q[r, c] k[bh, c, j] (float32, c in order),
     p_j = exp(s_j - max s) / float32(sum_j exp(s_j - max s)) (float32 exp, see _EXP_POLY; the sum in
-    float64), out[r] = sum_j p_j v[bh, j] (float32, j in order). Only one row of scores is alive per thread.
+    float64), out[r] = sum_j p_j v[bh, j] (float32, j in order). Two rows of a head are computed together (they
+    share the loads of k and v; each row's sums keep their order). Only two rows of scores are alive per thread.
     """
     import numba
 
@@ -112,35 +115,84 @@ def _attention_kernel():
             tot += e
         return tot
 
+    @numba.njit(cache=True, nogil=True, inline="always")
+    def softmax_row(s, ibuf, fbuf):  # s[:] = exp(s - max s) / float32(float64 sum)
+        m = s[0]
+        for j in range(1, s.shape[0]):
+            m = max(m, s[j])
+        for j in range(s.shape[0]):
+            s[j] -= m
+        inv = np.float32(exp_row(s, ibuf, fbuf))
+        for j in range(s.shape[0]):
+            s[j] = s[j] / inv
+
     @numba.njit(cache=True, nogil=True)
     def attention_rows(r0, r1, q, k, v, T, out):
-        d = q.shape[1]
-        S = k.shape[2]
-        dv = v.shape[2]
-        s = np.empty(S, np.float32)  # (S,) one row of scores / probabilities
+        d, S, dv = q.shape[1], k.shape[2], v.shape[2]
+        s0 = np.empty(S, np.float32)  # (S,) scores / probabilities of row r
+        s1 = np.empty(S, np.float32)  # (S,) of row r + 1
         ibuf = np.empty(S, np.int32)
         fbuf = ibuf.view(np.float32)
-        acc = np.empty(dv, np.float32)
-        for r in range(r0, r1):
+        a0 = np.empty(dv, np.float32)
+        a1 = np.empty(dv, np.float32)
+        r = r0
+        while r < r1:
+            pair = r + 1 < r1 and (r + 1) // T == r // T  # two rows of one head share each load of k and v
             kk = k[r // T]  # (d, S)
-            vv = v[r // T]  # (S, d)
-            s[:] = 0.0
-            for c in range(d):
-                qc = q[r, c]
+            vv = v[r // T]  # (S, dv)
+            s0[:] = 0.0
+            s1[:] = 0.0
+            c = 0
+            while c + 4 <= d:  # four terms per pass over the row, added in the order of c
+                q0, q1, q2, q3 = q[r, c], q[r, c + 1], q[r, c + 2], q[r, c + 3]
+                if pair:
+                    u0, u1, u2, u3 = q[r + 1, c], q[r + 1, c + 1], q[r + 1, c + 2], q[r + 1, c + 3]
+                    for j in range(S):
+                        k0, k1, k2, k3 = kk[c, j], kk[c + 1, j], kk[c + 2, j], kk[c + 3, j]
+                        s0[j] = s0[j] + q0 * k0 + q1 * k1 + q2 * k2 + q3 * k3
+                        s1[j] = s1[j] + u0 * k0 + u1 * k1 + u2 * k2 + u3 * k3
+                else:
+                    for j in range(S):
+                        s0[j] = s0[j] + q0 * kk[c, j] + q1 * kk[c + 1, j] + q2 * kk[c + 2, j] + q3 * kk[c + 3, j]
+                c += 4
+            while c < d:
                 for j in range(S):
-                    s[j] += qc * kk[c, j]
-            m = s[0]
-            for j in range(1, S):
-                m = max(m, s[j])
-            for j in range(S):
-                s[j] -= m
-            inv = np.float32(exp_row(s, ibuf, fbuf))
-            acc[:] = 0.0
-            for j in range(S):
-                pj = s[j] / inv
+                    s0[j] += q[r, c] * kk[c, j]
+                if pair:
+                    for j in range(S):
+                        s1[j] += q[r + 1, c] * kk[c, j]
+                c += 1
+            softmax_row(s0, ibuf, fbuf)
+            if pair:
+                softmax_row(s1, ibuf, fbuf)
+            a0[:] = 0.0
+            a1[:] = 0.0
+            j = 0
+            while j + 4 <= S:  # four terms per pass over the accumulator, in the order of j
+                p0, p1, p2, p3 = s0[j], s0[j + 1], s0[j + 2], s0[j + 3]
+                if pair:
+                    w0, w1, w2, w3 = s1[j], s1[j + 1], s1[j + 2], s1[j + 3]
+                    for c in range(dv):
+                        v0, v1, v2, v3 = vv[j, c], vv[j + 1, c], vv[j + 2, c], vv[j + 3, c]
+                        a0[c] = a0[c] + p0 * v0 + p1 * v1 + p2 * v2 + p3 * v3
+                        a1[c] = a1[c] + w0 * v0 + w1 * v1 + w2 * v2 + w3 * v3
+                else:
+                    for c in range(dv):
+                        a0[c] = a0[c] + p0 * vv[j, c] + p1 * vv[j + 1, c] + p2 * vv[j + 2, c] + p3 * vv[j + 3, c]
+                j += 4
+            while j < S:
                 for c in range(dv):
-                    acc[c] += pj * vv[j, c]
-            out[r, :] = acc
+                    a0[c] += s0[j] * vv[j, c]
+                if pair:
+                    for c in range(dv):
+                        a1[c] += s1[j] * vv[j, c]
+                j += 1
+            out[r, :] = a0
+            if pair:
+                out[r + 1, :] = a1
+                r += 2
+            else:
+                r += 1
 
     return attention_rows
 
@@ -177,6 +229,45 @@ def normalized_layer(x: np.ndarray, eps: float) -> np.ndarray:
     mean = x64.mean(axis=-1, keepdims=True)
     var = np.square(x64 - mean).mean(axis=-1, keepdims=True)
     return (x64 - mean) / np.sqrt(var + eps)
+
+
+@functools.lru_cache(maxsize=None)
+def _norm_kernel():
+    """norm_rows(r0, r1, x, G, Cg, P, w, b, eps, out) (numba, nogil) for rows r0..r1-1 of x (N*G, Cg*P) float32:
+    row r is group r % G; mean and variance (of the row, divided by its length) in float64, then
+    out = float32((x - mean) / sqrt(var + eps) * w[c] + b[c]) in float64, c = (r % G) * Cg + i // P."""
+    import numba
+
+    @numba.njit(cache=True, nogil=True)
+    def norm_rows(r0, r1, x, G, Cg, P, w, b, eps, out):
+        n = x.shape[1]
+        for r in range(r0, r1):
+            s = 0.0
+            for i in range(n):
+                s += np.float64(x[r, i])
+            mean = s / n
+            ss = 0.0
+            for i in range(n):
+                dd = np.float64(x[r, i]) - mean
+                ss += dd * dd
+            sd = math.sqrt(ss / n + eps)
+            for cl in range(Cg):
+                ch = (r % G) * Cg + cl
+                wc = np.float64(w[ch])
+                bc = np.float64(b[ch])
+                for p in range(cl * P, (cl + 1) * P):
+                    out[r, p] = np.float32((np.float64(x[r, p]) - mean) / sd * wc + bc)
+
+    return norm_rows
+
+
+def _norm(x: np.ndarray, G: int, Cg: int, P: int, w: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
+    """x viewed as (rows, G... ) rows of Cg * P elements, normalised with `_norm_kernel`, in x's shape (float32)."""
+    xr = np.ascontiguousarray(x, dtype=F32).reshape(-1, Cg * P)  # (N*G, Cg*P)
+    out = np.empty_like(xr)
+    run_ranges(_norm_kernel(), xr.shape[0], xr.shape[1], xr, G, Cg, P, np.ascontiguousarray(w, dtype=F32),
+               np.ascontiguousarray(b, dtype=F32), float(eps), out)  # rows in parallel
+    return out.reshape(x.shape)
 
 
 def _pad4(padding) -> tuple[int, int, int, int]:
@@ -288,18 +379,17 @@ class FloatInterpreter:
         return conv2d_nchw(x, self.param(f"{name}.weight"), self._bias(name), stride, padding)
 
     def group_norm(self, x: np.ndarray, name: str, groups: int, eps: float) -> np.ndarray:
+        """GroupNorm: statistics of each (sample, group) in float64, result rounded once (`_norm_kernel`)."""
         C = x.shape[1]
-        y = normalized_group(x, groups, eps)
-        bshape = (1, C) + (1,) * (x.ndim - 2)
-        w = self.param(f"{name}.weight").astype(np.float64).reshape(bshape)
-        b = self.param(f"{name}.bias").astype(np.float64).reshape(bshape)
-        return (y * w + b).astype(F32)
+        P = int(np.prod(x.shape[2:], dtype=np.int64))
+        if C % groups:
+            raise ValueError(f"{name}: {groups} groups do not divide {C} channels")
+        return _norm(x, groups, C // groups, P, self.param(f"{name}.weight"), self.param(f"{name}.bias"), eps)
 
     def layer_norm(self, x: np.ndarray, name: str, eps: float) -> np.ndarray:
-        y = normalized_layer(x, eps)
-        w = self.param(f"{name}.weight").astype(np.float64)
-        b = self.param(f"{name}.bias").astype(np.float64)
-        return (y * w + b).astype(F32)
+        """LayerNorm over the last axis: statistics in float64, result rounded once (`_norm_kernel`)."""
+        D = x.shape[-1]
+        return _norm(x, 1, D, 1, self.param(f"{name}.weight"), self.param(f"{name}.bias"), eps)
 
     # --- elementwise / reductions -------------------------------------------
     def silu(self, x: np.ndarray, name: str) -> np.ndarray:
@@ -307,7 +397,10 @@ class FloatInterpreter:
             return x / (F32(1) + np.exp(-x))
 
     def gelu(self, x: np.ndarray, name: str) -> np.ndarray:
-        return _gelu_ufunc()(np.ascontiguousarray(x, dtype=F32))
+        xf = np.ascontiguousarray(x, dtype=F32)
+        out = np.empty_like(xf)
+        run_ranges(_gelu_kernel(), xf.size, 1, xf.reshape(-1), out.reshape(-1))  # elements in parallel
+        return out
 
     def quick_gelu(self, x: np.ndarray, name: str) -> np.ndarray:
         with np.errstate(over="ignore"):
@@ -329,7 +422,9 @@ class FloatInterpreter:
                 b = b * F32(alpha)
         return np.matmul(a, b)  # (..., M, N)
 
-    #: multihead_attention sends every attention, however small, to `attention` (tinysd/nn/layers.py)
+    #: multihead_attention sends every attention, however small, to `attention` (tinysd/nn/layers.py), which
+    #: fuses it. The calibrating interpreter (it overrides matmul / softmax to observe them) computes the three
+    #: ops instead: its outputs agree with this engine's to float32 rounding, not bit for bit.
     fuse_attention = True
 
     def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, name: str, alpha: float = 1.0,
@@ -344,7 +439,7 @@ class FloatInterpreter:
         B, H, T, d = q.shape
         S = k.shape[-1]
         own = type(self).matmul is FloatInterpreter.matmul and type(self).softmax is FloatInterpreter.softmax
-        if causal or not own or T == 0 or S == 0:
+        if causal or not own or not self.fuse_attention or T == 0 or S == 0:
             scores = self.matmul(q, k, f"{name}.scores", alpha=alpha)
             return self.matmul(self.softmax(scores, f"{name}.probs", causal=causal), v, f"{name}.context")
         if alpha != 1.0:
