@@ -2,6 +2,8 @@
 
     python3 tools/bench_generate.py [--gen-steps 20] [--size 512] [--only fp32,w8a16,w8a8,diffusers,ort-fp32,ort-int8]
                                     [--rounds 1] [--calib-size 256] [--threads 2] [--json FILE] [--work DIR]
+                                    [--generate-only] [--tiny]
+    python3 tools/bench_generate.py --gen-steps 1 --combine A.json B.json   # one table of runs made apart
 
 A script, not a test (dev-only: needs torch, diffusers, transformers; onnx and onnxruntime for the ort-*
 variants). No download: a random-weight model
@@ -468,8 +470,18 @@ def main(argv=None):
                     help="skip the text encoder / UNet / VAE phases (tinysd: also the eager load): the job's time and memory")
     ap.add_argument("--tiny", action="store_true", help="a tiny model of SD 1.5's structure (a quick trial)")
     ap.add_argument("--threads", type=int, default=2, help="threads of every engine (default 2)")
+    ap.add_argument("--combine", type=Path, nargs="+", default=None,
+                    help="only print the table of these --json files' runs together (runs made in parallel streams)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.combine:
+        runs: dict = {}
+        for f in args.combine:
+            doc = json.loads(f.read_text())
+            for v, rs in doc["runs"].items():
+                runs.setdefault(v, []).extend(rs)
+        print("\n".join(table(runs, args.gen_steps)))
+        return
     if args.child:
         prep = {"prepare": run_prepare, "prepare-onnx": run_prepare_onnx}
         res = prep[args.child](args) if args.child in prep else run_variant(args)
