@@ -2,6 +2,8 @@
 
     python3 tools/bench_generate.py [--gen-steps 20] [--size 512] [--only fp32,w8a16,w8a8,diffusers,ort-fp32,ort-int8]
                                     [--rounds 1] [--calib-size 256] [--threads 2] [--json FILE] [--work DIR]
+                                    [--generate-only] [--tiny]
+    python3 tools/bench_generate.py --gen-steps 1 --combine A.json B.json   # one table of runs made apart
 
 A script, not a test (dev-only: needs torch, diffusers, transformers; onnx and onnxruntime for the ort-*
 variants). No download: a random-weight model
@@ -238,12 +240,17 @@ def _ort_sessions(folder: Path, threads: int) -> dict:
             for net in ONNX_IO}
 
 
-def _ort_generate(sess: dict, tokenizer, sched_cfg, steps: int, size: int, guidance: float = 7.5):
-    """One image with ONNX Runtime sessions: text encoder, `steps` Euler steps with CFG, VAE decode."""
+def _ort_generate(sess: dict, tokenizer, sched_cfg, steps: int, size: int, guidance: float = 7.5, inner=None):
+    """One image with ONNX Runtime sessions: text encoder, `steps` Euler steps with CFG, VAE decode; each
+    network call timed in `inner` (a NetworkStats) when given."""
+    from tinysd.runstats import measure
     from tinysd.schedulers import NoiseSource, make_scheduler
 
+    names = {"text_encoder": "text_encoder", "unet": "unet", "vae_decoder": "vae.decode"}
+
     def run(net, *arrays):
-        return sess[net].run(None, dict(zip(ONNX_IO[net][0], arrays)))[0]
+        with measure(inner, names[net]):
+            return sess[net].run(None, dict(zip(ONNX_IO[net][0], arrays)))[0]
 
     sched = make_scheduler("euler", sched_cfg)
     sched.set_timesteps(steps)
@@ -269,6 +276,17 @@ def _inputs(size):
     return sample, latent
 
 
+def _time_calls(obj, attr: str, name: str, stats) -> None:
+    """Time every call of obj.attr (a bound method) under `name` in `stats`."""
+    f = getattr(obj, attr)
+
+    def timed(*a, **k):
+        with stats.measure(name):
+            return f(*a, **k)
+
+    setattr(obj, attr, timed)
+
+
 def _rss_bytes() -> int:
     """The process's resident set now (VmRSS), bytes."""
     with open("/proc/self/status") as f:
@@ -281,6 +299,7 @@ def run_variant(args) -> dict:
     v, work = args.child, Path(args.work)
     sample, latent = _inputs(args.size)
     stats = NetworkStats()
+    inner = NetworkStats()  # the network calls inside the generate phase
     if v == "diffusers":
         import torch
         from diffusers import StableDiffusionPipeline
@@ -299,6 +318,9 @@ def run_variant(args) -> dict:
                     pipe.unet(torch.from_numpy(sample), torch.tensor(T), encoder_hidden_states=ctx)
                 with stats.measure("vae_decode"):
                     pipe.vae.decode(torch.from_numpy(latent))
+            for obj, attr, name in ((pipe.text_encoder, "forward", "text_encoder"), (pipe.unet, "forward", "unet"),
+                                    (pipe.vae, "decode", "vae.decode")):
+                _time_calls(obj, attr, name, inner)
             with stats.measure("generate"):
                 pipe(PROMPT, num_inference_steps=args.gen_steps, guidance_scale=7.5, height=args.size,
                      width=args.size, generator=torch.Generator().manual_seed(0), output_type="np")
@@ -327,7 +349,7 @@ def run_variant(args) -> dict:
             with stats.measure("vae_decode"):
                 run("vae_decoder", latent)
         with stats.measure("generate"):
-            _ort_generate(sess, tokenizer, sched_cfg, args.gen_steps, args.size)
+            _ort_generate(sess, tokenizer, sched_cfg, args.gen_steps, args.size, inner=inner)
         extra = {"onnxruntime": ort.__version__}
     else:
         from tinysd.pipeline import Pipeline
@@ -356,15 +378,16 @@ def run_variant(args) -> dict:
         # the one-shot job as `tinysd generate` runs it: each network read when needed, dropped after use
         rss = _rss_bytes()
         pipe = Pipeline.from_pretrained(path, low_memory=True)
-        pipe.stats = NetworkStats()
+        pipe.stats = inner
         with stats.measure("generate"):
             pipe.generate(PROMPT, steps=args.gen_steps, guidance_scale=7.5, width=args.size, height=args.size,
                           seed=0)
-        extra = {"generate_rss_before_mb": rss / 2**20,
-                 "generate_networks": {k: {"calls": e.calls, "s": e.seconds, "peak_mb": e.peak / 2**20}
-                                       for k, e in pipe.stats.entries.items()}}
+        extra = {"generate_rss_before_mb": rss / 2**20}
     res = {k: {"s": e.seconds, "peak_mb": e.peak / 2**20, "exact_peak": e.exact} for k, e in stats.entries.items()}
-    return {"phases": res, **extra}
+    nets = {k: {"calls": e.calls, "s": e.seconds, "peak_mb": e.peak / 2**20} for k, e in inner.entries.items()}
+    # each inner block resets the kernel's peak: the generate's peak is the largest of its blocks' and the last one's
+    res["generate"]["peak_mb"] = max([res["generate"]["peak_mb"]] + [n["peak_mb"] for n in nets.values()])
+    return {"phases": res, "generate_networks": nets, **extra}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,33 +420,37 @@ def table(runs: dict[str, list[dict]], gen_steps: int) -> list[str]:
         return pick(vals) if vals else nan
 
     t = {v: {ph: best(rs, ph, "s", min) for ph in PHASES} for v, rs in runs.items() if rs}
+    inner = {"text_encoder": "text_encoder", "unet": "unet", "vae_decode": "vae.decode"}
+    for v, b in t.items():  # phases not run apart (--generate-only): the generate's own calls, marked *
+        for ph, k in inner.items():
+            if b[ph] != b[ph]:
+                calls = [r["generate_networks"][k] for r in runs[v] if k in r.get("generate_networks", {})]
+                # the text encoder's total (diffusers encodes the CFG pair in two calls, the others in one)
+                b[ph] = -min((c["s"] / (1 if ph == "text_encoder" else c["calls"]) for c in calls), default=nan)
     peak = {v: {ph: best(rs, ph, "peak_mb", max) for ph in PHASES} for v, rs in runs.items() if rs}
-    for v, b in t.items():  # 20-step estimate; the UNet step time from the generate's own calls if not measured apart
-        unet = b["unet"]
-        if unet != unet:
-            calls = [r["generate_networks"]["unet"] for r in runs[v] if "unet" in r.get("generate_networks", {})]
-            unet = min((c["s"] / c["calls"] for c in calls), default=nan)
-        b["generate20"] = b["generate"] + max(0, 20 - gen_steps) * unet if gen_steps < 20 else b["generate"]
+    for v, b in t.items():  # 20-step estimate
+        b["generate20"] = b["generate"] + max(0, 20 - gen_steps) * abs(b["unet"]) if gen_steps < 20 else b["generate"]
     ref = t.get("diffusers")
     cols = ("text_encoder", "unet", "vae_decode", "generate20")
     head = ["variant"] + [f"{c} s (x diffusers)" for c in cols] + ["peak RSS MiB: load / te / unet / vae / generate"]
     out = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
 
     def num(x, fmt):
-        return "-" if x != x else format(x, fmt)
+        return "-" if x != x else format(abs(x), fmt) + ("*" if x < 0 else "")
 
     for v, b in t.items():
         cells = [v]
         for c in cols:
-            r = f" ({b[c] / ref[c]:.2f}x)" if ref and b[c] == b[c] and ref[c] == ref[c] else ""
+            r = f" ({abs(b[c] / ref[c]):.2f}x)" if ref and b[c] == b[c] and ref[c] == ref[c] else ""
             cells.append(num(b[c], ".2f") + r)
         p = peak[v]
         cells.append(" / ".join(num(p[ph], ".0f") for ph in PHASES))
         out.append("| " + " | ".join(cells) + " |")
     if gen_steps < 20:
         out.append(f"(generate20 = measured {gen_steps}-step generate + {20 - gen_steps} x the one-step UNet time)")
-    for v, rs in runs.items():  # tinysd: per-network peaks inside the low-memory generate
-        nets = [r["generate_networks"] for r in rs if "generate_networks" in r]
+    out.append("(* = not run apart (--generate-only): the time of that network's call inside the generate)")
+    for v, rs in runs.items():  # per-network peaks inside the generate (tinysd: low memory, with its reads)
+        nets = [r["generate_networks"] for r in rs if r.get("generate_networks")]
         if nets:
             per = {k: max(n[k]["peak_mb"] for n in nets if k in n) for k in nets[0]}
             out.append(f"{v} generate, peak RSS per network call (MiB): "
@@ -444,8 +471,18 @@ def main(argv=None):
                     help="skip the text encoder / UNet / VAE phases (tinysd: also the eager load): the job's time and memory")
     ap.add_argument("--tiny", action="store_true", help="a tiny model of SD 1.5's structure (a quick trial)")
     ap.add_argument("--threads", type=int, default=2, help="threads of every engine (default 2)")
+    ap.add_argument("--combine", type=Path, nargs="+", default=None,
+                    help="only print the table of these --json files' runs together (runs made in parallel streams)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.combine:
+        runs: dict = {}
+        for f in args.combine:
+            doc = json.loads(f.read_text())
+            for v, rs in doc["runs"].items():
+                runs.setdefault(v, []).extend(rs)
+        print("\n".join(table(runs, args.gen_steps)))
+        return
     if args.child:
         prep = {"prepare": run_prepare, "prepare-onnx": run_prepare_onnx}
         res = prep[args.child](args) if args.child in prep else run_variant(args)
