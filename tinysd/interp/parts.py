@@ -90,9 +90,8 @@ def device_timestep_features(t, batch: int, dim: int, flip_sin_to_cos: bool, fre
     column for an odd `dim`. The network's `time_proj` input then quantizes it at its own encoding.
     With no encodings at all: `timestep_features(t, ...)` (float32), what tinysd calibrates for.
     """
-    from ..errors import TinySDError
     from ..fixedpoint import dequantize, quantize
-    from ..nn.unet import timestep_features
+    from ..nn.unet import timestep_batch, timestep_features, timestep_frequencies
 
     if not encs:  # nothing quantized before the input: the float32 features
         return timestep_features(t, batch, dim, flip_sin_to_cos, freq_shift)
@@ -104,14 +103,9 @@ def device_timestep_features(t, batch: int, dim: int, flip_sin_to_cos: bool, fre
         s, zp = float(e.scale[0]), int(e.zero_point[0])
         return dequantize(quantize(x, s, zp, 0, 2**e.bitwidth - 1), s, zp)
 
-    tq = np.asarray(t, dtype=np.float64)
-    if tq.ndim == 0:
-        tq = np.full((batch,), tq)
-    if tq.shape != (batch,):
-        raise TinySDError(f"timestep: expected a scalar or {batch} values, got shape {tq.shape}")
+    tq = timestep_batch(t, batch)
     half = dim // 2
-    exponent = np.arange(half, dtype=np.float32) * np.float32(-math.log(10000.0))
-    freqs = qd(np.exp(exponent / np.float32(half - freq_shift)).astype(np.float64), "const")  # (half,)
+    freqs = qd(timestep_frequencies(dim, freq_shift).astype(np.float64), "const")  # (half,)
     emb = qd(qd(tq, "timestep")[:, None] * freqs[None, :], "mul")  # (B, half)
     x = qd(np.concatenate([qd(np.sin(emb), "sin"), qd(np.cos(emb), "cos")], axis=-1), "concat")  # (B, 2 half)
     out = np.concatenate([x[:, half:], x[:, :half]], axis=-1) if flip_sin_to_cos else x

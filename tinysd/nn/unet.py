@@ -30,6 +30,23 @@ from .layers import (
 )
 
 
+def timestep_batch(timesteps, batch: int) -> np.ndarray:
+    """(batch,) float64 timesteps from a scalar or `batch` values; any other shape is a one-line error."""
+    t = np.asarray(timesteps, dtype=np.float64)
+    if t.ndim == 0:
+        t = np.full((batch,), t)
+    if t.shape != (batch,):
+        raise TinySDError(f"timestep: expected a scalar or {batch} values, got shape {t.shape}")
+    return t
+
+
+def timestep_frequencies(dim: int, freq_shift: float) -> np.ndarray:
+    """(dim//2,) float32 f_i = exp(-ln(10000) * i / (dim//2 - freq_shift)), computed in float32 as diffusers does."""
+    half = dim // 2
+    exponent = np.arange(half, dtype=np.float32) * np.float32(-math.log(10000.0))  # (half,)
+    return np.exp(exponent / np.float32(half - freq_shift))
+
+
 def timestep_features(timesteps, batch: int, dim: int, flip_sin_to_cos: bool = True, freq_shift: float = 0) -> np.ndarray:
     """diffusers' `Timesteps(dim, flip_sin_to_cos, freq_shift)` in float32.
 
@@ -38,15 +55,8 @@ def timestep_features(timesteps, batch: int, dim: int, flip_sin_to_cos: bool = T
     for i < dim//2 and e = t * f; returns (batch, dim) float32 [sin e, cos e]
     ([cos e, sin e] when `flip_sin_to_cos`), zero-padded by one column when dim is odd.
     """
-    t = np.asarray(timesteps, dtype=np.float64)
-    if t.ndim == 0:
-        t = np.full((batch,), t)
-    if t.shape != (batch,):
-        raise TinySDError(f"timestep: expected a scalar or {batch} values, got shape {t.shape}")
-    half = dim // 2
-    exponent = np.arange(half, dtype=np.float32) * np.float32(-math.log(10000.0))  # (half,)
-    exponent = exponent / np.float32(half - freq_shift)
-    freqs = np.exp(exponent)  # (half,) float32
+    t = timestep_batch(timesteps, batch)
+    freqs = timestep_frequencies(dim, freq_shift)  # (half,) float32
     emb = t.astype(np.float32)[:, None] * freqs[None, :]  # (B, half)
     sin, cos = np.sin(emb), np.cos(emb)
     out = np.concatenate([cos, sin] if flip_sin_to_cos else [sin, cos], axis=-1)  # (B, 2*half)
