@@ -3,7 +3,7 @@ import numba
 import numpy as np
 import pytest
 
-from tinysd.fixedpoint import accumulator_shift, quantize_multiplier
+from tinysd.fixedpoint import accumulator_shift, narrow_i64, quantize_multiplier, requantize
 from tinysd.kernels import (
     conv2d,
     linear,
@@ -16,7 +16,7 @@ from tinysd.kernels import (
     set_debug,
     weight_bound,
 )
-from tinysd.kernels import gemm_i16
+from tinysd.kernels import gemm, gemm_i16
 from tinysd.kernels.gemm import A8_METHOD, A16_METHOD, activation_operand
 from tinysd.kernels.reference import conv2d_ref, linear_ref, matmul_ref
 
@@ -444,3 +444,121 @@ def test_i16_micro_kernel_compiles_to_int16_dot_products_without_spills():
     assert sum(mnemonic in line for line in loop) == gemm_i16.MR * gemm_i16.NV
     assert all(reg in line for line in loop if mnemonic in line)
     assert not [line for line in loop if "(%rsp)" in line], "accumulators spilled to the stack"
+
+
+# --- the int32 epilogue of the i16 plan (spec §3.3) ------------------------------------------------------
+def _requant_table_ref(t, accs, mult, sh, zp, qmin, qmax):
+    return requantize(narrow_i64(t, accs), mult, sh, zp, qmin, qmax)
+
+
+@pytest.mark.parametrize("variant", [0, 1, 2, 3])
+def test_int32_requant_tile_matches_primitives(variant):
+    """gemm_i16.requant_tile on int32 accumulators over the whole int32 range (both ends included),
+    acc_shift 0..31, shifts -31..30 (positive ones saturating sat32(acc << shift)), multipliers 0 and up
+    to 2**31 - 1, output ranges int32-wide and narrow, zero points at both ends: the integers of
+    requantize(narrow_i64(acc, acc_shift), ...) for every variant (steps left out only where unused)."""
+    rng = np.random.default_rng(variant)
+    n_pad, rows = 4 * gemm_i16.PANEL, 7
+    narrow, left = variant >> 1, variant & 1
+    accs = rng.integers(0, 32, n_pad) * narrow
+    accs[:4] = (0, 1, 31, 30) if narrow else 0
+    sh = rng.integers(-31, 31 if left else 1, n_pad)
+    sh[4:8] = (-31, -1, 0, 30 if left else -30)
+    mult = rng.integers(0, 2**31, n_pad)
+    mult[8:12] = (2**31 - 1, 0, 2**30, 2**31 - 2)
+    for zp, qmin, qmax in ((0, -(2**31), 2**31 - 1), (2**31 - 1, -(2**31), 2**31 - 1), (-(2**31), -(2**31), 0),
+                           (0, 0, 255), (255, 0, 255), (-128, -128, 127)):
+        bias = rng.integers(-1000, 1000, n_pad)
+        bias[::5] = 0
+        t = rng.integers(-(2**31) + 1001, 2**31 - 1001, (rows, n_pad))  # t = c + bias: |t|, |c| <= 2**31 - 1
+        t[0] = np.minimum(2**31 - 1, 2**31 - 1 + bias)  # the int32 ends, where bias allows
+        t[1] = np.maximum(-(2**31) + 1, -(2**31) + 1 + bias)
+        t[2] = rng.integers(-300, 300, n_pad)
+        t[3, ::2] = t[1, ::2] + rng.integers(0, 5, n_pad // 2)
+        c = (t - bias).astype(np.int32)
+        t_exact = c.astype(np.int64) + bias
+        assert np.array_equal(t_exact, t)
+        prm, lo, hi, var = gemm.i32_requant_params(bias, accs, mult, sh, zp, qmin, qmax, n_pad)
+        assert var == variant
+        got = c.copy()
+        _run_requant_tile(got, prm, lo, hi, zp, variant)
+        want = _requant_table_ref(t_exact, accs, mult, sh, zp, qmin, qmax)
+        assert_bit_equal(got, want.astype(np.int32))
+
+
+@numba.njit(cache=False)
+def _run_requant_tile(c, prm, lo, hi, zp, variant):
+    for n0 in range(0, c.shape[1], gemm_i16.PANEL):  # one panel at a time, as _gemm_i16 does
+        gemm_i16.requant_tile(c[:, n0:], np.int64(c.shape[0]), np.int64(gemm_i16.PANEL), np.int64(c.shape[1]), prm,
+                              np.int64(n0), np.int64(lo), np.int64(hi), np.int64(zp), variant)
+
+
+def _int32_path_taken(plan, k, bias_eff, accs):
+    return gemm.int32_exact(plan, k + k % 2, np.asarray(bias_eff, np.int64), np.asarray(accs, np.int64))
+
+
+@pytest.mark.parametrize("zp", [0, 255])
+def test_linear_int32_epilogue_edge_values(zp):
+    """uint8 linear through the int32 epilogue (asserted taken) and forced through the int64 one:
+    both bit-equal to the reference, with multipliers near 2**31, shifts both ways, acc_shift > 0,
+    saturating outputs, and output zero points at both ends."""
+    rng = np.random.default_rng(zp + 1)
+    m, k, n = 13, 70, 37
+    x = rng.integers(0, 256, (m, k)).astype(np.uint8)
+    x[0], x[1] = 0, 255
+    w = rng.integers(-128, 128, (n, k)).astype(np.int8)
+    w[0], w[1] = -128, 127
+    b = rng.integers(-(10**8), 10**8, n).astype(np.int32)
+    mult = rng.integers(2**30, 2**31, n)
+    mult[:3] = 2**31 - 1
+    sh = rng.integers(-20, 3, n)
+    sh[:3] = (5, -31, 0)
+    accs = rng.integers(0, 4, n)
+    accs[3] = 31
+    wsum = w.astype(np.int64).sum(axis=1)
+    assert _int32_path_taken(plan_linear(np.uint8, "i16"), k, b + (128 - zp) * wsum, accs)
+    for out_zp, qmin, qmax in ((0, 0, 255), (255, 0, 255), (-(2**31), -(2**31), 2**31 - 1),
+                               (2**31 - 1, -(2**31), 2**31 - 1), (3, -7, 9)):
+        want = linear_ref(x, zp, w, b, mult, sh, out_zp, qmin, qmax, accs)
+        assert_bit_equal(linear(x, zp, w, b, mult, sh, out_zp, qmin, qmax, accs, method="i16"), want)
+        gemm.I32_EPILOGUE["enabled"] = False
+        try:
+            assert_bit_equal(linear(x, zp, w, b, mult, sh, out_zp, qmin, qmax, accs, method="i16"), want)
+        finally:
+            gemm.I32_EPILOGUE["enabled"] = True
+
+
+@pytest.mark.parametrize("excess", [0, 1])
+def test_linear_int32_epilogue_bound_just_holds_or_fails(excess):
+    """K * 128 * 128 + max|bias_eff| = 2**31 - 1 (+ excess): the int32 path exactly at its bound, where
+    accumulators reach +-(2**31 - 1), and the int64 fall-back just beyond it; both bit-equal to the reference."""
+    k, n = 40, 4
+    room = 2**31 - 1 - k * 128 * 128 + excess
+    x = np.zeros((7, k), np.uint8)  # zp = 128: x - zp = -128, bias_eff = bias
+    x[3] = 255
+    w = np.array([[-128] * k, [127] * k, [-128] * k, [1] * k], np.int8)
+    b = np.array([room - 2 * excess, -room + excess, 1 - room, room], np.int32)  # max |.| = room
+    plan = plan_linear(np.uint8, "i16")
+    assert _int32_path_taken(plan, k, b, np.zeros(n)) == (excess == 0)
+    acc = (x.astype(np.int64) - 128) @ w.astype(np.int64).T + b
+    if not excess:
+        assert acc.max() == 2**31 - 1 and acc.min() == -(2**31) + 1 + 128 * k
+    for mult, sh, accs in ((2**31 - 1, 0, 0), (2**30, -3, 2), (2**31 - 1, 1, 0)):
+        args = (x, 128, w, b, mult, sh, 0, -(2**31), 2**31 - 1, accs)
+        assert_bit_equal(linear(*args, method="i16"), linear_ref(*args))
+
+
+def test_matmul_int32_epilogue_bound_just_holds():
+    """uint8 x uint8 with K = 33024 (one whole block): K * 255 * 255 <= 2**31 - 1, so the int32 tile and
+    epilogue run with lanes at -33024 * 65025; K = 33026 (the next even K) falls back to int64."""
+    plan = plan_matmul(np.uint8, np.uint8, "i16")
+    assert _int32_path_taken(plan, 33024, np.zeros(1), np.zeros(1))
+    assert not _int32_path_taken(plan, 33026, np.zeros(1), np.zeros(1))
+    for k in (33024, 33025):
+        a = np.full((1, 7, k), 255, np.uint8)
+        b = np.zeros((1, k, 17), np.uint8)
+        b[0, :, 1] = 255
+        b[0, ::2, 2] = 128
+        for mult, sh, accs in ((2**31 - 1, 0, 0), (2**30, -2, 3)):
+            args = (a, 0, b, 255, mult, sh, 7, -(2**31), 2**31 - 1, accs)
+            assert_bit_equal(matmul(*args, method="i16"), matmul_ref(*args))

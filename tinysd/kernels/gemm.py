@@ -44,7 +44,7 @@ from ..fixedpoint.checks import (
 )
 from ..fixedpoint.primitives import ACC_SHIFT_MAX, requantize_i32, rounding_shift_right_i64
 from . import gemm_i16
-from .gemm_i16 import LANES, MR, PANEL, block_product
+from .gemm_i16 import LANES, MR, PANEL, block_product, requant_tile
 
 log = logging.getLogger(__name__)
 
@@ -396,6 +396,43 @@ def _requant_row(acc, bias_r, acc_shift, left, mult, half, right, out_zp, qmin, 
     return nsat
 
 
+def int32_exact(plan, k, bias_eff, accs) -> bool:
+    """True when the int32 epilogue of the i16 plan is exact for this call (spec §3.3): every partial
+    sum of `bias + sum_k a_k w_k` fits int32, i.e. k * a_bound * b_bound + max|bias_eff| <= 2**31 - 1
+    (k: the operand's padded K; its pad columns are 0), and every acc_shift is <= 31."""
+    bias_max = int(np.abs(bias_eff).max()) if bias_eff.size else 0
+    acc_max = int(accs.max()) if accs.size else 0
+    return k * plan.a_bound * plan.b_bound + bias_max <= gemm_i16.LANE_MAX and acc_max <= 31
+
+
+def i32_requant_params(bias_eff, accs, mult, sh, out_zp, qmin, qmax, n_pad):
+    """(prm, lo, hi) for `gemm_i16.requant_tile`: prm int32 (len(REQUANT_ROWS), n_pad), one column per
+    output channel (pad columns: bias 0, shifts 0, mult 0, halves 1: harmless), with
+    acc_mask = 2**acc_shift - 1, acc_half = 2**(acc_shift-1) (1 when acc_shift = 0), left / right =
+    max(+-shift, 0) and their mask / half alike; lo = max(qmin - out_zp, -2**31), hi = min(qmax - out_zp,
+    2**31 - 1); variant = 2 * (any acc_shift > 0) + (any shift > 0) (`gemm_i16.requant_tile`). Needs
+    int32_exact (|bias_eff| < 2**31, acc_shift <= 31)."""
+    n = bias_eff.size
+    right = np.maximum(-sh, 0).astype(np.int64)
+    cols = {"bias": bias_eff, "acc_shift": accs, "acc_mask": (np.int64(1) << accs) - 1,
+            "acc_half": np.where(accs > 0, np.int64(1) << np.maximum(accs - 1, 0), 1), "left": np.maximum(sh, 0),
+            "mult": mult, "right": right, "right_mask": (np.int64(1) << right) - 1,
+            "right_half": np.where(right > 0, np.int64(1) << np.maximum(right - 1, 0), 1)}
+    prm = np.zeros((len(gemm_i16.REQUANT_ROWS), n_pad), np.int32)
+    prm[gemm_i16.REQUANT_ROWS.index("acc_half")] = 1
+    prm[gemm_i16.REQUANT_ROWS.index("right_half")] = 1
+    for i, name in enumerate(gemm_i16.REQUANT_ROWS):
+        prm[i, :n] = np.asarray(cols[name], np.int64)  # every value checked to fit int32 by the caller
+    lo = max(int(qmin) - int(out_zp), -(2**31))
+    hi = min(int(qmax) - int(out_zp), 2**31 - 1)
+    variant = 2 * int(bool(np.any(accs > 0))) + int(bool(np.any(sh > 0)))
+    return prm, lo, hi, variant
+
+
+#: the int32 epilogue where int32_exact holds (set False to time or test the int64 path alone)
+I32_EPILOGUE = {"enabled": True}
+
+
 def _i16_requant_params(bias_eff, accs, sh):
     """(bias_r, left, half, right) for _requant_row, int64 (OUT,)."""
     bias_r = bias_eff + np.where(accs > 0, np.left_shift(1, np.maximum(accs - 1, 0)), 0)
@@ -459,6 +496,46 @@ def _gemm_i16(a, m_rows, wpk, n_cols, block_pairs, tiles_per_block, n_chunks, bi
     return nsat
 
 
+@njit(cache=True, parallel=True)
+def _gemm_i32(a, m_rows, wpk, n_cols, block_pairs, tiles_per_block, n_chunks, prm, lo, hi, out_zp, variant,
+              nchw_pixels, out):
+    """The int16 plan where `int32_exact` holds (spec §3.3): out (flat, layout as _epilogue_linear) =
+    requantize(narrow_i64(acc, acc_shift[n]), ...) of acc[m, n] = bias[n] + sum_k a[m, k] w[n, k], the
+    same integers as _gemm_i16 (work items alike), with the K-blocks summed in an int32 tile
+    (`gemm_i16.block_product` into int32) and requantized in int32 lanes over each row block x
+    panel (`gemm_i16.requant_tile` with prm, lo, hi, variant of `i32_requant_params`), then stored.
+    Narrowing cannot saturate here, so there is no count to return."""
+    npairs = a.shape[1] // 2
+    n_tiles = a.shape[0] // MR
+    n_pad = (n_cols + LANES - 1) // LANES * LANES
+    n_panels = (n_pad + PANEL - 1) // PANEL
+    n_blocks = (n_tiles + tiles_per_block - 1) // tiles_per_block
+    for item in prange(n_blocks * n_chunks):
+        blk = item // n_chunks
+        chunk = item - blk * n_chunks
+        t0 = blk * tiles_per_block
+        t1 = min(n_tiles, t0 + tiles_per_block)
+        c32 = np.empty((tiles_per_block * MR, PANEL), np.int32)
+        for j in range(chunk * n_panels // n_chunks, (chunk + 1) * n_panels // n_chunks):
+            width = min(PANEL, n_pad - PANEL * j)
+            n0 = PANEL * j
+            n_valid = min(width, n_cols - n0)
+            block_product(a, t0, t1, wpk, j, width, npairs, block_pairs, c32)
+            requant_tile(c32, np.int64((t1 - t0) * MR), np.int64(width), np.int64(PANEL), prm, np.int64(n0), lo, hi,
+                         out_zp, variant)
+            for m in range(t0 * MR, min(t1 * MR, m_rows)):
+                i = m - t0 * MR
+                if nchw_pixels == 0:
+                    base = m * n_cols + n0
+                    for c in range(n_valid):
+                        out[base + c] = c32[i, c]
+                else:
+                    b = m // nchw_pixels
+                    base = b * n_cols * nchw_pixels + (m - b * nchw_pixels) + n0 * nchw_pixels
+                    for c in range(n_valid):
+                        out[base + c * nchw_pixels] = c32[i, c]
+
+
 #: at most this many bytes of int16 activations per work item of _gemm_i16 (kept in L2 while a
 #: weight panel is reused over them), and at least this many work items per thread where the
 #: shape allows (weight panels are split between items when there are few row blocks)
@@ -475,6 +552,12 @@ def _i16_product(op, m_rows, wpk, n_cols, plan, bias_eff, accs, mult, sh, out_zp
     n_panels = -(-n_cols // PANEL)
     n_chunks = min(n_panels, max(1, -(-I16_ITEMS_PER_THREAD * get_num_threads() // n_blocks)))
     raw = out_raw is not None
+    block_pairs = min(plan.chunk // 2, gemm_i16.L1_PAIRS)  # exact (<= the plan's block) and L1-sized
+    if not raw and I32_EPILOGUE["enabled"] and int32_exact(plan, op.shape[1], bias_eff, accs):
+        prm, lo, hi, variant = i32_requant_params(bias_eff, accs, mult, sh, out_zp, qmin, qmax, n_panels * PANEL)
+        _gemm_i32(op, m_rows, wpk, n_cols, block_pairs, tiles_per_block, n_chunks, prm, np.int64(lo), np.int64(hi),
+                  np.int64(out_zp), variant, nchw_pixels, out)
+        return 0
     if raw:  # unused requantize arguments, typed as in the requantizing call
         bias_r, accs, left, half, right = bias_eff, *(np.zeros(1, np.int64),) * 4
         mult = np.zeros(1, np.int32)
@@ -483,7 +566,6 @@ def _i16_product(op, m_rows, wpk, n_cols, plan, bias_eff, accs, mult, sh, out_zp
         bias_r, left, half, right = _i16_requant_params(bias_eff, accs, sh)
         mult = mult.astype(np.int32)  # in [0, 2**31 - 1]: int32 x int32 products (vpmuldq on AVX2)
         out_raw = np.empty((0, 0), np.int64)
-    block_pairs = min(plan.chunk // 2, gemm_i16.L1_PAIRS)  # exact (<= the plan's block) and L1-sized
     return _gemm_i16(op, m_rows, wpk, n_cols, block_pairs, tiles_per_block, n_chunks, bias_r, accs, left, mult,
                      half, right, out_zp, qmin, qmax, nchw_pixels, raw, out, out_raw)
 

@@ -99,7 +99,10 @@ def _make_micro_kernel(mr, nv, lanes):
         c[r, Lv + l] = c[r, Lv + l] + s (add != 0) or s (add == 0), in int64
 
     a: int16 C-contiguous (offsets in int16 elements); b: int16 packed pairs (offset in pairs);
-    c: int64 C-contiguous (row stride ldc). npairs >= 1 and npairs * 2 <= block_length(A).
+    c: int64 C-contiguous (row stride ldc), each int32 lane sign-extended; or int32 (the int32 tile
+    of the int32 epilogue, `requant_tile`: lanes added as int32, exact only where the caller has
+    proven that every partial sum over all K-blocks fits int32). npairs >= 1 and
+    npairs * 2 <= block_length(A).
     """
     width = lanes * nv
     vi32, vi64 = ir.VectorType(_I32, lanes), ir.VectorType(_I64, lanes)
@@ -113,7 +116,9 @@ def _make_micro_kernel(mr, nv, lanes):
             a_ptr = context.make_array(signature.args[0])(context, builder, args[0]).data  # i16*
             b_ptr = builder.bitcast(context.make_array(signature.args[3])(context, builder, args[3]).data,
                                     _I32.as_pointer())  # int16 pairs as i32 words
-            c_ptr = context.make_array(signature.args[6])(context, builder, args[6]).data  # i64*
+            c_ptr = context.make_array(signature.args[6])(context, builder, args[6]).data  # i64* or i32*
+            wide = signature.args[6].dtype.bitwidth == 64  # int64 tile: sext the lanes; int32 tile: as they are
+            vc = vi64 if wide else vi32
             a_off, lda, b_off, npairs, ldc = args[1], args[2], args[4], args[5], args[7]
             add = builder.icmp_signed("!=", args[8], ir.Constant(args[8].type, 0))
             zero = ir.Constant(vi32, [ir.Constant(_I32, 0)] * lanes)
@@ -136,18 +141,23 @@ def _make_micro_kernel(mr, nv, lanes):
                         builder.store(_dot_pairs(builder, builder.load(accs[r][v]), bcast, bv[v]), accs[r][v])
             ptrs = [[builder.bitcast(builder.gep(c_ptr, [builder.add(builder.mul(ir.Constant(_I64, r), ldc),
                                                                      ir.Constant(_I64, lanes * v))]),
-                                     vi64.as_pointer()) for v in range(nv)] for r in range(mr)]
+                                     vc.as_pointer()) for v in range(nv)] for r in range(mr)]
+            align = 8 if wide else 4
+
+            def lanes_out(r, v):
+                s = builder.load(accs[r][v])
+                return builder.sext(s, vi64) if wide else s
+
             with builder.if_else(add) as (then, otherwise):
                 with then:
                     for r in range(mr):
                         for v in range(nv):
-                            total = builder.add(builder.load(ptrs[r][v], align=8),
-                                                builder.sext(builder.load(accs[r][v]), vi64))
-                            builder.store(total, ptrs[r][v], align=8)
+                            total = builder.add(builder.load(ptrs[r][v], align=align), lanes_out(r, v))
+                            builder.store(total, ptrs[r][v], align=align)
                 with otherwise:
                     for r in range(mr):
                         for v in range(nv):
-                            builder.store(builder.sext(builder.load(accs[r][v]), vi64), ptrs[r][v], align=8)
+                            builder.store(lanes_out(r, v), ptrs[r][v], align=align)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -157,6 +167,114 @@ def _make_micro_kernel(mr, nv, lanes):
 
 _MK = [_make_micro_kernel(MR, nv, LANES) for nv in range(1, 5)]  # nv = 1..4 vectors (NV <= 4)
 _mk1, _mk2, _mk3, _mk4 = _MK
+_NV3, _NV4 = NV >= 3, NV >= 4  # the widths a panel can have: 1..NV vectors
+
+#: rows of the int32 parameter table of `requant_tile` (one column per output channel), as made by
+#: `gemm.i32_requant_params`
+REQUANT_ROWS = ("bias", "acc_shift", "acc_mask", "acc_half", "left", "mult", "right", "right_mask", "right_half")
+
+
+def _round_shift_i32(builder, x, n, mask, half):
+    """(x >> n) + ((x & mask) >= half) per int32 lane: x rounded-shifted right by n in [0, 31], half up,
+    without overflow (mask = 2**n - 1, half = 2**(n-1), or mask = 0, half = 1 for n = 0)."""
+    inc = builder.zext(builder.icmp_signed(">=", builder.and_(x, mask), half), x.type)
+    return builder.add(builder.ashr(x, n), inc)
+
+
+def _make_requant_tile(lanes, narrow=True, left=True):
+    """Intrinsic (c, rows, width, ldc, prm, n0, lo, hi, zp) -> None: the int32 requantize epilogue,
+    in place on an int32 tile, `lanes` channels per vector (narrow / left False: the variant for
+    tables whose acc_shift / left are all 0, without those steps, which are then identities):
+
+        for r < rows, j < width (width a multiple of lanes), ch = n0 + j, P = prm[:, ch]:
+          t = c[r*ldc + j] + P.bias                                   (the exact accumulator)
+          u = (t >> P.acc_shift) + ((t & P.acc_mask) >= P.acc_half)   (narrow_i64: no saturation)
+          x = sat32(u << P.left)                                      (selects on u vs INT32_MAX >> left)
+          y = (sext64(x) * sext64(P.mult) + 2**30) >> 31              (srdhm: vpmuldq; high half)
+          v = (y >> P.right) + ((y & P.right_mask) >= P.right_half)   (rounding shift right)
+          c[r*ldc + j] = min(max(v, lo), hi) + zp
+
+    c: int32 C-contiguous; prm: int32 (len(REQUANT_ROWS), >= n0 + width) C-contiguous. Exact (equal
+    to requantize(narrow_i64(t, acc_shift), ...)) under the conditions proven in docs/arithmetic.md
+    §3.3 (|t| <= 2**31 - 1, acc_shift <= 31, lo = max(qmin - zp, -2**31), hi = min(qmax - zp, 2**31 - 1)).
+    """
+    vi32, vi64 = ir.VectorType(_I32, lanes), ir.VectorType(_I64, lanes)
+
+    def splat(v):
+        return ir.Constant(vi32, [ir.Constant(_I32, v)] * lanes)
+
+    @intrinsic
+    def requant_tile(typingctx, c, rows, width, ldc, prm, n0, lo, hi, zp):
+        sig = types.void(c, rows, width, ldc, prm, n0, lo, hi, zp)
+
+        def codegen(context, builder, signature, args):
+            c_ptr = context.make_array(signature.args[0])(context, builder, args[0]).data  # i32*
+            parr = context.make_array(signature.args[4])(context, builder, args[4])
+            p_ptr = parr.data  # i32*
+            p_ld = cgutils.unpack_tuple(builder, parr.shape)[1]
+            rows, width, ldc, n0 = args[1], args[2], args[3], args[5]
+            undef = ir.Constant(vi32, ir.Undefined)
+            zeros = _lanes([0] * lanes)
+
+            def bcast(value):
+                v = builder.trunc(value, _I32) if value.type.width > 32 else value
+                return builder.shuffle_vector(builder.insert_element(undef, v, ir.Constant(_I32, 0)), undef, zeros)
+
+            lo, hi, zp = bcast(args[6]), bcast(args[7]), bcast(args[8])
+            nvec = builder.udiv(width, ir.Constant(width.type, lanes))
+
+            def vload(ptr, off):
+                return builder.load(builder.bitcast(builder.gep(ptr, [off]), vi32.as_pointer()), align=4)
+
+            with cgutils.for_range(builder, rows) as rloop:
+                row = builder.mul(rloop.index, ldc)
+                with cgutils.for_range(builder, nvec) as vloop:
+                    j = builder.mul(vloop.index, ir.Constant(_I64, lanes))
+                    col = builder.add(n0, j)
+                    p = {name: vload(p_ptr, builder.add(builder.mul(ir.Constant(_I64, i), p_ld), col))
+                         for i, name in enumerate(REQUANT_ROWS)}
+                    cptr = builder.bitcast(builder.gep(c_ptr, [builder.add(row, j)]), vi32.as_pointer())
+                    t = builder.add(builder.load(cptr, align=4), p["bias"])
+                    u = _round_shift_i32(builder, t, p["acc_shift"], p["acc_mask"], p["acc_half"]) if narrow else t
+                    x = u
+                    if left:
+                        top = builder.ashr(splat(2**31 - 1), p["left"])  # u > top: u << left > INT32_MAX
+                        bottom = builder.ashr(splat(-(2**31)), p["left"])  # u < bottom: u << left < INT32_MIN
+                        x = builder.select(builder.icmp_signed(">", u, top), splat(2**31 - 1),
+                                           builder.select(builder.icmp_signed("<", u, bottom), splat(-(2**31)),
+                                                          builder.shl(u, p["left"])))
+                    prod = builder.mul(builder.sext(x, vi64), builder.sext(p["mult"], vi64))
+                    y = builder.trunc(builder.ashr(builder.add(prod, ir.Constant(vi64, [ir.Constant(_I64, 2**30)]
+                                                                                  * lanes)),
+                                                   ir.Constant(vi64, [ir.Constant(_I64, 31)] * lanes)), vi32)
+                    v = _round_shift_i32(builder, y, p["right"], p["right_mask"], p["right_half"])
+                    v = builder.select(builder.icmp_signed("<", v, lo), lo, v)
+                    v = builder.select(builder.icmp_signed(">", v, hi), hi, v)
+                    builder.store(builder.add(v, zp), cptr, align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return requant_tile
+
+
+#: requant_tile variants indexed by 2 * (any acc_shift > 0) + (any left > 0)
+_RQ = [_make_requant_tile(LANES, narrow, left) for narrow in (False, True) for left in (False, True)]
+_rq0, _rq1, _rq2, _rq3 = _RQ
+
+
+@njit(cache=True, inline="always")
+def requant_tile(c, rows, width, ldc, prm, n0, lo, hi, zp, variant):
+    """The int32 requantize epilogue of `_make_requant_tile` on c[:rows, :width], variant
+    2 * narrow + left (0-3; a variant without a step needs that step's shifts all 0 in prm)."""
+    if variant == 0:
+        _rq0(c, rows, width, ldc, prm, n0, lo, hi, zp)
+    elif variant == 1:
+        _rq1(c, rows, width, ldc, prm, n0, lo, hi, zp)
+    elif variant == 2:
+        _rq2(c, rows, width, ldc, prm, n0, lo, hi, zp)
+    else:
+        _rq3(c, rows, width, ldc, prm, n0, lo, hi, zp)
 
 
 #: bytes of packed weights per K-block that `block_product` keeps in L1 while it runs over the row tiles
@@ -186,9 +304,9 @@ def block_product(a, t0, t1, wpk, panel, width, npairs_total, block_pairs, cbloc
         for t in range(t0, t1):
             a_off = t * MR * lda + 2 * p0
             c = cblock[(t - t0) * MR:]
-            if nv == 4:
+            if _NV4 and nv == 4:  # _NV3, _NV4: compile-time constants (AVX2: False, the code is dropped)
                 _mk4(a, a_off, lda, wpk, b_off, n, c, PANEL, p0)
-            elif nv == 3:
+            elif _NV3 and nv == 3:
                 _mk3(a, a_off, lda, wpk, b_off, n, c, PANEL, p0)
             elif nv == 2:
                 _mk2(a, a_off, lda, wpk, b_off, n, c, PANEL, p0)
