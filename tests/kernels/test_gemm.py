@@ -562,3 +562,13 @@ def test_matmul_int32_epilogue_bound_just_holds():
         for mult, sh, accs in ((2**31 - 1, 0, 0), (2**30, -2, 3)):
             args = (a, 0, b, 255, mult, sh, 7, -(2**31), 2**31 - 1, accs)
             assert_bit_equal(matmul(*args, method="i16"), matmul_ref(*args))
+
+
+@pytest.mark.parametrize("k, n", [(1, 1), (41, 37), (40, 2 * gemm_i16.PANEL + gemm_i16.LANES)])
+def test_pack_centred_is_the_packed_transposed_centred_operand(k, n):
+    """gemm_i16.pack_centred(b, zp) (the right operand of an activation product, read row by row) equals
+    pack_weight of the (N, K) matrix b.T - zp: odd K and N, partial panels, zero points at both ends."""
+    b = np.random.default_rng(k + n).integers(0, 256, (k, n)).astype(np.uint8)
+    for zp in (0, 255, 77):
+        want = gemm_i16.pack_weight((b.T.astype(np.int16) - zp).astype(np.int16))
+        np.testing.assert_array_equal(gemm_i16.pack_centred(b, zp), want)

@@ -791,8 +791,8 @@ def _batched(a_q, b_q):
 
 def _matmul_i16(a3, a_zp, b3, b_zp, plan, requant, out):
     """int16 plan of matmul: per batch element i, the centred operands a - a_zp (Mp, Kp) and b - b_zp
-    packed as a weight (N, K) (both int16, |.| <= 255) through _gemm_i16. requant: None (out (Bt, M, N)
-    int64 = the exact sum) or (acc_shift, mult, shift, out_zp, qmin, qmax) per tensor (out (Bt, M, N)
+    packed as a weight (N, K) (`gemm_i16.pack_centred`; both int16, |.| <= 255) through _i16_product.
+    requant: None (out (Bt, M, N) int64 = the exact sum) or (acc_shift, mult, shift, out_zp, qmin, qmax) per tensor (out (Bt, M, N)
     requantized). Returns the saturation count."""
     nb, m, k = a3.shape
     n = b3.shape[2]
@@ -800,9 +800,7 @@ def _matmul_i16(a3, a_zp, b3, b_zp, plan, requant, out):
     nsat = 0
     for i in range(nb):
         a_op = activation_operand(a3[i], a_zp, plan)  # (Mp, Kp) int16
-        b_op = np.empty((n, k), np.int16)  # (N, K): b - b_zp, transposed
-        _operand_kernel(np.ascontiguousarray(b3[i].T), np.int64(b_zp), MODE_CODE["centred"], b_op)
-        wpk = gemm_i16.pack_weight(b_op)
+        wpk = gemm_i16.pack_centred(b3[i], b_zp)  # b - b_zp (K, N), packed as a weight (N, K)
         if requant is None:
             _i16_product(a_op, m, wpk, n, plan, zeros, None, None, None, 0, 0, 0, 0, None, out_raw=out[i])
             continue

@@ -331,6 +331,41 @@ def _pack_kernel(w, npairs, n_pad, out):
                     out[row + 2 * c + h] = w[o, kk] if (o < n_out and kk < k) else 0
 
 
+@njit(cache=True, parallel=True)
+def _pack_centred_kernel(b, zp, npairs, n_pad, out):
+    """out (pairs, laid out per panel) <- b (K, N) - zp; zeros beyond N and K."""
+    k, n_out = b.shape
+    n_panels = (n_pad + PANEL - 1) // PANEL
+    for j in prange(n_panels):
+        width = min(PANEL, n_pad - PANEL * j)
+        base = PANEL * j * npairs * 2
+        n1 = min(PANEL * j + width, n_out)
+        for p in range(npairs):
+            row = base + 2 * p * width
+            for h in range(2):
+                kk = 2 * p + h
+                if kk < k:
+                    for o in range(PANEL * j, n1):  # row kk of b, contiguous
+                        out[row + 2 * (o - PANEL * j) + h] = np.int16(np.int32(b[kk, o]) - zp)
+                    for o in range(n1, PANEL * j + width):
+                        out[row + 2 * (o - PANEL * j) + h] = 0
+                else:
+                    for c in range(width):
+                        out[row + 2 * c + h] = 0
+
+
+def pack_centred(b, zp):
+    """Packed int16 pairs (as `pack_weight` of the (N, K) matrix (b - zp).T) of an activation b (K, N)
+    (uint8; |b - zp| <= 255): the right operand of an activation product, read row by row, without
+    the transposed copy."""
+    k, n = b.shape
+    npairs = (k + 1) // 2
+    n_pad = -(-n // LANES) * LANES
+    out = np.empty(n_pad * npairs * 2, np.int16)
+    _pack_centred_kernel(np.ascontiguousarray(b), np.int32(zp), npairs, n_pad, out)
+    return out
+
+
 def pack_weight(w2):
     """Packed int16 pairs (1-D, `PANEL`-wide panels, see module docstring) of an int8 (N, K) weight
     (or int16 (N, K): the centred uint8 right operand of an activation product)."""
