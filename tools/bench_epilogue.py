@@ -1,13 +1,14 @@
 """Micro benchmark of the int32 requantize epilogue of the "i16" GEMM plan (a script, not a test).
 
-    python3 tools/bench_epilogue.py [--repeat 7] [--threads 2]
+    python3 tools/bench_epilogue.py [--repeat 7] [--threads 2] [--cpu]
 
 Times, on SD 1.5 W8A8 shapes, the "i16" plan with the int32 epilogue (`gemm.I32_EPILOGUE` on:
 K-blocks summed in an int32 tile, requantized in int32 lanes by `gemm_i16.requant_tile`) against
 the int64 epilogue (off), alternating the two in one run, best of --repeat; checks that both give
 the same integers. Shapes: linear M x K x N (uint8 activations, prepared int8 weights), the
 attention scores matmul (uint8 x uint8) and a 3x3 conv 320 -> 320 at 64x64. Prints the load
-average beside the numbers (the machine may be shared).
+average beside the numbers (the machine may be shared); --cpu times CPU seconds of the process
+(`time.process_time`, less sensitive to other jobs; meaningful with --threads 1) instead of wall time.
 """
 from __future__ import annotations
 
@@ -55,10 +56,12 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--cpu", action="store_true", help="CPU time (process_time) instead of wall time")
     args = ap.parse_args()
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
     rng = np.random.default_rng(0)
-    print(f"threads {numba.get_num_threads()}, load average {os.getloadavg()[0]:.2f} at start")
+    clock = time.process_time if args.cpu else time.perf_counter
+    print(f"{'CPU' if args.cpu else 'wall'} time, threads {numba.get_num_threads()}, load average {os.getloadavg()[0]:.2f} at start")
     print(f"{'case':34s} {'int64 ms':>9s} {'int32 ms':>9s} {'new/old':>8s} {'ns/out old':>10s} {'ns/out new':>10s}")
     for name, (fn, n_out) in _cases(rng).items():
         outs = {}
@@ -70,9 +73,9 @@ def main():
         for _ in range(args.repeat):
             for flag in (False, True):
                 gemm.I32_EPILOGUE["enabled"] = flag
-                t0 = time.perf_counter()
+                t0 = clock()
                 fn()
-                best[flag] = min(best[flag], time.perf_counter() - t0)
+                best[flag] = min(best[flag], clock() - t0)
         gemm.I32_EPILOGUE["enabled"] = True
         old, new = best[False], best[True]
         print(f"{name:34s} {old * 1e3:9.1f} {new * 1e3:9.1f} {new / old:8.2f} {old * 1e9 / n_out:10.2f} "

@@ -490,7 +490,8 @@ def test_int32_requant_tile_matches_primitives(variant):
 def _run_requant_tile(c, prm, lo, hi, zp, variant):
     for n0 in range(0, c.shape[1], gemm_i16.PANEL):  # one panel at a time, as _gemm_i16 does
         gemm_i16.requant_tile(c[:, n0:], np.int64(c.shape[0]), np.int64(gemm_i16.PANEL), np.int64(c.shape[1]), prm,
-                              np.int64(n0), np.int64(lo), np.int64(hi), np.int64(zp), variant)
+                              np.int64(n0), np.int64(lo), np.int64(hi), np.int64(zp), variant, c[:, n0:], np.int64(0),
+                              np.int64(c.shape[1]), np.int64(gemm_i16.PANEL))  # in place
 
 
 def _int32_path_taken(plan, k, bias_eff, accs):

@@ -182,9 +182,9 @@ def _round_shift_i32(builder, x, n, mask, half):
 
 
 def _make_requant_tile(lanes, narrow=True, left=True):
-    """Intrinsic (c, rows, width, ldc, prm, n0, lo, hi, zp) -> None: the int32 requantize epilogue,
-    in place on an int32 tile, `lanes` channels per vector (narrow / left False: the variant for
-    tables whose acc_shift / left are all 0, without those steps, which are then identities):
+    """Intrinsic (c, rows, width, ldc, prm, n0, lo, hi, zp, out, out_off, out_ld, n_valid) -> None: the
+    int32 requantize epilogue of an int32 tile, `lanes` channels per vector (narrow / left False: the
+    variant for tables whose acc_shift / left are all 0, without those steps, then identities):
 
         for r < rows, j < width (width a multiple of lanes), ch = n0 + j, P = prm[:, ch]:
           t = c[r*ldc + j] + P.bias                                   (the exact accumulator)
@@ -192,9 +192,10 @@ def _make_requant_tile(lanes, narrow=True, left=True):
           x = sat32(u << P.left)                                      (selects on u vs INT32_MAX >> left)
           y = (sext64(x) * sext64(P.mult) + 2**30) >> 31              (srdhm: vpmuldq; high half)
           v = (y >> P.right) + ((y & P.right_mask) >= P.right_half)   (rounding shift right)
-          c[r*ldc + j] = min(max(v, lo), hi) + zp
+          out[out_off + r*out_ld + j] = min(max(v, lo), hi) + zp      (for j < n_valid; in out's dtype)
 
-    c: int32 C-contiguous; prm: int32 (len(REQUANT_ROWS), >= n0 + width) C-contiguous. Exact (equal
+    c: int32 C-contiguous; prm: int32 (len(REQUANT_ROWS), >= n0 + width) C-contiguous; out: any integer
+    dtype holding [lo + zp, hi + zp] (it may be c itself: in place, out_off 0, out_ld ldc). Exact (equal
     to requantize(narrow_i64(t, acc_shift), ...)) under the conditions proven in docs/arithmetic.md
     §3.3 (|t| <= 2**31 - 1, acc_shift <= 31, lo = max(qmin - zp, -2**31), hi = min(qmax - zp, 2**31 - 1)).
     """
@@ -204,15 +205,18 @@ def _make_requant_tile(lanes, narrow=True, left=True):
         return ir.Constant(vi32, [ir.Constant(_I32, v)] * lanes)
 
     @intrinsic
-    def requant_tile(typingctx, c, rows, width, ldc, prm, n0, lo, hi, zp):
-        sig = types.void(c, rows, width, ldc, prm, n0, lo, hi, zp)
+    def requant_tile(typingctx, c, rows, width, ldc, prm, n0, lo, hi, zp, out, out_off, out_ld, n_valid):
+        sig = types.void(c, rows, width, ldc, prm, n0, lo, hi, zp, out, out_off, out_ld, n_valid)
 
         def codegen(context, builder, signature, args):
             c_ptr = context.make_array(signature.args[0])(context, builder, args[0]).data  # i32*
             parr = context.make_array(signature.args[4])(context, builder, args[4])
             p_ptr = parr.data  # i32*
             p_ld = cgutils.unpack_tuple(builder, parr.shape)[1]
-            rows, width, ldc, n0 = args[1], args[2], args[3], args[5]
+            o_ptr = context.make_array(signature.args[9])(context, builder, args[9]).data  # iN*
+            o_int = ir.IntType(signature.args[9].dtype.bitwidth)
+            vo = ir.VectorType(o_int, lanes)
+            rows, width, ldc, n0, out_off, out_ld, n_valid = (args[i] for i in (1, 2, 3, 5, 10, 11, 12))
             undef = ir.Constant(vi32, ir.Undefined)
             zeros = _lanes([0] * lanes)
 
@@ -228,13 +232,13 @@ def _make_requant_tile(lanes, narrow=True, left=True):
 
             with cgutils.for_range(builder, rows) as rloop:
                 row = builder.mul(rloop.index, ldc)
+                orow = builder.add(out_off, builder.mul(rloop.index, out_ld))
                 with cgutils.for_range(builder, nvec) as vloop:
                     j = builder.mul(vloop.index, ir.Constant(_I64, lanes))
                     col = builder.add(n0, j)
                     p = {name: vload(p_ptr, builder.add(builder.mul(ir.Constant(_I64, i), p_ld), col))
                          for i, name in enumerate(REQUANT_ROWS)}
-                    cptr = builder.bitcast(builder.gep(c_ptr, [builder.add(row, j)]), vi32.as_pointer())
-                    t = builder.add(builder.load(cptr, align=4), p["bias"])
+                    t = builder.add(vload(c_ptr, builder.add(row, j)), p["bias"])
                     u = _round_shift_i32(builder, t, p["acc_shift"], p["acc_mask"], p["acc_half"]) if narrow else t
                     x = u
                     if left:
@@ -250,7 +254,19 @@ def _make_requant_tile(lanes, narrow=True, left=True):
                     v = _round_shift_i32(builder, y, p["right"], p["right_mask"], p["right_half"])
                     v = builder.select(builder.icmp_signed("<", v, lo), lo, v)
                     v = builder.select(builder.icmp_signed(">", v, hi), hi, v)
-                    builder.store(builder.add(v, zp), cptr, align=4)
+                    v = builder.add(v, zp)
+                    v = builder.trunc(v, vo) if o_int.width < 32 else v  # in [qmin, qmax]: fits out's dtype
+                    optr = builder.gep(o_ptr, [builder.add(orow, j)])
+                    full = builder.icmp_signed("<=", builder.add(j, ir.Constant(_I64, lanes)), n_valid)
+                    with builder.if_else(full) as (whole, part):
+                        with whole:
+                            builder.store(v, builder.bitcast(optr, vo.as_pointer()), align=1)
+                        with part:  # the last channels of a panel: lane by lane
+                            for lane in range(lanes):
+                                inside = builder.icmp_signed("<", builder.add(j, ir.Constant(_I64, lane)), n_valid)
+                                with builder.if_then(inside):
+                                    builder.store(builder.extract_element(v, ir.Constant(_I32, lane)),
+                                                  builder.gep(optr, [ir.Constant(_I64, lane)]))
             return context.get_dummy_value()
 
         return sig, codegen
@@ -264,17 +280,17 @@ _rq0, _rq1, _rq2, _rq3 = _RQ
 
 
 @njit(cache=True, inline="always")
-def requant_tile(c, rows, width, ldc, prm, n0, lo, hi, zp, variant):
-    """The int32 requantize epilogue of `_make_requant_tile` on c[:rows, :width], variant
+def requant_tile(c, rows, width, ldc, prm, n0, lo, hi, zp, variant, out, out_off, out_ld, n_valid):
+    """The int32 requantize epilogue of `_make_requant_tile` of c[:rows, :width] into out, variant
     2 * narrow + left (0-3; a variant without a step needs that step's shifts all 0 in prm)."""
     if variant == 0:
-        _rq0(c, rows, width, ldc, prm, n0, lo, hi, zp)
+        _rq0(c, rows, width, ldc, prm, n0, lo, hi, zp, out, out_off, out_ld, n_valid)
     elif variant == 1:
-        _rq1(c, rows, width, ldc, prm, n0, lo, hi, zp)
+        _rq1(c, rows, width, ldc, prm, n0, lo, hi, zp, out, out_off, out_ld, n_valid)
     elif variant == 2:
-        _rq2(c, rows, width, ldc, prm, n0, lo, hi, zp)
+        _rq2(c, rows, width, ldc, prm, n0, lo, hi, zp, out, out_off, out_ld, n_valid)
     else:
-        _rq3(c, rows, width, ldc, prm, n0, lo, hi, zp)
+        _rq3(c, rows, width, ldc, prm, n0, lo, hi, zp, out, out_off, out_ld, n_valid)
 
 
 #: bytes of packed weights per K-block that `block_product` keeps in L1 while it runs over the row tiles
@@ -291,11 +307,13 @@ def block_product(a, t0, t1, wpk, panel, width, npairs_total, block_pairs, cbloc
     for the row tiles t0 <= t < t1.
 
     a: (Mp, 2*npairs_total) int16; wpk: packed weights (see module docstring); cblock: (>= (t1-t0)*MR,
-    PANEL) int64 (columns >= width untouched). K is processed in blocks of block_pairs pairs (at most
+    >= width) int64 or int32 (see the micro-kernel), rows contiguous, any row stride (a column range
+    of a wider tile); columns >= width untouched. K is processed in blocks of block_pairs pairs (at most
     the plan's exact block); each block of the panel's weights is used for all the tiles before the
     next (GotoBLAS order: it stays in L1), and each tile's block sum is added into cblock in int64.
     """
     lda = a.shape[1]
+    ldc = cblock.strides[0] // cblock.itemsize
     base = PANEL * panel * npairs_total  # words before this panel
     nv = width // LANES
     for p0 in range(0, npairs_total, block_pairs):
@@ -305,13 +323,13 @@ def block_product(a, t0, t1, wpk, panel, width, npairs_total, block_pairs, cbloc
             a_off = t * MR * lda + 2 * p0
             c = cblock[(t - t0) * MR:]
             if _NV4 and nv == 4:  # _NV3, _NV4: compile-time constants (AVX2: False, the code is dropped)
-                _mk4(a, a_off, lda, wpk, b_off, n, c, PANEL, p0)
+                _mk4(a, a_off, lda, wpk, b_off, n, c, ldc, p0)
             elif _NV3 and nv == 3:
-                _mk3(a, a_off, lda, wpk, b_off, n, c, PANEL, p0)
+                _mk3(a, a_off, lda, wpk, b_off, n, c, ldc, p0)
             elif nv == 2:
-                _mk2(a, a_off, lda, wpk, b_off, n, c, PANEL, p0)
+                _mk2(a, a_off, lda, wpk, b_off, n, c, ldc, p0)
             else:
-                _mk1(a, a_off, lda, wpk, b_off, n, c, PANEL, p0)  # p0 > 0: add to the earlier blocks
+                _mk1(a, a_off, lda, wpk, b_off, n, c, ldc, p0)  # p0 > 0: add to the earlier blocks
 
 
 @njit(cache=True, parallel=True)
