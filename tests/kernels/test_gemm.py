@@ -481,17 +481,23 @@ def test_int32_requant_tile_matches_primitives(variant):
         prm, lo, hi, var = gemm.i32_requant_params(bias, accs, mult, sh, zp, qmin, qmax, n_pad)
         assert var == variant
         got = c.copy()
-        _run_requant_tile(got, prm, lo, hi, zp, variant)
+        _requant_tile_runner(variant)(got, prm, np.int64(lo), np.int64(hi), np.int64(zp))
         want = _requant_table_ref(t_exact, accs, mult, sh, zp, qmin, qmax)
         assert_bit_equal(got, want.astype(np.int32))
 
 
-@numba.njit(cache=False)
-def _run_requant_tile(c, prm, lo, hi, zp, variant):
-    for n0 in range(0, c.shape[1], gemm_i16.PANEL):  # one panel at a time, as _gemm_i16 does
-        gemm_i16.requant_tile(c[:, n0:], np.int64(c.shape[0]), np.int64(gemm_i16.PANEL), np.int64(c.shape[1]), prm,
-                              np.int64(n0), np.int64(lo), np.int64(hi), np.int64(zp), variant, c[:, n0:], np.int64(0),
-                              np.int64(c.shape[1]), np.int64(gemm_i16.PANEL))  # in place
+def _requant_tile_runner(variant):
+    """A jitted loop applying variant `variant` of gemm_i16.requant_tile in place, one panel at a time."""
+    rq = gemm_i16._RQ[variant]
+
+    @numba.njit(cache=False)
+    def run(c, prm, lo, hi, zp):
+        for n0 in range(0, c.shape[1], gemm_i16.PANEL):
+            tile = c[:, n0:]
+            rq(tile, np.int64(c.shape[0]), np.int64(gemm_i16.PANEL), np.int64(c.shape[1]), prm, np.int64(n0), lo, hi,
+               zp, tile, np.int64(0), np.int64(c.shape[1]), np.int64(gemm_i16.PANEL))
+
+    return run
 
 
 def _int32_path_taken(plan, k, bias_eff, accs):
@@ -500,9 +506,9 @@ def _int32_path_taken(plan, k, bias_eff, accs):
 
 @pytest.mark.parametrize("zp", [0, 255])
 def test_linear_int32_epilogue_edge_values(zp):
-    """uint8 linear through the int32 epilogue (asserted taken) and forced through the int64 one:
-    both bit-equal to the reference, with multipliers near 2**31, shifts both ways, acc_shift > 0,
-    saturating outputs, and output zero points at both ends."""
+    """uint8 linear through the int32 epilogue (asserted taken), bit-equal to the reference, with
+    multipliers near 2**31, shifts both ways, acc_shift > 0 (up to 31), saturating outputs, and output
+    zero points at both ends of uint8 and of int32."""
     rng = np.random.default_rng(zp + 1)
     m, k, n = 13, 70, 37
     x = rng.integers(0, 256, (m, k)).astype(np.uint8)
@@ -518,15 +524,10 @@ def test_linear_int32_epilogue_edge_values(zp):
     accs[3] = 31
     wsum = w.astype(np.int64).sum(axis=1)
     assert _int32_path_taken(plan_linear(np.uint8, "i16"), k, b + (128 - zp) * wsum, accs)
-    for out_zp, qmin, qmax in ((0, 0, 255), (255, 0, 255), (-(2**31), -(2**31), 2**31 - 1),
-                               (2**31 - 1, -(2**31), 2**31 - 1), (3, -7, 9)):
+    for out_zp, qmin, qmax in ((0, 0, 255), (255, 0, 255), (5, 2, 9), (-(2**31), -(2**31), 2**31 - 1),
+                               (2**31 - 1, -(2**31), 2**31 - 1)):
         want = linear_ref(x, zp, w, b, mult, sh, out_zp, qmin, qmax, accs)
         assert_bit_equal(linear(x, zp, w, b, mult, sh, out_zp, qmin, qmax, accs, method="i16"), want)
-        gemm.I32_EPILOGUE["enabled"] = False
-        try:
-            assert_bit_equal(linear(x, zp, w, b, mult, sh, out_zp, qmin, qmax, accs, method="i16"), want)
-        finally:
-            gemm.I32_EPILOGUE["enabled"] = True
 
 
 @pytest.mark.parametrize("excess", [0, 1])
