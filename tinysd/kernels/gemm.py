@@ -807,8 +807,8 @@ def _batched(a_q, b_q):
 def _matmul_i16(a3, a_zp, b3, b_zp, plan, requant, out):
     """int16 plan of matmul: per batch element i, the centred operands a - a_zp (Mp, Kp) and b - b_zp
     packed as a weight (N, K) (`gemm_i16.pack_centred`; both int16, |.| <= 255) through _i16_product.
-    requant: None (out (Bt, M, N) int64 = the exact sum) or (acc_shift, mult, shift, out_zp, qmin, qmax) per tensor (out (Bt, M, N)
-    requantized). Returns the saturation count."""
+    requant: None (out (Bt, M, N) int64 = the exact sum) or (acc_shift, mult, shift, out_zp, qmin, qmax)
+    per tensor (out (Bt, M, N) requantized). Returns the saturation count."""
     nb, m, k = a3.shape
     n = b3.shape[2]
     zeros = np.zeros(n, np.int64)  # no bias: the centred product needs no correction terms
