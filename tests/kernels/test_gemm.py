@@ -481,23 +481,35 @@ def test_int32_requant_tile_matches_primitives(variant):
         prm, lo, hi, var = gemm.i32_requant_params(bias, accs, mult, sh, zp, qmin, qmax, n_pad)
         assert var == variant
         got = c.copy()
-        _requant_tile_runner(variant)(got, prm, np.int64(lo), np.int64(hi), np.int64(zp))
+        _run_requant_tile(got, prm, np.int64(lo), np.int64(hi), np.int64(zp), variant)
         want = _requant_table_ref(t_exact, accs, mult, sh, zp, qmin, qmax)
         assert_bit_equal(got, want.astype(np.int32))
 
 
-def _requant_tile_runner(variant):
-    """A jitted loop applying variant `variant` of gemm_i16.requant_tile in place, one panel at a time."""
-    rq = gemm_i16._RQ[variant]
+@numba.njit(cache=False)
+def _run_requant_tile(c, prm, lo, hi, zp, variant):
+    """gemm_i16.requant_tile (variant 0-3) in place on c, one panel at a time."""
+    for n0 in range(0, c.shape[1], gemm_i16.PANEL):
+        tile = c[:, n0:]
+        gemm_i16.requant_tile(tile, np.int64(c.shape[0]), np.int64(gemm_i16.PANEL), np.int64(c.shape[1]), prm,
+                              np.int64(n0), lo, hi, zp, variant, tile, np.int64(0), np.int64(c.shape[1]),
+                              np.int64(gemm_i16.PANEL))
 
-    @numba.njit(cache=False)
-    def run(c, prm, lo, hi, zp):
-        for n0 in range(0, c.shape[1], gemm_i16.PANEL):
-            tile = c[:, n0:]
-            rq(tile, np.int64(c.shape[0]), np.int64(gemm_i16.PANEL), np.int64(c.shape[1]), prm, np.int64(n0), lo, hi,
-               zp, tile, np.int64(0), np.int64(c.shape[1]), np.int64(gemm_i16.PANEL))
 
-    return run
+@pytest.mark.skipif(not gemm_i16.FAST, reason="needs a Numba target with AVX2 or AVX-512 VNNI")
+def test_int32_requant_tile_compiles_to_vector_code():
+    """The int32 epilogue's speed rests on LLVM keeping it in vectors: the srdhm products as vpmuldq
+    on vector registers, per-lane shifts as vpsravd / vpsllvd."""
+    c = np.zeros((2, gemm_i16.PANEL), np.int32)
+    prm, lo, hi, _ = gemm.i32_requant_params(np.zeros(gemm_i16.PANEL, np.int64), np.ones(gemm_i16.PANEL, np.int64),
+                                             np.full(gemm_i16.PANEL, 2**30), np.ones(gemm_i16.PANEL, np.int64), 0,
+                                             -(2**31), 2**31 - 1, gemm_i16.PANEL)
+    _run_requant_tile(c, prm, np.int64(lo), np.int64(hi), np.int64(0), 3)
+    asm = "\n".join(_run_requant_tile.inspect_asm().values())
+    reg = "ymm" if gemm_i16.LANES == 8 else "zmm"
+    assert any("vpmuldq" in line and reg in line for line in asm.splitlines())
+    assert any("vpsravd" in line and reg in line for line in asm.splitlines())
+    assert any("vpsllvd" in line and reg in line for line in asm.splitlines())
 
 
 def _int32_path_taken(plan, k, bias_eff, accs):
