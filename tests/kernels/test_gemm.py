@@ -346,6 +346,29 @@ def test_matmul_uint8_plans_match_reference(method, shape_a, shape_b):
             assert_bit_equal(matmul(*args, method=method), matmul_ref(*args))
 
 
+def test_matmul_with_a_packed_right_operand_gives_the_same_integers():
+    """pack_matmul_right (k and v packed once for every query tile of an attention): the same integers as
+    packing per call, for several left operands; a packing made for another b or zero point is refused; a b
+    broadcast over a's batch dims falls back to packing per call; no int16 plan, no packing."""
+    from tinysd.kernels import pack_matmul_right
+
+    rng = np.random.default_rng(11)
+    b = rng.integers(0, 256, (2, 3, 41, 37)).astype(np.uint8)
+    packed = pack_matmul_right(b, 200)
+    for rows in (1, 6, 13):
+        a = rng.integers(0, 256, (2, 3, rows, 41)).astype(np.uint8)
+        args = (a, 7, b, 200, 2**30, -9, 128, 0, 255)
+        assert_bit_equal(matmul(*args, b_packed=packed), matmul_ref(*args))
+    with pytest.raises(ValueError, match="b_packed"):
+        matmul(a, 7, b, 199, 2**30, -9, 128, 0, 255, b_packed=packed)
+    b1 = b[:1]
+    a2 = rng.integers(0, 256, (2, 3, 5, 41)).astype(np.uint8)
+    args = (a2, 7, b1, 200, 2**30, -9, 128, 0, 255)
+    assert_bit_equal(matmul(*args, b_packed=pack_matmul_right(b1, 200)), matmul_ref(*args))
+    assert pack_matmul_right(b, 200, method="split") is None
+    assert pack_matmul_right(b.astype(np.uint16), 200) is None
+
+
 def test_matmul_i16_int32_lane_bound_is_tight():
     """|a - a_zp| = |b - b_zp| = 255 over K = one block of 33024 + 3: each lane sums 33024 * 65025 =
     2147385600 < 2**31 before the int64 add; a longer block would wrap."""

@@ -804,18 +804,39 @@ def _batched(a_q, b_q):
     return a3, b3, batch
 
 
-def _matmul_i16(a3, a_zp, b3, b_zp, plan, requant, out):
+@dataclass(frozen=True)
+class PackedRight:
+    """The right operand of `matmul` packed once for the int16 plan, for several calls with the same b (the
+    query tiles of one attention): `pack_matmul_right(b_q, b_zp)`. Holds b - b_zp per batch element."""
+
+    shape: tuple
+    zp: int
+    panels: list
+
+
+def pack_matmul_right(b_q, b_zp, method=None):
+    """PackedRight of b_q (..., K, N) for `matmul(a_q, a_zp, b_q, b_zp, ..., b_packed=)`, or None where the
+    plan of uint8 x b_q is not the int16 one (the packed form would not be used)."""
+    b_zp = check_zero_point("b_zp", b_zp, b_q.dtype)
+    if b_q.dtype != np.uint8 or plan_matmul(np.uint8, b_q.dtype, method).dtype is not np.int16:
+        return None
+    b3 = b_q.reshape((-1,) + b_q.shape[-2:])  # (Bt, K, N)
+    return PackedRight(tuple(b_q.shape), b_zp, [gemm_i16.pack_centred(b3[i], b_zp) for i in range(b3.shape[0])])
+
+
+def _matmul_i16(a3, a_zp, b3, b_zp, plan, requant, out, packed=None):
     """int16 plan of matmul: per batch element i, the centred operands a - a_zp (Mp, Kp) and b - b_zp
     packed as a weight (N, K) (`gemm_i16.pack_centred`; both int16, |.| <= 255) through _i16_product.
-    requant: None (out (Bt, M, N) int64 = the exact sum) or (acc_shift, mult, shift, out_zp, qmin, qmax) per tensor (out (Bt, M, N)
-    requantized). Returns the saturation count."""
+    requant: None (out (Bt, M, N) int64 = the exact sum) or (acc_shift, mult, shift, out_zp, qmin, qmax) per
+    tensor (out (Bt, M, N) requantized). packed: the Bt packed right operands (`PackedRight.panels`) or None.
+    Returns the saturation count."""
     nb, m, k = a3.shape
     n = b3.shape[2]
     zeros = np.zeros(n, np.int64)  # no bias: the centred product needs no correction terms
     nsat = 0
     for i in range(nb):
         a_op = activation_operand(a3[i], a_zp, plan)  # (Mp, Kp) int16
-        wpk = gemm_i16.pack_centred(b3[i], b_zp)  # b - b_zp (K, N), packed as a weight (N, K)
+        wpk = gemm_i16.pack_centred(b3[i], b_zp) if packed is None else packed[i]  # (b - b_zp) as a weight (N, K)
         if requant is None:
             _i16_product(a_op, m, wpk, n, plan, zeros, None, None, None, 0, 0, 0, 0, None, out_raw=out[i])
             continue
@@ -863,7 +884,7 @@ def matmul_accumulator(a_q, a_zp, b_q, b_zp, method=None):
     return acc.reshape(batch + (m, n))
 
 
-def matmul(a_q, a_zp, b_q, b_zp, multiplier, shift, out_zp, qmin, qmax, acc_shift=0, method=None):
+def matmul(a_q, a_zp, b_q, b_zp, multiplier, shift, out_zp, qmin, qmax, acc_shift=0, method=None, b_packed=None):
     """Batched product of two activations (spec §4.3): attention scores and probs @ V.
 
         acc[..., m, n] = sum_k (a_q[..., m, k] - a_zp) * (b_q[..., k, n] - b_zp)   (exact)
@@ -871,7 +892,8 @@ def matmul(a_q, a_zp, b_q, b_zp, multiplier, shift, out_zp, qmin, qmax, acc_shif
 
     a_q (..., M, K), b_q (..., K, N): uint8/uint16, leading dims broadcast. multiplier, shift,
     acc_shift are per-tensor ints. Output (..., M, N), dtype from [qmin, qmax]. method: as
-    plan_matmul (same bits, speed only).
+    plan_matmul (same bits, speed only). b_packed: `pack_matmul_right(b_q, b_zp)` made earlier (same b_q and
+    b_zp, same batch dims as a_q), so that calls sharing b pack it once (speed only).
     """
     a_zp, b_zp = _check_matmul_args(a_q, a_zp, b_q, b_zp)
     mult, sh = (int(v[0]) for v in requant_params(multiplier, shift, 1))
@@ -881,7 +903,11 @@ def matmul(a_q, a_zp, b_q, b_zp, multiplier, shift, out_zp, qmin, qmax, acc_shif
     if plan.dtype is np.int16:
         a3, b3, batch = _batched(a_q, b_q)
         out = np.empty((a3.shape[0], a3.shape[1], b3.shape[2]), out_dtype(qmin, qmax))  # (Bt, M, N)
-        nsat = _matmul_i16(a3, a_zp, b3, b_zp, plan, (accs, mult, sh, out_zp, qmin, qmax), out)
+        if b_packed is not None and (b_packed.shape != b_q.shape or b_packed.zp != b_zp):
+            raise ValueError(f"b_packed: packed for b_q {b_packed.shape} zp {b_packed.zp}, used with {b_q.shape} "
+                             f"zp {b_zp}")
+        packed = b_packed.panels if b_packed is not None and batch == b_q.shape[:-2] else None  # else: broadcast
+        nsat = _matmul_i16(a3, a_zp, b3, b_zp, plan, (accs, mult, sh, out_zp, qmin, qmax), out, packed)
         _report_saturation(nsat, "matmul")
         return out.reshape(batch + out.shape[1:])
     parts, rowc, colc, const, batch, m, n = _matmul_common(a_q, a_zp, b_q, b_zp, plan)
