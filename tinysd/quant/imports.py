@@ -361,6 +361,7 @@ class MergeReport:
     from_file: dict[str, int] = field(default_factory=dict)
     calibrated: dict[str, list[str]] = field(default_factory=dict)
     fixed_softmax: dict[str, list[str]] = field(default_factory=dict)
+    derived: dict[str, dict[str, str]] = field(default_factory=dict)  # tensor -> why (tinysd.quant.derived)
 
 
 def merge(imported: Mapping[str, NetworkImport], calibrated: Mapping[str, Mapping[str, Encoding]],
