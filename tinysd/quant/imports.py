@@ -122,6 +122,7 @@ class NetworkImport:
     weights: dict[str, np.ndarray] = field(default_factory=dict)  # tinysd parameter -> the graph's value
     ignored: list[str] = field(default_factory=list)  # parameter encodings tinysd does not use
     unplaced: list[str] = field(default_factory=list)  # names the graph places nowhere ("name: why")
+    reader_inputs: list[str] = field(default_factory=list)  # encodings of one reader's input copy ("name: why")
     files: list[dict] = field(default_factory=list)  # {"key", "path", "onnx", "aimet_version"} per source
 
 
@@ -187,6 +188,8 @@ def _import_with_graph(imp: NetworkImport, src: Source, act, par, version, loade
             imp.ignored.append(row.tinysd)
         elif row.role == "constant":
             imp.activations.setdefault(row.tinysd, enc)
+        elif row.role == "reader copy":  # an input quantizer of some readers only: not the tensor's encoding
+            imp.reader_inputs.append(f"{name}: {row.why}")
         else:  # activations, inputs, parts, aliases: the first encoding found for a tinysd tensor is used
             prev = imp.activations.get(row.tinysd)
             if prev is not None and prev != enc:
@@ -314,6 +317,10 @@ def read_sources(loaded, sources: Sequence[Source], files: Mapping | None = None
             log.info("%s: %d parameter encoding(s) not used (tinysd re-derives biases at s_in * s_w and stores "
                      "embedding tables at their output encoding): %s", imp.network, len(imp.ignored),
                      _listing(imp.ignored))
+        if imp.reader_inputs:
+            log.info("%s: %d encoding(s) of the file quantize a copy of a tensor for some of its readers only "
+                     "(not used: the tensor's other readers take it unquantized on the device): %s", imp.network,
+                     len(imp.reader_inputs), _listing(imp.reader_inputs))
         if imp.unplaced:
             log.info("%s: %d name(s) of the file are no tinysd tensor (constants folded into the graph, values "
                      "computed before a network input): %s", imp.network, len(imp.unplaced), _listing(imp.unplaced))

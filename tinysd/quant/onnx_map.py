@@ -372,7 +372,7 @@ class MapRow:
 
     onnx: str
     tinysd: str | None
-    role: str  # "activation", "part", "input", "constant", "weight", "bias", "param", "alias", "unused"
+    role: str  # "activation", "part", "input", "constant", "weight", "bias", "param", "alias", "reader copy", "unused"
     why: str
 
 
@@ -937,6 +937,30 @@ def _time_feature_rows(g: OnnxGraph, mp: OnnxMap) -> None:
             f"features' Mul {mul.name}")
 
 
+def _reader_copy_rows(g: OnnxGraph, mp: OnnxMap) -> None:
+    """Copies of a value made for some of its readers are not the value (role "reader copy").
+
+    An Identity node whose input other nodes read too (aimet-torch's `..._dup_0` nodes) copies the
+    value for its own readers; an encoding on the copy (or a layout of it) is those readers' input
+    quantizer: the value's other readers (a residual add, a skip concat) take it unquantized. Such
+    rows keep the tinysd tensor in the table but leave `mp.activations`, so the encoding is not the
+    tensor's (tinysd has one encoding per tensor; the tensor gets its own, from the file or derived).
+    """
+    copies: dict[str, str] = {}
+    for n in g.nodes:
+        src = n.input[0] if n.op_type == "Identity" and n.input else None
+        if src in g.dynamic and len(g.consumers.get(src, ())) > 1:
+            readers = ", ".join(f"{u.op_type} {u.name}" for u, _ in g.users(n.output[0]))
+            copies.update({a: readers for a in g.aliases(n.output[0])})
+    for i, r in enumerate(mp.rows):
+        if r.onnx in copies and r.tinysd is not None and r.role in ("activation", "alias", "part", "input"):
+            mp.rows[i] = MapRow(r.onnx, r.tinysd, "reader copy",
+                                f"copy of {r.tinysd} read only by {copies[r.onnx]} (Identity of a value other nodes "
+                                f"read too): its encoding quantizes those readers' input, not {r.tinysd}")
+            if mp.activations.get(r.onnx) == r.tinysd:
+                del mp.activations[r.onnx]
+
+
 def _unmatched_rows(g: OnnxGraph, mp: OnnxMap, used: set[int]) -> None:
     """Rows for every other ONNX value: constants, host-side computation before an input, unfollowed nodes."""
     known = {r.onnx for r in mp.rows}
@@ -1001,6 +1025,7 @@ def map_onnx(path, network: str, graph, params: Mapping[str, np.ndarray] | None 
     mp = matcher.run()
     _time_feature_rows(g, mp)
     _unmatched_rows(g, mp, matcher.used)
+    _reader_copy_rows(g, mp)
     log.info("%s: %d tinysd tensors, %d parameters and %d constants found; %d ops followed as their parts",
              path, len(set(mp.activations.values())), len(mp.params), len(mp.constants), len(mp.parts))
     return mp
