@@ -315,3 +315,44 @@ def test_bad_sources_are_one_line_errors(exports, tiny):
     broken.write_bytes(broken.read_bytes()[:1000])
     with pytest.raises(TinySDError, match="not a readable ONNX model"):
         read_sources(tiny, [Source("unet", d / "unet_1.0.0.encodings", broken)])
+
+
+def test_float_left_tensors_get_derived_ranges(exports, tiny):
+    """aimet-torch's file leaves the attention core, GEGLU's GELU parts, residual adds and reused SiLUs float,
+    and its `_dup_0` Identity copies carry a norm's input quantizer, not the residual's encoding. Through the
+    graph: those copies are reader copies (not the tensor's encoding); the float-left tensors get ranges
+    derived from the file's encodings (the context is V's range, each GELU part follows from the last, an
+    add is the sum of its inputs'), and only the attention scores stay calibrated."""
+    from tinysd.quant.derived import activation_range, derive_missing
+    from tinysd.quant.imports import merge
+    from tinysd.quant.prepare import softmax_encoding
+
+    root, _ = exports
+    d = root / "aimet-torch-onnx" / "unet" / "w8a16"
+    imp = read_sources(tiny, [Source("unet", d / "unet_2.0.0.encodings", d / "unet_2.0.0.onnx")])
+    u = imp["unet"]
+    blk = "unet.down_blocks.0.attentions.0.transformer_blocks.0"
+    assert sum(r.split(": ")[0].endswith("_dup_0") for r in u.reader_inputs) == 23 and any(r.startswith("/unet/down_blocks.0/attentions.0/transformer_blocks.0/"
+                                                           "Add_1_output_0_dup_0: copy of " + blk + ".add2.out")
+                                              for r in u.reader_inputs)
+    trace = trace_network(model_graphs(tiny.config)["unet"], "unet")
+    names = {op.tensor for op in trace.ops if op.tensor}
+    for op, parts in u.parts.items():
+        if parts != ("requant",):
+            names |= {f"unet.{op}.{p}.out" for p in parts}
+    dummy = softmax_encoding(16)  # what calibration would give: replaced where a range is derived
+    softmax = {op.tensor for op in trace.ops if op.kind == "softmax"}
+    acts, report = merge(imp, {"unet": {n: dummy for n in names}}, {"unet": softmax})
+    assert f"{blk}.add2.out" in report.calibrated["unet"]  # the reader copy's encoding is not the sum's
+    derive_missing(acts, report, {"unet": trace}, {"unet": 16}, {"unet": u.parts})
+    enc = acts["unet"]
+    assert sorted(report.calibrated["unet"]) == sorted(n for n in names if n.endswith(".scores.out"))
+    v, ctx = enc[f"{blk}.attn1.to_v.out"], enc[f"{blk}.attn1.context.out"]
+    assert abs(ctx.min[0] - v.min[0]) <= ctx.scale[0] and abs(ctx.max[0] - v.max[0]) <= ctx.scale[0]
+    gelu = f"{blk}.ff.net.0.gelu"
+    assert {f"{gelu}.{p}.out" for p in ("erf", "add", "mul")} | {f"{gelu}.out"} <= set(report.derived["unet"])
+    a, b, s = enc[f"{blk}.add1.out"], enc[f"{blk}.attn2.to_out.0.out"], enc[f"{blk}.add2.out"]
+    assert abs(s.min[0] - (a.min[0] + b.min[0])) <= s.scale[0] and abs(s.max[0] - (a.max[0] + b.max[0])) <= s.scale[0]
+    n, act = enc["unet.mid_block.resnets.0.norm1.out"], enc["unet.mid_block.resnets.0.act1.out"]
+    lo, hi = activation_range("silu", n.min[0], n.max[0])
+    assert abs(act.min[0] - lo) <= act.scale[0] and abs(act.max[0] - hi) <= act.scale[0]
