@@ -19,10 +19,18 @@ input data:
   input interval times the factor; concat: the hull of the inputs; upsample and layout ops
   (reshape, transpose, split): the input interval.
 
+Derived ranges are guaranteed bounds, and some are wider than the values (a sum of ranges, V's
+range for a context that averages it): at 16 bits the wider grid costs nothing measurable and no
+value the device passes is clipped, while at 8 bits resolution matters more than rare clipping,
+so 8-bit networks keep calibrated ranges for these tensors (`DERIVE_MIN_BITS`; measured on the
+AIMET fixture, docs/quantization.md section 9.5: deriving at W8A8 moved tinysd-vs-QuantSim by
+-0.8 to 0 dB, at W8A16 it gained 4-7 dB).
+
 Not derived (calibrated as before, reported as calibrated): outputs of ops whose range depends
 on data the encodings do not bound tightly (attention scores: the only structural bound,
-|s| <= alpha * K * max|q| * max|k|, is orders of magnitude wider than the scores), and every
-op an input of which is neither in the file nor derived. Only used when a file is imported:
+|s| <= alpha * K * max|q| * max|k| over the contraction length K, is 10-20 times wider than the
+scores on the fixture, and using it measured no gain at W8A16), and every op an input of which
+is neither in the file nor derived. Only used when a file is imported:
 tinysd's own calibration is unchanged.
 """
 from __future__ import annotations
@@ -37,6 +45,9 @@ from .encodings import Encoding
 from .observers import encoding_from_range
 
 log = logging.getLogger(__name__)
+
+#: networks with fewer activation bits keep calibrated ranges for the tensors a file lacks (module docstring)
+DERIVE_MIN_BITS = 16
 
 #: kind -> (x at the function's one minimum, the minimum), float64. SiLU: x* solves
 #: 1 + x (1 - sigmoid(x)) = 0 (Newton's method, float64); quick_gelu(x) = silu(1.702 x) / 1.702;
@@ -222,10 +233,14 @@ def derive_missing(acts: dict, report, traces: Mapping, bits: Mapping[str, int],
 
     acts, report: `tinysd.quant.imports.merge`'s output (report.calibrated lists the tensors the
     files lack); traces: {network: trace} of the networks with a file; bits: {network: activation
-    bitwidth}; parts: {network: {op: parts}} of ops computed as their parts. The derived tensors move from report.calibrated[net] to report.derived[net]
+    bitwidth; below DERIVE_MIN_BITS nothing is derived}; parts: {network: {op: parts}} of ops computed as
+    their parts. The derived tensors move from report.calibrated[net] to report.derived[net]
     ({tensor: why}); acts[net] gets their derived encodings.
     """
     for net, trace in traces.items():
+        report.derived[net] = {}
+        if bits[net] < DERIVE_MIN_BITS:
+            continue
         cal = report.calibrated.get(net, [])
         file_encs = {n: e for n, e in acts[net].items() if n not in cal}
         got = derive_encodings(trace, file_encs, cal, bits[net], report.fixed_softmax.get(net, ()),
@@ -239,4 +254,4 @@ def derive_missing(acts: dict, report, traces: Mapping, bits: Mapping[str, int],
                      ", ".join(f"{n} ({why})" for n, (_, why) in got.items()))
 
 
-__all__ = ["ACTIVATION_MINIMA", "activation_range", "derived_ranges", "derive_encodings", "derive_missing"]
+__all__ = ["DERIVE_MIN_BITS", "ACTIVATION_MINIMA", "activation_range", "derived_ranges", "derive_encodings", "derive_missing"]
