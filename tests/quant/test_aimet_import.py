@@ -319,8 +319,9 @@ def test_bad_sources_are_one_line_errors(exports, tiny):
 
 def test_float_left_tensors_get_derived_ranges(exports, tiny):
     """aimet-torch's file leaves the attention core, GEGLU's GELU parts, residual adds and reused SiLUs float,
-    and its `_dup_0` Identity copies carry a norm's input quantizer, not the residual's encoding. Through the
-    graph: those copies are reader copies (not the tensor's encoding); the float-left tensors get ranges
+    and its `_dup_0` Identity copies carry a norm's (or conv's) input quantizer, not the residual's encoding.
+    Through the graph: each copy is its reader's `input` part (not the tensor's encoding); the float-left
+    tensors get ranges
     derived from the file's encodings (the context is V's range, each GELU part follows from the last, an
     add is the sum of its inputs'), and only the attention scores stay calibrated."""
     from tinysd.quant.derived import activation_range, derive_missing
@@ -332,9 +333,13 @@ def test_float_left_tensors_get_derived_ranges(exports, tiny):
     imp = read_sources(tiny, [Source("unet", d / "unet_2.0.0.encodings", d / "unet_2.0.0.onnx")])
     u = imp["unet"]
     blk = "unet.down_blocks.0.attentions.0.transformer_blocks.0"
-    assert sum(r.split(": ")[0].endswith("_dup_0") for r in u.reader_inputs) == 23 and any(r.startswith("/unet/down_blocks.0/attentions.0/transformer_blocks.0/"
-                                                           "Add_1_output_0_dup_0: copy of " + blk + ".add2.out")
-                                              for r in u.reader_inputs)
+    m = map_onnx(d / "unet_2.0.0.onnx", "unet", model_graphs(tiny.config)["unet"], tiny.params["unet"])
+    dups = [r for r in m.rows if r.onnx.endswith("_dup_0")]
+    assert len(dups) == 23 and all(r.role == "part" and r.tinysd.endswith(".input.out") for r in dups)
+    row = m.find("/unet/down_blocks.0/attentions.0/transformer_blocks.0/Add_1_output_0_dup_0")
+    assert row.tinysd == f"{blk}.norm3.input.out" and f"a copy of {blk}.add2.out" in row.why
+    assert u.parts[blk[len("unet."):] + ".norm3"] == ("input",) and f"{blk}.norm3.input.out" in u.activations
+    assert not u.reader_inputs
     trace = trace_network(model_graphs(tiny.config)["unet"], "unet")
     names = {op.tensor for op in trace.ops if op.tensor}
     for op, parts in u.parts.items():
@@ -356,3 +361,23 @@ def test_float_left_tensors_get_derived_ranges(exports, tiny):
     n, act = enc["unet.mid_block.resnets.0.norm1.out"], enc["unet.mid_block.resnets.0.act1.out"]
     lo, hi = activation_range("silu", n.min[0], n.max[0])
     assert abs(act.min[0] - lo) <= act.scale[0] and abs(act.max[0] - hi) <= act.scale[0]
+
+
+def test_aimet_torch_unet_against_quantsim(exports, tmp_path):
+    """aimet-torch's W8A16 UNet (sim.onnx.export): with its input quantizers followed (`input` parts) and the
+    tensors it leaves float given derived ranges, tinysd's integer UNet is within the 60 dB target of
+    QuantSim (measured 75.3 dB with the fixture's two calibration prompts; 42.8 dB before either)."""
+    from tinysd.quant.folder import load_quantized
+    from tinysd.quant.workflow import quantize_checkpoint
+
+    root, _ = exports
+    d = root / "aimet-torch-onnx" / "unet" / "w8a16"
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(PROMPTS)
+    summary: dict = {}
+    out, _ = quantize_checkpoint(TINY, tmp_path / "q", "w8a16", prompts_file=prompts, steps=2,
+                                 encodings=[f"unet={d / 'unet_2.0.0.encodings'}"],
+                                 onnx=[f"unet={d / 'unet_2.0.0.onnx'}"], sqnr_calls=1, summary=summary)
+    assert len(summary["derived"]["unet"]) == 92 and len(summary["calibrated"]["unet"]) == 12
+    db = _against_quantsim(load_quantized(out), "unet", "aimet-torch", "w8a16")
+    assert db >= 73.0, f"{db:.2f} dB"

@@ -201,8 +201,12 @@ def _import_with_graph(imp: NetworkImport, src: Source, act, par, version, loade
                 used_parts.setdefault(op, set()).add(row.tinysd.rsplit(".", 2)[1])
     for op, present in m.parts.items():  # an op the file quantizes inside runs as all the graph's parts
         computed = tuple(p for p in present if not any((k, p) in NOT_COMPUTED for k in PARTS))
-        if set(computed) & used_parts.get(op, set()):
-            imp.parts[op] = computed
+        used = used_parts.get(op, set())
+        parts = ("input",) if "input" in computed and "input" in used else ()  # a reader copy: on its own
+        if (set(computed) - {"input"}) & used:
+            parts += tuple(p for p in computed if p != "input")
+        if parts:
+            imp.parts[op] = parts
     imp.weights.update(_graph_weights(loaded.params[net], m.weights, net, src.onnx))
     if off_graph:
         _place_by_grid(imp, off_graph, m)
@@ -328,12 +332,13 @@ def read_sources(loaded, sources: Sequence[Source], files: Mapping | None = None
 
 
 def _all_parts(kind: str, present: set) -> tuple:
-    """Every part an op of `kind` runs as when a file names `present` of its parts (PARTS order; requant last)."""
+    """Every part an op of `kind` runs as when a file names `present` of its parts (PARTS order; input first,
+    requant last)."""
     if kind == "matmul":
         parts = ["product"] if "product" in present else [p for p in ("a_scaled", "b_scaled") if p in present]
     else:
-        parts = [p for p in PARTS.get(kind, ()) if (kind, p) not in NOT_COMPUTED and set(present) - {"requant"}]
-    return tuple(parts + (["requant"] if "requant" in present else []))
+        parts = [p for p in PARTS.get(kind, ()) if (kind, p) not in NOT_COMPUTED and set(present) - {"requant", "input"}]
+    return tuple((["input"] if "input" in present else []) + parts + (["requant"] if "requant" in present else []))
 
 
 def _is_gemm_weight(graph, full_name: str, network: str) -> bool:
