@@ -271,3 +271,17 @@ def test_softmax_row_sum_bound_with_a_given_encoding(bits):
                 y = R.requantize_tensor_ref(y16, 0, int(m[0]), int(s[0]), 0, 0, qmax).astype(np.int64)
                 assert y.sum(axis=-1).max() <= softmax_row_sum_bound(bits, t, scale)
                 assert math.isclose(y.sum(axis=-1).mean() * scale, 1.0, abs_tol=t * scale)
+
+
+def test_ops_with_parts_have_no_layer_case(parted):
+    """golden: an op run as its parts (an `input` step included) is a sequence of kernels: no layer case."""
+    from tinysd.golden.cases import runs_as_parts
+    from tinysd.interp.record import OpRecord
+
+    _, models = parted
+    qnet = models["w8a16"].networks["unet"]
+    rec = lambda op, name: OpRecord(op, name, f"unet.{name}.out", {}, None)  # noqa: E731
+    assert runs_as_parts(rec("group_norm", "mid_block.resnets.0.norm1"), qnet)  # input step, fused norm
+    assert runs_as_parts(rec("silu", "down_blocks.0.resnets.0.act1"), qnet)  # sigmoid part
+    assert not runs_as_parts(rec("conv2d", "down_blocks.0.resnets.0.conv1"), qnet)
+    assert not runs_as_parts(rec("group_norm", "up_blocks.0.resnets.0.norm1"), qnet)
