@@ -326,6 +326,7 @@ def test_float_left_tensors_get_derived_ranges(exports, tiny):
     add is the sum of its inputs'), and only the attention scores stay calibrated."""
     from tinysd.quant.derived import activation_range, derive_missing
     from tinysd.quant.imports import merge
+    from tinysd.quant.observers import encoding_from_range
     from tinysd.quant.prepare import softmax_encoding
 
     root, _ = exports
@@ -361,6 +362,13 @@ def test_float_left_tensors_get_derived_ranges(exports, tiny):
     n, act = enc["unet.mid_block.resnets.0.norm1.out"], enc["unet.mid_block.resnets.0.act1.out"]
     lo, hi = activation_range("silu", n.min[0], n.max[0])
     assert abs(act.min[0] - lo) <= act.scale[0] and abs(act.max[0] - hi) <= act.scale[0]
+    # 8 bits: nothing structural; a value with a reader copy gets the copy's encoding (AIMET's range of it)
+    acts, report = merge(imp, {"unet": {n: dummy for n in names}}, {"unet": softmax})
+    derive_missing(acts, report, {"unet": trace}, {"unet": 8}, {"unet": u.parts})
+    assert set(report.derived["unet"]) >= {f"{blk}.add2.out", f"{blk}.add1.out"} and len(report.derived["unet"]) == 23
+    copy = u.activations[f"{blk}.norm3.input.out"]  # (a 16-bit file: its range on the 8-bit grid here)
+    assert acts["unet"][f"{blk}.add2.out"] == encoding_from_range(float(copy.min[0]), float(copy.max[0]), 8)
+    assert f"{blk}.attn1.context.out" in report.calibrated["unet"]
 
 
 def test_aimet_torch_unet_against_quantsim(exports, tmp_path):

@@ -22,9 +22,10 @@ input data:
 Derived ranges are guaranteed bounds, and some are wider than the values (a sum of ranges, V's
 range for a context that averages it): at 16 bits the wider grid costs nothing measurable and no
 value the device passes is clipped, while at 8 bits resolution matters more than rare clipping,
-so 8-bit networks keep calibrated ranges for these tensors (`DERIVE_MIN_BITS`; measured on the
-AIMET fixture, docs/quantization.md section 9.5: deriving at W8A8 moved tinysd-vs-QuantSim by
--0.8 to 0 dB, at W8A16 it gained 4-7 dB).
+so 8-bit networks do not derive them (`DERIVE_MIN_BITS`; measured on the AIMET fixture,
+docs/quantization.md section 9.5: deriving at W8A8 moved tinysd-vs-QuantSim by -0.8 to 0 dB, at
+W8A16 it gained 4-6 dB). A tensor left without a range whose readers' `input` parts the file
+gives (their copies of it) takes those encodings' range, at any bitwidth (`reader_input_ranges`).
 
 Not derived (calibrated as before, reported as calibrated): outputs of ops whose range depends
 on data the encodings do not bound tightly (attention scores: the only structural bound,
@@ -227,24 +228,56 @@ def derive_encodings(trace, encodings: Mapping[str, Encoding], missing, bits: in
             for n, ((lo, hi), why) in derived_ranges(trace, known, missing, parts, consts).items()}
 
 
+def reader_input_ranges(trace, encodings: Mapping[str, Encoding]) -> dict[str, tuple[float, float]]:
+    """{tensor: (lo, hi)}: the ranges the file gives a tensor through its readers' `input` parts.
+
+    A reader copy's encoding (`{op}.input.out`, tinysd.quant.onnx_map) is AIMET's range of the value
+    the op reads, from AIMET's calibration data, though the device quantizes only that reader's copy
+    with it. Several readers: the hull of their ranges."""
+    producer = {}
+    for op in trace.ops:
+        for o in op.output:
+            producer[o] = op
+    out: dict[str, tuple[float, float]] = {}
+    for op in trace.ops:
+        enc = encodings.get(part_tensor(op.tensor, "input")) if op.tensor else None
+        if enc is None or not op.inputs:
+            continue
+        src = producer.get(op.inputs[0])
+        while src is not None and src.kind == "layout":
+            src = producer.get(src.inputs[0])
+        if src is None or not src.tensor:
+            continue
+        lo, hi = float(enc.min[0]), float(enc.max[0])
+        old = out.get(src.tensor)
+        out[src.tensor] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
+    return out
+
+
 def derive_missing(acts: dict, report, traces: Mapping, bits: Mapping[str, int],
                    parts: Mapping[str, Mapping[str, tuple]] | None = None) -> None:
     """Replace, in place, the calibrated encodings of tensors whose range follows from the file's encodings.
 
     acts, report: `tinysd.quant.imports.merge`'s output (report.calibrated lists the tensors the
     files lack); traces: {network: trace} of the networks with a file; bits: {network: activation
-    bitwidth; below DERIVE_MIN_BITS nothing is derived}; parts: {network: {op: parts}} of ops computed as
-    their parts. The derived tensors move from report.calibrated[net] to report.derived[net]
-    ({tensor: why}); acts[net] gets their derived encodings.
+    bitwidth}; parts: {network: {op: parts}} of ops computed as their parts. In order: at
+    DERIVE_MIN_BITS and more, the structural ranges (`derive_encodings`); then, for a tensor still
+    without one, the range its readers' input encodings in the file give it (`reader_input_ranges`:
+    AIMET's own range of that value, in place of tinysd's calibration; at 8 bits it also makes the
+    reader's `input` step an identity instead of a second rounding). The tensors so given move from
+    report.calibrated[net] to report.derived[net] ({tensor: why}); acts[net] gets their encodings.
     """
     for net, trace in traces.items():
-        report.derived[net] = {}
-        if bits[net] < DERIVE_MIN_BITS:
-            continue
         cal = report.calibrated.get(net, [])
         file_encs = {n: e for n, e in acts[net].items() if n not in cal}
-        got = derive_encodings(trace, file_encs, cal, bits[net], report.fixed_softmax.get(net, ()),
-                               (parts or {}).get(net))
+        got = {}
+        if bits[net] >= DERIVE_MIN_BITS:
+            got = derive_encodings(trace, file_encs, cal, bits[net], report.fixed_softmax.get(net, ()),
+                                   (parts or {}).get(net))
+        readers = reader_input_ranges(trace, file_encs)
+        for n in cal:
+            if n not in got and n in readers:
+                got[n] = (encoding_from_range(*readers[n], bits[net]), "its readers' input encoding in the file")
         for n, (enc, _) in got.items():
             acts[net][n] = enc
         report.calibrated[net] = [n for n in cal if n not in got]
@@ -254,4 +287,5 @@ def derive_missing(acts: dict, report, traces: Mapping, bits: Mapping[str, int],
                      ", ".join(f"{n} ({why})" for n, (_, why) in got.items()))
 
 
-__all__ = ["DERIVE_MIN_BITS", "ACTIVATION_MINIMA", "activation_range", "derived_ranges", "derive_encodings", "derive_missing"]
+__all__ = ["DERIVE_MIN_BITS", "ACTIVATION_MINIMA", "activation_range", "derived_ranges", "derive_encodings",
+           "reader_input_ranges", "derive_missing"]

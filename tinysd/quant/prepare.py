@@ -319,6 +319,8 @@ class Preparer:
         if t not in self.given or x.enc == t:
             return x
         a_in, a_part = self._act(x.enc), self._act(t)
+        if a_in == a_part:  # the value has the copy's encoding: the step would be an identity
+            return x
         if self.ok:
             m, s = multipliers(a_in.scale / a_part.scale, f"{self.network}: {name}.input")
             self._put(f"{name}.input", multiplier=m, shift=s)
