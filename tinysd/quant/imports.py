@@ -337,7 +337,8 @@ def _all_parts(kind: str, present: set) -> tuple:
     if kind == "matmul":
         parts = ["product"] if "product" in present else [p for p in ("a_scaled", "b_scaled") if p in present]
     else:
-        parts = [p for p in PARTS.get(kind, ()) if (kind, p) not in NOT_COMPUTED and set(present) - {"requant", "input"}]
+        inner = set(present) - {"requant", "input"}  # the steps before / after the op are not its inner parts
+        parts = [p for p in PARTS.get(kind, ()) if (kind, p) not in NOT_COMPUTED and inner]
     return tuple((["input"] if "input" in present else []) + parts + (["requant"] if "requant" in present else []))
 
 

@@ -190,7 +190,8 @@ def quantize_checkpoint(model, out_dir, precision: str, prompts_file=None, steps
         "encodings_files": [f for imp in imported.values() for f in imp.files] or None,
         "encodings_import": None if report is None else {
             n: {"from_file": report.from_file[n], "calibrated": report.calibrated[n],
-                "fixed_softmax": report.fixed_softmax[n], "derived": report.derived.get(n, {}), "parts": {op: list(p) for op, p in imported[n].parts.items()},
+                "fixed_softmax": report.fixed_softmax[n], "derived": report.derived.get(n, {}),
+                "parts": {op: list(p) for op, p in imported[n].parts.items()},
                 "weights_from_graph": sorted(imported[n].weights)} for n in imported},
         "calibration": {"prompts_file": None if prompts_file is None else str(prompts_file), "prompts": prompts,
                         "steps": steps, "sampler": sampler, "seed": CALIBRATION_SEED,
@@ -256,12 +257,13 @@ def _summary_lines(imported, report) -> list[str]:
     for net, imp in imported.items():
         files = ", ".join(Path(f["path"]).name for f in imp.files)
         cal = report.calibrated[net]
-        parts = sum(1 for p in imp.parts.values() if set(p) - {"requant"})
+        parts = sum(1 for p in imp.parts.values() if set(p) - {"requant", "input"})
+        copies = sum(1 for p in imp.parts.values() if "input" in p)
         out.append(f"{net}: {report.from_file[net]} encodings from {files}, {len(report.derived.get(net, {}))} derived "
                    f"from them (graph structure), {len(cal)} calibrated (not in the file), "
                    f"{len(report.fixed_softmax[net])} softmax outputs at the fixed encoding; {parts} ops run as "
-                   f"their parts, {len(imp.params)} weight encodings used, {len(imp.ignored)} parameter encodings "
-                   f"ignored")
+                   f"their parts, {copies} read their input's copy, {len(imp.params)} weight encodings used, "
+                   f"{len(imp.ignored)} parameter encodings ignored")
         if cal:
             log.info("%s: calibrated (the file has no encoding for them): %s", net, ", ".join(cal))
     return out
