@@ -9,8 +9,11 @@ QuantSim output, SQNR over the evaluation calls):
 | export | UNet w8a8 | UNet w8a16 | VAE decoder w8a8 | VAE decoder w8a16 |
 |---|---|---|---|---|
 | aimet-onnx sim.export | 27.2 dB | 75.2 dB | 28.6 dB | 76.6 dB |
+| aimet-torch sim.onnx.export | 28.3 dB | 75.3 dB | 29.0 dB | 75.3 dB |
 
-The w8a16 target (60 dB) is met; the w8a8 target (40 dB) is not: the first ops agree code for code
+The w8a16 target (60 dB) is met (aimet-torch's UNet since its input quantizers are followed and the
+tensors it leaves float get derived ranges; test_aimet_torch_unet_against_quantsim); the w8a8 target
+(40 dB) is not: the first ops agree code for code
 and then single-LSB differences in rounding (tinysd's integer requantization against QuantSim's
 float32) grow through the random-weight 8-bit network (docs/quantization.md section 9.5). The
 assertions below are those measured levels minus a margin, so a regression fails. (The UNet gained
