@@ -43,10 +43,10 @@ def test_activation_minima_are_the_minima(kind):
 @pytest.mark.parametrize("lo,hi", [(-3.0, 2.0), (0.0, 1.0), (-5.0, -3.0), (-0.5, 4.0), (-20.0, 0.1)])
 def test_activation_range_is_the_image(kind, lo, hi):
     """The derived interval is the image of [lo, hi]: it holds every value and is no wider than needed."""
-    y = FUNCS[kind](np.linspace(lo, hi, 200001))
+    y = FUNCS[kind](np.linspace(lo, hi, 20001))  # grid step <= 1.3e-3: the sampled extremes are within 1e-5
     r = activation_range(kind, lo, hi)
     assert r[0] <= y.min() + 1e-15 and r[1] >= y.max() - 1e-15
-    assert r[0] >= y.min() - 1e-9 and r[1] <= y.max() + 1e-9
+    assert r[0] >= y.min() - 1e-5 and r[1] <= y.max() + 1e-15
 
 
 @pytest.fixture(scope="module")
