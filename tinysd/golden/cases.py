@@ -35,6 +35,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..interp.parts import PARTS
 from ..interp.record import OpRecord, TapTensor
 from ..kernels import reference as R
 from ..kernels.conv import normalize_padding, normalize_stride
@@ -346,10 +347,18 @@ def _norm_params(P: dict, in_bits: int, out_bits: int) -> NormParams:
                       P["beta_fx"], in_bits, out_bits)
 
 
-def runs_as_parts(rec: OpRecord) -> bool:
+def runs_as_parts(rec: OpRecord, qnet=None) -> bool:
     """Does the recorded op run as its parts (an imported device graph's quantization points inside it,
-    `tinysd.interp.parts`: arrays `{op}.{part}.{field}`, or a softmax requantized to a given encoding)?
-    Such an op is a sequence of kernels; it has no single-kernel layer case (its network case covers it)."""
+    `tinysd.interp.parts`: arrays `{op}.{part}.{field}` of `qnet`, its `input` or `requant` step included,
+    or a softmax requantized to a given encoding)? Such an op is a sequence of kernels; it has no
+    single-kernel layer case (its network case covers it). (A record's own params hold `{op}.{field}`
+    only, so the part arrays are looked up in `qnet` when it is given.)"""
+    parts = {p for kind in PARTS.values() for p in kind} | {"requant", "input"}
+    arrays = qnet.arrays if qnet is not None else {}
+    prefix = f"{rec.name}."
+    if any(k.startswith(prefix) and k[len(prefix):].count(".") == 1 and k[len(prefix):].split(".")[0] in parts
+           for k in arrays):
+        return True
     return any("." in k for k in rec.params) or (rec.op == "softmax" and "multiplier" in rec.params)
 
 

@@ -175,7 +175,7 @@ def generate_golden(model, out_dir, prompts: Sequence[str], *, negative_prompt: 
                     cid = f"{p}/{name}.{kind}"
                 w.write_case(network_case(rec.records, name, cid, qnet, step=step))
                 for r in rec.records:
-                    if r.matched and runs_as_parts(r):
+                    if r.matched and runs_as_parts(r, qnet):
                         log.info("golden: %s.%s runs as its parts; no layer case (the network case covers it)", name,
                                  r.name)
                     elif r.matched:

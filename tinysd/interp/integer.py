@@ -163,6 +163,15 @@ class IntegerInterpreter:
         tensor = self._names.claim(name)
         return part_tensor(tensor, "requant") if f"{name}.requant.multiplier" in self.qnet.arrays else tensor
 
+    def _reader_input(self, x: QTensor, name: str) -> QTensor:
+        """The op's `input` part when prepared so: x requantized to it (requantize_tensor, spec 4.4 and 4.11)."""
+        if not self._has(name, "input.multiplier"):
+            return x
+        t = part_tensor(f"{self.network}.{name}.out", "input")
+        y = self.kernels.requantize_tensor(x.data, x.zp, self._scalar(f"{name}.input", "multiplier"),
+                                           self._scalar(f"{name}.input", "shift"), self._zp(t), 0, self.qmax)
+        return self._part(y, t)
+
     def _has(self, name: str, field: str) -> bool:
         return f"{name}.{field}" in self.qnet.arrays
 
@@ -271,14 +280,14 @@ class IntegerInterpreter:
         return self._out(self.kernels.embedding(ids, table), tensor)
 
     def linear(self, x, name: str) -> QTensor:
-        x = self._q(x, name)
+        x = self._reader_input(self._q(x, name), name)
         tensor = self._claim(name)
         y = self.kernels.linear(x.data, x.zp, self._weight(name), self._bias(name), self.array(name, "multiplier"),
                      self.array(name, "shift"), self._zp(tensor), 0, self.qmax, acc_shift=self.array(name, "acc_shift"))
         return self._out(y, tensor)
 
     def conv2d(self, x, name: str, stride: int = 1, padding=0) -> QTensor:
-        x = self._q(x, name)
+        x = self._reader_input(self._q(x, name), name)
         tensor = self._claim(name)
         y = self.kernels.conv2d(x.data, x.zp, self._weight(name), self._bias(name), self.array(name, "multiplier"),
                      self.array(name, "shift"), self._zp(tensor), 0, self.qmax, stride=stride, padding=padding,
@@ -290,7 +299,7 @@ class IntegerInterpreter:
                           self.array(name, "gamma_shift"), self.array(name, "beta_fx"), self.bits, self.bits)
 
     def group_norm(self, x, name: str, groups: int, eps: float) -> QTensor:
-        x = self._q(x, name)
+        x = self._reader_input(self._q(x, name), name)
         tensor = self._claim(name)
         if self._has(name, "norm.eps_fx"):
             shape = (x.shape[1],) + (1,) * (x.data.ndim - 2)  # (C, 1, 1): broadcast over (B, C, H, W)
@@ -299,7 +308,7 @@ class IntegerInterpreter:
         return self._out(self.kernels.group_norm(x.data, groups, self._norm_params(name)), tensor)
 
     def layer_norm(self, x, name: str, eps: float) -> QTensor:
-        x = self._q(x, name)
+        x = self._reader_input(self._q(x, name), name)
         tensor = self._claim(name)
         if self._has(name, "norm.eps_fx"):
             return self._out(self._norm_parts(x, name, tensor, self.kernels.layer_norm, (x.shape[-1],)).data, tensor)
