@@ -311,7 +311,8 @@ cli.add_command(_golden_compare)
 @click.option("--encodings", "encodings", multiple=True, metavar="[NET=]FILE",
               help="AIMET encodings (0.6.1, 1.0.0, 2.0.0, 2.1.0, AdaRound's file) for one network, NET one of "
                    "text_encoder, unet, vae, vae.decode, vae.encode (repeatable); a bare FILE holds tinysd names of "
-                   "every network. Tensors a file lacks are calibrated.")
+                   "every network. Tensors a file lacks get a range derived from its encodings where the graph "
+                   "bounds them (16-bit activations), else are calibrated.")
 @click.option("--onnx", "onnx", multiple=True, metavar="NET=MODEL.onnx",
               help="The ONNX graph AIMET exported for NET: the file's names are mapped to tinysd's through it and its "
                    "weights are used (needs the onnx package: pip install 'tinysd[onnx]').")

@@ -57,6 +57,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--fixtures", type=Path, default=ROOT / "tests" / "fixtures" / "aimet")
     ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--exports", nargs="+", choices=list(EXPORTS), help="only these exports (default: all)")
+    ap.add_argument("--precisions", nargs="+", choices=list(TARGETS), default=list(TARGETS))
     args = ap.parse_args()
 
     from tinysd.quant.calibration import sqnr_db
@@ -74,7 +76,9 @@ def main() -> None:
         prompts = tmp / "prompts.txt"
         prompts.write_text("\n".join(meta["calibration"]["prompts"]) + "\n")
         for tool, (enc_name, graph_name, qs_key) in EXPORTS.items():
-            for prec in ("w8a8", "w8a16"):
+            if args.exports and tool not in args.exports:
+                continue
+            for prec in args.precisions:
                 nets = [n for n in KEYS if (tmp / "x" / tool / n / prec).is_dir()]
                 if not nets:
                     continue
@@ -91,15 +95,15 @@ def main() -> None:
                     flt = qs[f"float/{n}"]
                     net = "vae" if n != "unet" else "unet"
                     rows.append((tool, n, prec, sqnr_db(ref, got), sqnr_db(flt, ref), sqnr_db(flt, got),
-                                 len(summary["calibrated"].get(net, []))))
+                                 len(summary["calibrated"].get(net, [])), len(summary["derived"].get(net, {}))))
                 print(f"{tool} {prec}: " + "; ".join(summary["lines"]), file=sys.stderr, flush=True)
     head = ("export", "network", "precision", "tinysd vs QuantSim dB", "target", "QuantSim vs float dB",
-            "tinysd vs float dB", "tensors calibrated")
+            "tinysd vs float dB", "tensors calibrated", "tensors derived")
     if args.markdown:
         print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
-    for tool, n, prec, db, qf, tf, cal in rows:
+    for tool, n, prec, db, qf, tf, cal, der in rows:
         target = f">= {TARGETS[prec]:.0f}: {'met' if db >= TARGETS[prec] else 'missed'}"
-        cells = (tool, n, prec, f"{db:.1f}", target, f"{qf:.1f}", f"{tf:.1f}", str(cal))
+        cells = (tool, n, prec, f"{db:.1f}", target, f"{qf:.1f}", f"{tf:.1f}", str(cal), str(der))
         print("| " + " | ".join(cells) + " |" if args.markdown else "  ".join(cells))
 
 

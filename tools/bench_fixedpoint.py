@@ -101,19 +101,26 @@ def bench_gemm(shapes, repeat, rng):
               + " ".join(f"{t[key] / t_f32:14.2f}" for key, *_ in COLUMNS))
 
 
-def bench_attention(repeat, rng):
-    print(f"{'W8A8 attention':>34} {'f32 ms':>8} | {'i16*' if gemm.A8_METHOD == 'i16' else 'i16':>8} "
-          f"{'split*' if gemm.A8_METHOD != 'i16' else 'split':>8}   (ratios to f32)")
-    for name, (bt, m, k, n) in ATTENTION.items():
-        a = rng.integers(0, 256, (bt, m, k)).astype(np.uint8)
-        b = rng.integers(0, 256, (bt, k, n)).astype(np.uint8)
-        af, bf = a.astype(np.float32), b.astype(np.float32)
-        fns = {"f32": lambda: af @ bf}
-        for method in ("i16", "split"):
-            fns[method] = lambda meth=method: matmul(a, 3, b, 7, 2**30, -12, 5, 0, 255, 0, method=meth)
-        t = best_times_interleaved(fns, repeat)
-        print(f"{name:>8} ({bt}, {m:>4}, {k:>4}) x ({k:>4}, {n:>4}) {t['f32'] * 1e3:8.1f} | "
-              f"{t['i16'] / t['f32']:8.2f} {t['split'] / t['f32']:8.2f}")
+def bench_attention(repeat, rng, rows=None):
+    """W8A8 (uint8 x uint8: "i16", "split") and W8A16 (uint16 x uint16: "i16", "f64") attention
+    products against float32 `a @ b`, timed in alternation; rows: query-tile rows (default 512)."""
+    for bits, dt, methods in ((8, np.uint8, ("i16", "split")), (16, np.uint16, ("i16", "f64"))):
+        default = gemm.A8_METHOD if bits == 8 or gemm.A8_METHOD == "i16" else "f64"  # method=None
+        print(f"{f'W8A{bits} attention':>34} {'f32 ms':>8} | "
+              + " ".join(f"{meth + ('*' if meth == default else ''):>8}" for meth in methods)
+              + "   (ratios to f32; ms)")
+        for name, (bt, m, k, n) in ATTENTION.items():
+            m = rows or m
+            a = rng.integers(0, 2**bits, (bt, m, k)).astype(dt)
+            b = rng.integers(0, 2**bits, (bt, k, n)).astype(dt)
+            af, bf = a.astype(np.float32), b.astype(np.float32)
+            fns = {"f32": lambda: af @ bf}
+            for method in methods:
+                fns[method] = lambda meth=method: matmul(a, 3, b, 7, 2**30, -12, 5, 0, 2**bits - 1, 0, method=meth)
+            t = best_times_interleaved(fns, repeat)
+            print(f"{name:>8} ({bt}, {m:>4}, {k:>4}) x ({k:>4}, {n:>4}) {t['f32'] * 1e3:8.1f} | "
+                  + " ".join(f"{t[meth] / t['f32']:8.2f}" for meth in methods) + "   "
+                  + " ".join(f"{t[meth] * 1e3:.1f}" for meth in methods))
 
 
 def bench_requantize(repeat, rng):
@@ -146,6 +153,8 @@ def main():
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--shapes", default=",".join(f"{m}x{k}x{n}" for m, k, n in SHAPES))
     ap.add_argument("--skip-gemm", action="store_true")
+    ap.add_argument("--attention-only", action="store_true", help="only the attention products")
+    ap.add_argument("--attention-rows", type=int, default=None, help="query-tile rows (default 512)")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
@@ -153,9 +162,13 @@ def main():
 
     print(f"numpy {np.__version__}, numba {numba.__version__}, threads {numba.get_num_threads()}, "
           f"cpus {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}")
+    if args.attention_only:
+        bench_attention(args.repeat, rng, args.attention_rows)
+        print(f"load average at the end {os.getloadavg()[0]:.1f}")
+        return
     if not args.skip_gemm:
         bench_gemm(shapes, args.repeat, rng)
-        bench_attention(args.repeat, rng)
+        bench_attention(args.repeat, rng, args.attention_rows)
     bench_requantize(args.repeat, rng)
     bench_softmax(args.repeat, rng)
     print(f"load average at the end {os.getloadavg()[0]:.1f}")

@@ -21,6 +21,9 @@ phase: tinysd.runstats; so a phase's peak includes every loaded weight):
 * text_encoder: one call on the two prompts of a CFG pair (negative, positive);
 * unet: one UNet step, batch 2 (the CFG pair) on a 64 x 64 latent, t = 500;
 * vae_decode: one 512 x 512 decode (latent 1 x 4 x 64 x 64);
+  each of these three runs --calls times: the first call (cold: torch's and oneDNN's first-call work, Numba's
+  cache load, lazy float copies) is reported apart, the table has the mean of the others (warm, as the 19
+  later steps of a generate are);
 * generate: the full job, `--gen-steps` Euler steps, CFG 7.5, one 512 x 512 image (text encoder, steps x UNet,
   decode); with fewer than 20 steps the 20-step time is extrapolated as
   generate + (20 - steps) x unet and marked so. tinysd runs it as `tinysd generate` does, on a fresh
@@ -287,6 +290,15 @@ def _time_calls(obj, attr: str, name: str, stats) -> None:
     setattr(obj, attr, timed)
 
 
+def _phase(stats, calls: int, name: str, fn):
+    """Run fn `calls` times: the first call under `{name}_first` (cold: lazy initialisation, Numba's cache
+    load, torch's first-call work), the others under `name` (warm; reported as their mean). Returns fn()."""
+    for i in range(calls):
+        with stats.measure(name if i or calls == 1 else f"{name}_first"):
+            out = fn()
+    return out
+
+
 def _rss_bytes() -> int:
     """The process's resident set now (VmRSS), bytes."""
     with open("/proc/self/status") as f:
@@ -312,12 +324,10 @@ def run_variant(args) -> dict:
         ids = pipe.tokenizer(["", PROMPT], padding="max_length", max_length=77, return_tensors="pt").input_ids
         with torch.inference_mode():
             if not args.generate_only:
-                with stats.measure("text_encoder"):
-                    ctx = pipe.text_encoder(ids)[0]
-                with stats.measure("unet"):
-                    pipe.unet(torch.from_numpy(sample), torch.tensor(T), encoder_hidden_states=ctx)
-                with stats.measure("vae_decode"):
-                    pipe.vae.decode(torch.from_numpy(latent))
+                ctx = _phase(stats, args.calls, "text_encoder", lambda: pipe.text_encoder(ids)[0])
+                _phase(stats, args.calls, "unet",
+                       lambda: pipe.unet(torch.from_numpy(sample), torch.tensor(T), encoder_hidden_states=ctx))
+                _phase(stats, args.calls, "vae_decode", lambda: pipe.vae.decode(torch.from_numpy(latent)))
             for obj, attr, name in ((pipe.text_encoder, "forward", "text_encoder"), (pipe.unet, "forward", "unet"),
                                     (pipe.vae, "decode", "vae.decode")):
                 _time_calls(obj, attr, name, inner)
@@ -342,12 +352,9 @@ def run_variant(args) -> dict:
 
         ids = tokenizer(["", PROMPT])
         if not args.generate_only:
-            with stats.measure("text_encoder"):
-                ctx = run("text_encoder", ids)
-            with stats.measure("unet"):
-                run("unet", sample, np.array([T], np.float32), ctx)
-            with stats.measure("vae_decode"):
-                run("vae_decoder", latent)
+            ctx = _phase(stats, args.calls, "text_encoder", lambda: run("text_encoder", ids))
+            _phase(stats, args.calls, "unet", lambda: run("unet", sample, np.array([T], np.float32), ctx))
+            _phase(stats, args.calls, "vae_decode", lambda: run("vae_decoder", latent))
         with stats.measure("generate"):
             _ort_generate(sess, tokenizer, sched_cfg, args.gen_steps, args.size, inner=inner)
         extra = {"onnxruntime": ort.__version__}
@@ -367,12 +374,9 @@ def run_variant(args) -> dict:
             with stats.measure("load"):  # all three networks, as a library user holding the pipeline
                 pipe = Pipeline.from_pretrained(path)
             ids = pipe.tokenizer(["", PROMPT])
-            with stats.measure("text_encoder"):
-                ctx = pipe.text_encoder(ids)
-            with stats.measure("unet"):
-                pipe.unet(sample, T, ctx)
-            with stats.measure("vae_decode"):
-                pipe.vae.decode(latent)
+            ctx = _phase(stats, args.calls, "text_encoder", lambda: pipe.text_encoder(ids))
+            _phase(stats, args.calls, "unet", lambda: pipe.unet(sample, T, ctx))
+            _phase(stats, args.calls, "vae_decode", lambda: pipe.vae.decode(latent))
             del pipe, ctx
             free_memory()
         # the one-shot job as `tinysd generate` runs it: each network read when needed, dropped after use
@@ -383,7 +387,7 @@ def run_variant(args) -> dict:
             pipe.generate(PROMPT, steps=args.gen_steps, guidance_scale=7.5, width=args.size, height=args.size,
                           seed=0)
         extra = {"generate_rss_before_mb": rss / 2**20}
-    res = {k: {"s": e.seconds, "peak_mb": e.peak / 2**20, "exact_peak": e.exact} for k, e in stats.entries.items()}
+    res = {k: {"s": e.seconds / e.calls, "calls": e.calls, "peak_mb": e.peak / 2**20, "exact_peak": e.exact} for k, e in stats.entries.items()}
     nets = {k: {"calls": e.calls, "s": e.seconds, "peak_mb": e.peak / 2**20} for k, e in inner.entries.items()}
     # each inner block resets the kernel's peak: the generate's peak is the largest of its blocks' and the last one's
     res["generate"]["peak_mb"] = max([res["generate"]["peak_mb"]] + [n["peak_mb"] for n in nets.values()])
@@ -395,7 +399,7 @@ def run_variant(args) -> dict:
 # ---------------------------------------------------------------------------------------------
 def child(variant, args, work) -> dict | None:
     cmd = [sys.executable, __file__, "--child", variant, "--work", str(work), "--size", str(args.size),
-           "--gen-steps", str(args.gen_steps), "--calib-size", str(args.calib_size), "--threads", str(args.threads)] + (["--tiny"] if args.tiny else []) + (
+           "--gen-steps", str(args.gen_steps), "--calib-size", str(args.calib_size), "--threads", str(args.threads), "--calls", str(args.calls)] + (["--tiny"] if args.tiny else []) + (
         ["--generate-only"] if args.generate_only else [])
     env = dict(os.environ, NUMBA_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads),
                OPENBLAS_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
@@ -449,6 +453,11 @@ def table(runs: dict[str, list[dict]], gen_steps: int) -> list[str]:
     if gen_steps < 20:
         out.append(f"(generate20 = measured {gen_steps}-step generate + {20 - gen_steps} x the one-step UNet time)")
     out.append("(* = not run apart (--generate-only): the time of that network's call inside the generate)")
+    for v, rs in runs.items():  # the cold first calls (--calls > 1), apart from the warm ones in the table
+        first = {ph: min((r["phases"][f"{ph}_first"]["s"] for r in rs if f"{ph}_first" in r["phases"]), default=nan)
+                 for ph in cols[:3]}
+        if any(x == x for x in first.values()):
+            out.append(f"{v} first (cold) call s: " + ", ".join(f"{ph} {num(x, '.2f')}" for ph, x in first.items()))
     for v, rs in runs.items():  # per-network peaks inside the generate (tinysd: low memory, with its reads)
         nets = [r["generate_networks"] for r in rs if r.get("generate_networks")]
         if nets:
@@ -464,6 +473,9 @@ def main(argv=None):
     ap.add_argument("--size", type=int, default=512, help="image height = width (default 512)")
     ap.add_argument("--calib-size", type=int, default=256, help="image size of the one calibration run (default 256)")
     ap.add_argument("--only", default=",".join(ALL), help=f"comma-separated subset of {','.join(ALL)}")
+    ap.add_argument("--calls", type=int, default=2,
+                    help="calls of each network phase; the first is reported apart as cold, the table uses the "
+                         "mean of the others (default 2)")
     ap.add_argument("--rounds", type=int, default=1, help="repeat all variants, order reversed every other round")
     ap.add_argument("--work", type=Path, default=None, help="keep the models in this folder (reused when present)")
     ap.add_argument("--json", type=Path, default=None, help="also write all results to this JSON file")

@@ -2,7 +2,8 @@
 
 A model whose encodings name the parts of every op that has them (the Sigmoid of each SiLU and
 quick_gelu, every node of each GELU, the normalized value of each norm, the scaled attention
-operands, a `requant` step after the resnet adds, and softmax outputs at AIMET's [0, 1]) is
+operands, a `requant` step after the resnet adds, an `input` step before three norms, and softmax
+outputs at AIMET's [0, 1]) is
 calibrated (the calibrating interpreter records the parts) and quantized; its integer networks
 then run each such op as the sequence of section 4.11, and every op's output must equal that
 sequence recomputed from the op's own input with the plain reference kernels.
@@ -28,6 +29,9 @@ from tinysd.quant.observers import encoding_from_range
 from tinysd.quant.prepare import encodings_from_ranges, softmax_row_sum_bound
 
 PROMPTS = ["a red circle"]
+#: ops given an `input` part (a reader copy of their input, at half its calibrated range, so that it clips)
+INPUT_PARTS = ("mid_block.resnets.0.norm1", "down_blocks.0.attentions.0.transformer_blocks.0.norm2",
+               "text_model.encoder.layers.0.layer_norm1")
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +53,9 @@ def _plan(loaded):
             if op.name is None or op.kind == "input" or not op.name.startswith(
                     ("down_blocks.0.", "time_embedding", "mid_block", "text_model.encoder.layers.0", "decoder.mid")):
                 continue
-            if op.kind in ("silu", "gelu", "quick_gelu", "group_norm", "layer_norm"):
+            if op.name in INPUT_PARTS:  # a reader copy of the input: with the norm's parts, or fused
+                ops[op.name] = ("input",) + (tuple(PARTS[op.kind]) if op.kind == "layer_norm" else ())
+            elif op.kind in ("silu", "gelu", "quick_gelu", "group_norm", "layer_norm"):
                 ops[op.name] = tuple(PARTS[op.kind])
             elif op.kind == "matmul" and op.attrs["alpha"] != 1.0:
                 ops[op.name] = ("product",) if net == "text_encoder" else ("a_scaled", "b_scaled")
@@ -79,6 +85,9 @@ def parted(tiny):
         for n, e in encs.items():  # softmax outputs at AIMET's fixed [0, 1] range
             for t in [t for t in e if t.endswith(".probs.out")]:
                 e[t] = encoding_from_range(0.0, 1.0, bits)
+            for t in [t for t in e if t.endswith(".input.out")]:
+                lo, hi = ranges[n][t]
+                e[t] = encoding_from_range(0.5 * lo, 0.5 * hi, bits)
         models[precision] = quantize_model(tiny, precision, encs, follow_softmax=("text_encoder", "unet", "vae"))
     return plan, models
 
@@ -134,7 +143,14 @@ def _expected(qnet, kind, name, args, kwargs, bits):
         return a(p, "const_q").reshape(shape), zp(const_name(out, p))
 
     x = args[0]
-    if kind in ("silu", "quick_gelu"):
+    if f"{name}.input.multiplier" in arr:  # the reader copy first: x requantized to the `input` part
+        x = QTensor(scale(x.data, x.zp, "input"), zp(P("input")), bits, P("input"))
+    if kind in ("group_norm", "layer_norm") and f"{name}.norm.eps_fx" not in arr:  # fused, on the input part
+        np_ = NormParams(s("", "eps_fx"), a("", "gamma_multiplier"), a("", "gamma_shift"), a("", "beta_fx"), bits,
+                         bits)
+        y = group_norm_reference(x.data, args[2] if len(args) > 2 else kwargs["groups"], np_) \
+            if kind == "group_norm" else layer_norm_reference(x.data, np_)
+    elif kind in ("silu", "quick_gelu"):
         g, gzp = (scale(x.data, x.zp, "scaled"), zp(P("scaled"))) if kind == "quick_gelu" else (x.data, x.zp)
         sg = apply_table_reference(g, a("sigmoid", "table"))
         y = mul(x.data, x.zp, sg, zp(P("sigmoid")), "")
@@ -208,8 +224,10 @@ def test_parts_equal_the_reference_sequence(tiny, parted, precision):
             assert isinstance(y, QTensor) and y.enc == f"{net}.{name}.out"
             np.testing.assert_array_equal(y.data, want, err_msg=f"{net}.{name}")
             checked.add((kind, net))
+            if f"{name}.input.multiplier" in qnet.arrays:
+                checked.add(("input", net))
     assert {k for k, _ in checked} >= {"silu", "gelu", "quick_gelu", "group_norm", "layer_norm", "matmul", "softmax",
-                                         "requant"}
+                                         "requant", "input"}
 
 
 def test_parts_keep_accuracy(tiny, parted):
@@ -253,3 +271,17 @@ def test_softmax_row_sum_bound_with_a_given_encoding(bits):
                 y = R.requantize_tensor_ref(y16, 0, int(m[0]), int(s[0]), 0, 0, qmax).astype(np.int64)
                 assert y.sum(axis=-1).max() <= softmax_row_sum_bound(bits, t, scale)
                 assert math.isclose(y.sum(axis=-1).mean() * scale, 1.0, abs_tol=t * scale)
+
+
+def test_ops_with_parts_have_no_layer_case(parted):
+    """golden: an op run as its parts (an `input` step included) is a sequence of kernels: no layer case."""
+    from tinysd.golden.cases import ops_with_parts, runs_as_parts
+    from tinysd.interp.record import OpRecord
+
+    _, models = parted
+    parted = ops_with_parts(models["w8a16"].networks["unet"])
+    rec = lambda op, name: OpRecord(op, name, f"unet.{name}.out", {}, None)  # noqa: E731
+    assert runs_as_parts(rec("group_norm", "mid_block.resnets.0.norm1"), parted)  # input step, fused norm
+    assert runs_as_parts(rec("silu", "down_blocks.0.resnets.0.act1"), parted)  # sigmoid part
+    assert not runs_as_parts(rec("conv2d", "down_blocks.0.resnets.0.conv1"), parted)
+    assert not runs_as_parts(rec("group_norm", "up_blocks.0.resnets.0.norm1"), parted)

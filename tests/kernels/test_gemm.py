@@ -346,6 +346,29 @@ def test_matmul_uint8_plans_match_reference(method, shape_a, shape_b):
             assert_bit_equal(matmul(*args, method=method), matmul_ref(*args))
 
 
+def test_matmul_with_a_packed_right_operand_gives_the_same_integers():
+    """pack_matmul_right (k and v packed once for every query tile of an attention): the same integers as
+    packing per call, for several left operands; a packing made for another b or zero point is refused; a b
+    broadcast over a's batch dims falls back to packing per call; no int16 plan, no packing."""
+    from tinysd.kernels import pack_matmul_right
+
+    rng = np.random.default_rng(11)
+    b = rng.integers(0, 256, (2, 3, 41, 37)).astype(np.uint8)
+    packed = pack_matmul_right(b, 200)
+    for rows in (1, 6, 13):
+        a = rng.integers(0, 256, (2, 3, rows, 41)).astype(np.uint8)
+        args = (a, 7, b, 200, 2**30, -9, 128, 0, 255)
+        assert_bit_equal(matmul(*args, b_packed=packed), matmul_ref(*args))
+    with pytest.raises(ValueError, match="b_packed"):
+        matmul(a, 7, b, 199, 2**30, -9, 128, 0, 255, b_packed=packed)
+    b1 = b[:1]
+    a2 = rng.integers(0, 256, (2, 3, 5, 41)).astype(np.uint8)
+    args = (a2, 7, b1, 200, 2**30, -9, 128, 0, 255)
+    assert_bit_equal(matmul(*args, b_packed=pack_matmul_right(b1, 200)), matmul_ref(*args))
+    assert pack_matmul_right(b, 200, method="split") is None
+    assert pack_matmul_right(b.astype(np.uint16), 200) is None
+
+
 def test_matmul_i16_int32_lane_bound_is_tight():
     """|a - a_zp| = |b - b_zp| = 255 over K = one block of 33024 + 3: each lane sums 33024 * 65025 =
     2147385600 < 2**31 before the int64 add; a longer block would wrap."""
@@ -358,6 +381,65 @@ def test_matmul_i16_int32_lane_bound_is_tight():
     want = np.full((1, 7, 17), -k * 255 * 255, np.int64)
     want[..., 1] = 0
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("shape_a, shape_b", [((2, 3, 13, 41), (1, 3, 41, 37)),  # odd K, N = 2 AVX2 panels + 5
+                                              ((1, 5, 8), (8, 70)),  # b without batch dims
+                                              ((2, 7, 40), (2, 40, 16)),  # K = 40 (SD head_dim), one AVX2 panel
+                                              ((1, 4, 1300), (1, 1300, 9))])  # 2 high blocks, 5 low blocks (+ 20)
+def test_matmul_uint16_i16_matches_reference(shape_a, shape_b):
+    """uint16 x uint16 (attention in W8A16) on the int16 SIMD kernel: a - 32768 against the two byte
+    planes of b - 32768 with correction terms, bit-equal to the reference for zero points at both ends
+    and inside, requantized to uint8 and uint16, and the exact int64 accumulator."""
+    rng = np.random.default_rng(len(shape_a) * 100 + shape_b[-1])
+    a = rng.integers(0, 65536, shape_a).astype(np.uint16)
+    b = rng.integers(0, 65536, shape_b).astype(np.uint16)
+    for a_zp, b_zp in ((0, 65535), (65535, 0), (1234, 40000)):
+        want_acc = (a.astype(np.int64) - a_zp) @ (b.astype(np.int64) - b_zp)
+        np.testing.assert_array_equal(matmul_accumulator(a, a_zp, b, b_zp, method="i16"), want_acc)
+        acc_shift = accumulator_shift(shape_a[-1] * 65535 * 65535)
+        for out_zp, qmax in ((100, 255), (30000, 65535)):
+            mult, shift = quantize_multiplier(qmax / 8 / (want_acc.std() + 1) * 2.0**acc_shift)
+            args = (a, a_zp, b, b_zp, mult, shift, out_zp, 0, qmax, acc_shift)
+            assert_bit_equal(matmul(*args, method="i16"), matmul_ref(*args))
+
+
+@pytest.mark.parametrize("k", [510, 512, 2 * 510 + 3])
+def test_matmul_uint16_i16_extreme_operands_are_exact(k):
+    """All-0 / all-65535 operands with zero points 0 / 65535, K at and around the 510-term block of the
+    high-byte product (|a'| = 32768, hi = -128: each lane sums 510 * 2**22 < 2**31 before the int64 add)
+    and past the 256-term block of the low-byte product: every |acc| = K * 65535**2 or 0."""
+    assert (gemm.U16_HI_PAIRS, gemm.U16_LO_PAIRS) == (255, 128)
+    for a_val, b_val in ((0, 0), (65535, 65535), (0, 65535), (65535, 0)):
+        a = np.full((1, 7, k), a_val, np.uint16)
+        b = np.full((1, k, 17), b_val, np.uint16)
+        b[0, :, 1] = 32768  # b' = 0: hi = lo = 0
+        b[0, :, 2] = 255  # hi = -128, lo = 255
+        for a_zp, b_zp in ((0, 65535), (65535, 0), (0, 0), (65535, 65535)):
+            want = (a.astype(np.int64) - a_zp) @ (b.astype(np.int64) - b_zp)
+            np.testing.assert_array_equal(matmul_accumulator(a, a_zp, b, b_zp, method="i16"), want)
+    # the high-byte block is tight: a' = -32768 (a = 0), hi = -128 (b < 256) over one full block
+    a = np.zeros((1, 1, 510), np.uint16)
+    b = np.zeros((1, 510, 1), np.uint16)
+    assert matmul_accumulator(a, 32768, b, 32768, method="i16")[0, 0, 0] == 510 * 2**30
+
+
+def test_matmul_uint16_default_plan_and_saturation():
+    """The int16 SIMD plan is the uint16 x uint16 default where the int16 kernels are; a saturating
+    narrow (acc_shift 0) gives the reference's bits and trips the debug flag."""
+    plan = plan_matmul(np.uint16, np.uint16)
+    assert (plan.mode, plan.dtype) == (("offset16", np.int16) if gemm_i16.FAST else ("centred", np.float64))
+    a = np.zeros((2, 3, 600), np.uint16)
+    b = np.zeros((1, 600, 5), np.uint16)
+    b[..., 0] = 65535
+    args = (a, 65535, b, 0, 2**30, -20, 0, 0, 65535, 0)  # acc up to 600 * 65535**2 > 2**31
+    assert_bit_equal(matmul(*args, method="i16"), matmul_ref(*args))
+    set_debug(True)
+    try:
+        with pytest.raises(ValueError, match="saturated"):
+            matmul(*args, method="i16")
+    finally:
+        set_debug(False)
 
 
 @pytest.mark.parametrize(

@@ -106,6 +106,27 @@ def test_edge_rows(in_bits, out_bits):
     _both(long_rows, make_exp_table(1e-6, in_bits), out_bits)
 
 
+@pytest.mark.parametrize("out_bits", [8, 16])
+@pytest.mark.parametrize("scale", [0.01, 0.15, 0.5])  # exp tables of 256, 145 and 44 entries
+def test_long_uint8_rows_take_the_per_code_table_and_stay_bit_equal(out_bits, scale):
+    """uint8 rows of T >= UINT8_TABLE_MIN_T go through _softmax_rows_uint8 (one output per code d = m - x):
+    equal to the reference and to the per-element kernel, for uniform and attention-like rows."""
+    from tinysd.kernels import softmax as S
+
+    T = S.UINT8_TABLE_MIN_T
+    E = make_exp_table(scale, 8)
+    rng = np.random.default_rng(int(scale * 1000) + out_bits)
+    uniform = rng.integers(0, 256, size=(3, T), dtype=np.uint8)
+    peaked, _, _ = _quantize(rng.normal(0, 3, size=(3, T)), 8)
+    spread = np.concatenate([uniform, peaked, np.full((1, T), 255, np.uint8)])
+    _both(spread, E, out_bits)
+    big = rng.integers(0, 256, size=(64, 2 * T), dtype=np.uint8)  # many rows, both threads
+    got = softmax(big, E, out_bits)
+    per_element = np.zeros_like(got)
+    S._softmax_kernel(0, big.shape[0], big, E, out_bits, 0, per_element)
+    np.testing.assert_array_equal(got, per_element)
+
+
 def test_exhaustive_pairs_8bit():
     """Every (a, b) pair of uint8 scores as a 2-element row, 8- and 16-bit output."""
     a, b = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")

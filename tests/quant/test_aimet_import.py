@@ -9,8 +9,11 @@ QuantSim output, SQNR over the evaluation calls):
 | export | UNet w8a8 | UNet w8a16 | VAE decoder w8a8 | VAE decoder w8a16 |
 |---|---|---|---|---|
 | aimet-onnx sim.export | 27.2 dB | 75.2 dB | 28.6 dB | 76.6 dB |
+| aimet-torch sim.onnx.export | 28.3 dB | 75.3 dB | 29.0 dB | 75.3 dB |
 
-The w8a16 target (60 dB) is met; the w8a8 target (40 dB) is not: the first ops agree code for code
+The w8a16 target (60 dB) is met (aimet-torch's UNet since its input quantizers are followed and the
+tensors it leaves float get derived ranges; test_aimet_torch_unet_against_quantsim); the w8a8 target
+(40 dB) is not: the first ops agree code for code
 and then single-LSB differences in rounding (tinysd's integer requantization against QuantSim's
 float32) grow through the random-weight 8-bit network (docs/quantization.md section 9.5). The
 assertions below are those measured levels minus a margin, so a regression fails. (The UNet gained
@@ -315,3 +318,77 @@ def test_bad_sources_are_one_line_errors(exports, tiny):
     broken.write_bytes(broken.read_bytes()[:1000])
     with pytest.raises(TinySDError, match="not a readable ONNX model"):
         read_sources(tiny, [Source("unet", d / "unet_1.0.0.encodings", broken)])
+
+
+def test_float_left_tensors_get_derived_ranges(exports, tiny):
+    """aimet-torch's file leaves the attention core, GEGLU's GELU parts, residual adds and reused SiLUs float,
+    and its `_dup_0` Identity copies carry a norm's (or conv's) input quantizer, not the residual's encoding.
+    Through the graph: each copy is its reader's `input` part (not the tensor's encoding); the float-left
+    tensors get ranges
+    derived from the file's encodings (the context is V's range, each GELU part follows from the last, an
+    add is the sum of its inputs'), and only the attention scores stay calibrated."""
+    from tinysd.quant.derived import activation_range, derive_missing
+    from tinysd.quant.imports import merge
+    from tinysd.quant.observers import encoding_from_range
+    from tinysd.quant.prepare import softmax_encoding
+
+    root, _ = exports
+    d = root / "aimet-torch-onnx" / "unet" / "w8a16"
+    imp = read_sources(tiny, [Source("unet", d / "unet_2.0.0.encodings", d / "unet_2.0.0.onnx")])
+    u = imp["unet"]
+    blk = "unet.down_blocks.0.attentions.0.transformer_blocks.0"
+    m = map_onnx(d / "unet_2.0.0.onnx", "unet", model_graphs(tiny.config)["unet"], tiny.params["unet"])
+    dups = [r for r in m.rows if r.onnx.endswith("_dup_0")]
+    assert len(dups) == 23 and all(r.role == "part" and r.tinysd.endswith(".input.out") for r in dups)
+    row = m.find("/unet/down_blocks.0/attentions.0/transformer_blocks.0/Add_1_output_0_dup_0")
+    assert row.tinysd == f"{blk}.norm3.input.out" and f"a copy of {blk}.add2.out" in row.why
+    assert u.parts[blk[len("unet."):] + ".norm3"] == ("input",) and f"{blk}.norm3.input.out" in u.activations
+    assert not u.reader_inputs
+    trace = trace_network(model_graphs(tiny.config)["unet"], "unet")
+    names = {op.tensor for op in trace.ops if op.tensor}
+    for op, parts in u.parts.items():
+        if parts != ("requant",):
+            names |= {f"unet.{op}.{p}.out" for p in parts}
+    dummy = softmax_encoding(16)  # what calibration would give: replaced where a range is derived
+    softmax = {op.tensor for op in trace.ops if op.kind == "softmax"}
+    acts, report = merge(imp, {"unet": {n: dummy for n in names}}, {"unet": softmax})
+    assert f"{blk}.add2.out" in report.calibrated["unet"]  # the reader copy's encoding is not the sum's
+    derive_missing(acts, report, {"unet": trace}, {"unet": 16}, {"unet": u.parts})
+    enc = acts["unet"]
+    assert sorted(report.calibrated["unet"]) == sorted(n for n in names if n.endswith(".scores.out"))
+    v, ctx = enc[f"{blk}.attn1.to_v.out"], enc[f"{blk}.attn1.context.out"]
+    assert abs(ctx.min[0] - v.min[0]) <= ctx.scale[0] and abs(ctx.max[0] - v.max[0]) <= ctx.scale[0]
+    gelu = f"{blk}.ff.net.0.gelu"
+    assert {f"{gelu}.{p}.out" for p in ("erf", "add", "mul")} | {f"{gelu}.out"} <= set(report.derived["unet"])
+    a, b, s = enc[f"{blk}.add1.out"], enc[f"{blk}.attn2.to_out.0.out"], enc[f"{blk}.add2.out"]
+    assert abs(s.min[0] - (a.min[0] + b.min[0])) <= s.scale[0] and abs(s.max[0] - (a.max[0] + b.max[0])) <= s.scale[0]
+    n, act = enc["unet.mid_block.resnets.0.norm1.out"], enc["unet.mid_block.resnets.0.act1.out"]
+    lo, hi = activation_range("silu", n.min[0], n.max[0])
+    assert abs(act.min[0] - lo) <= act.scale[0] and abs(act.max[0] - hi) <= act.scale[0]
+    # 8 bits: nothing structural; a value with a reader copy gets the copy's encoding (AIMET's range of it)
+    acts, report = merge(imp, {"unet": {n: dummy for n in names}}, {"unet": softmax})
+    derive_missing(acts, report, {"unet": trace}, {"unet": 8}, {"unet": u.parts})
+    assert set(report.derived["unet"]) >= {f"{blk}.add2.out", f"{blk}.add1.out"} and len(report.derived["unet"]) == 23
+    copy = u.activations[f"{blk}.norm3.input.out"]  # (a 16-bit file: its range on the 8-bit grid here)
+    assert acts["unet"][f"{blk}.add2.out"] == encoding_from_range(float(copy.min[0]), float(copy.max[0]), 8)
+    assert f"{blk}.attn1.context.out" in report.calibrated["unet"]
+
+
+def test_aimet_torch_unet_against_quantsim(exports, tmp_path):
+    """aimet-torch's W8A16 UNet (sim.onnx.export): with its input quantizers followed (`input` parts) and the
+    tensors it leaves float given derived ranges, tinysd's integer UNet is within the 60 dB target of
+    QuantSim (measured 75.3 dB with the fixture's two calibration prompts; 42.8 dB before either)."""
+    from tinysd.quant.folder import load_quantized
+    from tinysd.quant.workflow import quantize_checkpoint
+
+    root, _ = exports
+    d = root / "aimet-torch-onnx" / "unet" / "w8a16"
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(PROMPTS)
+    summary: dict = {}
+    out, _ = quantize_checkpoint(TINY, tmp_path / "q", "w8a16", prompts_file=prompts, steps=2,
+                                 encodings=[f"unet={d / 'unet_2.0.0.encodings'}"],
+                                 onnx=[f"unet={d / 'unet_2.0.0.onnx'}"], sqnr_calls=1, summary=summary)
+    assert len(summary["derived"]["unet"]) == 92 and len(summary["calibrated"]["unet"]) == 12
+    db = _against_quantsim(load_quantized(out), "unet", "aimet-torch", "w8a16")
+    assert db >= 73.0, f"{db:.2f} dB"

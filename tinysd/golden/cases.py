@@ -35,6 +35,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..interp.parts import PARTS
 from ..interp.record import OpRecord, TapTensor
 from ..kernels import reference as R
 from ..kernels.conv import normalize_padding, normalize_stride
@@ -346,11 +347,25 @@ def _norm_params(P: dict, in_bits: int, out_bits: int) -> NormParams:
                       P["beta_fx"], in_bits, out_bits)
 
 
-def runs_as_parts(rec: OpRecord) -> bool:
+def ops_with_parts(qnet) -> set[str]:
+    """Names of the ops of `qnet` that have arrays `{op}.{part}.{field}` (parts of `tinysd.interp.parts`,
+    an `input` or `requant` step included)."""
+    parts = {p for kind in PARTS.values() for p in kind} | {"requant", "input"}
+    out = set()
+    for k in qnet.arrays:
+        op, _, rest = k.rpartition(".")[0].rpartition(".")
+        if op and rest in parts:
+            out.add(op)
+    return out
+
+
+def runs_as_parts(rec: OpRecord, parted: set[str] = frozenset()) -> bool:
     """Does the recorded op run as its parts (an imported device graph's quantization points inside it,
-    `tinysd.interp.parts`: arrays `{op}.{part}.{field}`, or a softmax requantized to a given encoding)?
-    Such an op is a sequence of kernels; it has no single-kernel layer case (its network case covers it)."""
-    return any("." in k for k in rec.params) or (rec.op == "softmax" and "multiplier" in rec.params)
+    `tinysd.interp.parts`: `rec.name` in `parted` = `ops_with_parts(qnet)`, or a softmax requantized to a
+    given encoding)? Such an op is a sequence of kernels; it has no single-kernel layer case (its network
+    case covers it). (A record's own params hold only `{op}.{field}`, not the parts' dotted fields.)"""
+    return rec.name in parted or any("." in k for k in rec.params) or (rec.op == "softmax" and
+                                                                        "multiplier" in rec.params)
 
 
 def layer_case(rec: OpRecord, network: str, case_id: str, qnet=None, limits: CropLimits | None = CropLimits(),

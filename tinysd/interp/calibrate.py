@@ -88,6 +88,7 @@ class CalibratingInterpreter(FloatInterpreter):
         seen = lambda part, v: self.observe(part_tensor(t, part), v) if part in parts else None  # noqa: E731
         seen("requant", y)
         x = np.asarray(args[0], np.float64)
+        seen("input", x)
         if op in ("silu", "quick_gelu"):
             u = x * 1.702 if op == "quick_gelu" else x
             seen("scaled", u)

@@ -68,6 +68,7 @@ log = logging.getLogger(__name__)
 #: The default kernel backend: tinysd.kernels on the CPU (each function bit-equal to its reference).
 CPU_KERNELS = SimpleNamespace(embedding=K.embedding, linear=K.linear, conv2d=K.conv2d, group_norm=group_norm,
                               layer_norm=layer_norm, apply_table=apply_table, softmax=_softmax, matmul=K.matmul,
+                              pack_matmul_right=K.pack_matmul_right,
                               add=K.add, mul=K.mul, requantize_tensor=K.requantize_tensor, concat=K.concat,
                               upsample_nearest2x=K.upsample_nearest2x)
 
@@ -161,6 +162,15 @@ class IntegerInterpreter:
         """Claim op `name`; the tensor it computes into: its output, or its `requant` part when prepared so."""
         tensor = self._names.claim(name)
         return part_tensor(tensor, "requant") if f"{name}.requant.multiplier" in self.qnet.arrays else tensor
+
+    def _reader_input(self, x: QTensor, name: str) -> QTensor:
+        """The op's `input` part when prepared so: x requantized to it (requantize_tensor, spec 4.4 and 4.11)."""
+        if not self._has(name, "input.multiplier"):
+            return x
+        t = part_tensor(f"{self.network}.{name}.out", "input")
+        y = self.kernels.requantize_tensor(x.data, x.zp, self._scalar(f"{name}.input", "multiplier"),
+                                           self._scalar(f"{name}.input", "shift"), self._zp(t), 0, self.qmax)
+        return self._part(y, t)
 
     def _has(self, name: str, field: str) -> bool:
         return f"{name}.{field}" in self.qnet.arrays
@@ -270,14 +280,14 @@ class IntegerInterpreter:
         return self._out(self.kernels.embedding(ids, table), tensor)
 
     def linear(self, x, name: str) -> QTensor:
-        x = self._q(x, name)
+        x = self._reader_input(self._q(x, name), name)
         tensor = self._claim(name)
         y = self.kernels.linear(x.data, x.zp, self._weight(name), self._bias(name), self.array(name, "multiplier"),
                      self.array(name, "shift"), self._zp(tensor), 0, self.qmax, acc_shift=self.array(name, "acc_shift"))
         return self._out(y, tensor)
 
     def conv2d(self, x, name: str, stride: int = 1, padding=0) -> QTensor:
-        x = self._q(x, name)
+        x = self._reader_input(self._q(x, name), name)
         tensor = self._claim(name)
         y = self.kernels.conv2d(x.data, x.zp, self._weight(name), self._bias(name), self.array(name, "multiplier"),
                      self.array(name, "shift"), self._zp(tensor), 0, self.qmax, stride=stride, padding=padding,
@@ -289,7 +299,7 @@ class IntegerInterpreter:
                           self.array(name, "gamma_shift"), self.array(name, "beta_fx"), self.bits, self.bits)
 
     def group_norm(self, x, name: str, groups: int, eps: float) -> QTensor:
-        x = self._q(x, name)
+        x = self._reader_input(self._q(x, name), name)
         tensor = self._claim(name)
         if self._has(name, "norm.eps_fx"):
             shape = (x.shape[1],) + (1,) * (x.data.ndim - 2)  # (C, 1, 1): broadcast over (B, C, H, W)
@@ -298,7 +308,7 @@ class IntegerInterpreter:
         return self._out(self.kernels.group_norm(x.data, groups, self._norm_params(name)), tensor)
 
     def layer_norm(self, x, name: str, eps: float) -> QTensor:
-        x = self._q(x, name)
+        x = self._reader_input(self._q(x, name), name)
         tensor = self._claim(name)
         if self._has(name, "norm.eps_fx"):
             return self._out(self._norm_parts(x, name, tensor, self.kernels.layer_norm, (x.shape[-1],)).data, tensor)
@@ -351,8 +361,9 @@ class IntegerInterpreter:
             return self._step_scale(b, name, "b_scaled", tensor)
         return b
 
-    def _matmul_into(self, a: QTensor, b: QTensor, name: str, tensor: str) -> QTensor:
-        """The computation of `matmul` once op `name` has claimed `tensor` and b is `_scaled_b`."""
+    def _matmul_into(self, a: QTensor, b: QTensor, name: str, tensor: str, b_packed=None) -> QTensor:
+        """The computation of `matmul` once op `name` has claimed `tensor` and b is `_scaled_b` (b_packed: b's
+        data packed by the backend's `pack_matmul_right`, or None)."""
         if self._has(name, "a_scaled.multiplier"):  # operands scaled first (spec 4.11)
             a = self._step_scale(a, name, "a_scaled", tensor)
         product = self._has(name, "product.multiplier")
@@ -361,9 +372,10 @@ class IntegerInterpreter:
         if a.shape[-1] > max_k:
             raise TinySDError(f"{self.network}: {name}: reduction length {a.shape[-1]} exceeds the {max_k} its "
                               f"accumulator shift was proven for (input too large for this quantized model)")
+        packed = {} if b_packed is None else {"b_packed": b_packed}
         y = self.kernels.matmul(a.data, a.zp, b.data, b.zp, self._scalar(prefix, "multiplier"),
                                 self._scalar(prefix, "shift"), self._zp(into), 0, self.qmax,
-                                acc_shift=self._scalar(prefix, "acc_shift"))
+                                acc_shift=self._scalar(prefix, "acc_shift"), **packed)
         if product:
             y = self._step_scale(self._part(y, into), name, "", tensor).data
         return self._out(y, tensor)
@@ -389,11 +401,13 @@ class IntegerInterpreter:
         names = (f"{name}.scores", f"{name}.probs", f"{name}.context")
         t_scores, t_probs, t_ctx = (self._claim(n) for n in names)
         k, v = self._scaled_b(k, names[0], t_scores), self._scaled_b(v, names[2], t_ctx)
+        pack = getattr(self.kernels, "pack_matmul_right", None)  # k and v packed once for all tiles
+        kp, vp = (pack(x.data, x.zp) for x in (k, v)) if pack else (None, None)
         out = None
         for r0 in range(0, T, rows):
             qt = QTensor(q.data[:, :, r0:r0 + rows], q.zp, q.bits, q.enc)  # (B, H, rows, d)
-            p = self._softmax_into(self._matmul_into(qt, k, names[0], t_scores), names[1], t_probs, False)
-            c = self._matmul_into(p, v, names[2], t_ctx)  # (B, H, rows, d)
+            p = self._softmax_into(self._matmul_into(qt, k, names[0], t_scores, kp), names[1], t_probs, False)
+            c = self._matmul_into(p, v, names[2], t_ctx, vp)  # (B, H, rows, d)
             if out is None:
                 out = np.empty(c.shape[:2] + (T,) + c.shape[3:], dtype=c.data.dtype)  # (B, H, T, d)
             out[:, :, r0:r0 + rows] = c.data

@@ -21,6 +21,7 @@ the op's input, the last line is the op's own output):
 | matmul (with alpha) | a_scaled = a * c_a; b_scaled = b * c_b (c_a c_b = alpha); or product = a @ b | a_scaled @ b_scaled; or product * alpha |
 | softmax (causal) | masked: the scores plus a causal mask (not computed: tinysd masks inside softmax) | softmax |
 | any op | requant: the op's output before a rescale by 1 | requantized to the final encoding |
+| conv2d, linear, group_norm, layer_norm | input: the op's input requantized to the encoding of a copy the device graph quantizes for this op alone (its other readers take it unquantized) | the op on that part |
 
 Constant operands (sqrt(2), 1, 0.5, 1.702, the norm's weight and bias, c_a, c_b) may have
 encodings of their own, named `{network}.{op}.{part}.const` (`{network}.{op}.const` for the
@@ -45,6 +46,9 @@ PARTS: dict[str, dict[str, str]] = {
                "product": "product before the scale"},
     "softmax": {"masked": "scores plus the causal mask"},
 }
+#: ops whose input a file may quantize for them alone (a reader copy): they read their `input` part,
+#: the input requantized to that part's encoding, before anything else
+READER_INPUT_OPS = ("conv2d", "linear", "group_norm", "layer_norm")
 #: parts that exist in an exported graph but are not separate steps in tinysd (their encodings are not used)
 NOT_COMPUTED = {("softmax", "masked")}
 

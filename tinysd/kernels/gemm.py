@@ -140,8 +140,10 @@ def plan_linear(x_dtype, method: str | None = None) -> GemmPlan:
 
 def plan_matmul(a_dtype, b_dtype, method: str | None = None) -> GemmPlan:
     """Plan for two activations: uint8 x uint8 centred in int16 SIMD (method "i16"; |x - zp| <= 255,
-    block 33024) or offset8 in float32 ("split" / "f64"); anything with uint16 centred in float64.
-    None: A8_METHOD. All plans give the same integers."""
+    block 33024) or offset8 in float32 ("split" / "f64"); uint16 x uint16 offset16 in int16 SIMD
+    (method "i16": a' = a - 32768 against the two byte planes of b - 32768, `_matmul_u16`; blocks 510
+    and 256); anything else with uint16 centred in float64. None: A8_METHOD. All plans give the same
+    integers."""
     an, bn = np.dtype(a_dtype).name, np.dtype(b_dtype).name
     method = method or A8_METHOD
     if method not in METHODS:
@@ -150,6 +152,8 @@ def plan_matmul(a_dtype, b_dtype, method: str | None = None) -> GemmPlan:
         return _make_plan(np.int16, "centred", 255, 255)  # chunk 33024: one block for every SD shape
     if an == bn == "uint8":
         return _make_plan(np.float32, "offset8", 128, 128)  # chunk 1024
+    if an == bn == "uint16" and method == "i16":
+        return _make_plan(np.int16, "offset16", OFFSET16, 255)  # chunk 256: the low-byte plane (_matmul_u16)
     return _make_plan(np.float64, "centred", CENTRED_BOUND[an], CENTRED_BOUND[bn])
 
 
@@ -804,18 +808,39 @@ def _batched(a_q, b_q):
     return a3, b3, batch
 
 
-def _matmul_i16(a3, a_zp, b3, b_zp, plan, requant, out):
+@dataclass(frozen=True)
+class PackedRight:
+    """The right operand of `matmul` packed once for the int16 plan, for several calls with the same b (the
+    query tiles of one attention): `pack_matmul_right(b_q, b_zp)`. Holds b - b_zp per batch element."""
+
+    shape: tuple
+    zp: int
+    panels: list
+
+
+def pack_matmul_right(b_q, b_zp, method=None):
+    """PackedRight of b_q (..., K, N) for `matmul(a_q, a_zp, b_q, b_zp, ..., b_packed=)`, or None where the
+    plan of uint8 x b_q is not the int16 one (the packed form would not be used)."""
+    b_zp = check_zero_point("b_zp", b_zp, b_q.dtype)
+    if b_q.dtype != np.uint8 or plan_matmul(np.uint8, b_q.dtype, method).dtype is not np.int16:
+        return None
+    b3 = b_q.reshape((-1,) + b_q.shape[-2:])  # (Bt, K, N)
+    return PackedRight(tuple(b_q.shape), b_zp, [gemm_i16.pack_centred(b3[i], b_zp) for i in range(b3.shape[0])])
+
+
+def _matmul_i16(a3, a_zp, b3, b_zp, plan, requant, out, packed=None):
     """int16 plan of matmul: per batch element i, the centred operands a - a_zp (Mp, Kp) and b - b_zp
     packed as a weight (N, K) (`gemm_i16.pack_centred`; both int16, |.| <= 255) through _i16_product.
-    requant: None (out (Bt, M, N) int64 = the exact sum) or (acc_shift, mult, shift, out_zp, qmin, qmax)
-    per tensor (out (Bt, M, N) requantized). Returns the saturation count."""
+    requant: None (out (Bt, M, N) int64 = the exact sum) or (acc_shift, mult, shift, out_zp, qmin, qmax) per
+    tensor (out (Bt, M, N) requantized). packed: the Bt packed right operands (`PackedRight.panels`) or None.
+    Returns the saturation count."""
     nb, m, k = a3.shape
     n = b3.shape[2]
     zeros = np.zeros(n, np.int64)  # no bias: the centred product needs no correction terms
     nsat = 0
     for i in range(nb):
         a_op = activation_operand(a3[i], a_zp, plan)  # (Mp, Kp) int16
-        wpk = gemm_i16.pack_centred(b3[i], b_zp)  # b - b_zp (K, N), packed as a weight (N, K)
+        wpk = gemm_i16.pack_centred(b3[i], b_zp) if packed is None else packed[i]  # (b - b_zp) as a weight (N, K)
         if requant is None:
             _i16_product(a_op, m, wpk, n, plan, zeros, None, None, None, 0, 0, 0, 0, None, out_raw=out[i])
             continue
@@ -852,6 +877,8 @@ def matmul_accumulator(a_q, a_zp, b_q, b_zp, method=None):
     method: as plan_matmul (same integers)."""
     a_zp, b_zp = _check_matmul_args(a_q, a_zp, b_q, b_zp)
     plan = plan_matmul(a_q.dtype, b_q.dtype, method)
+    if plan.mode == "offset16":  # uint16 x uint16, int16 SIMD
+        return _matmul_u16(a_q, a_zp, b_q, b_zp, None, None)
     if plan.dtype is np.int16:
         a3, b3, batch = _batched(a_q, b_q)
         acc = np.empty((a3.shape[0], a3.shape[1], b3.shape[2]), np.int64)  # (Bt, M, N)
@@ -863,7 +890,7 @@ def matmul_accumulator(a_q, a_zp, b_q, b_zp, method=None):
     return acc.reshape(batch + (m, n))
 
 
-def matmul(a_q, a_zp, b_q, b_zp, multiplier, shift, out_zp, qmin, qmax, acc_shift=0, method=None):
+def matmul(a_q, a_zp, b_q, b_zp, multiplier, shift, out_zp, qmin, qmax, acc_shift=0, method=None, b_packed=None):
     """Batched product of two activations (spec §4.3): attention scores and probs @ V.
 
         acc[..., m, n] = sum_k (a_q[..., m, k] - a_zp) * (b_q[..., k, n] - b_zp)   (exact)
@@ -871,17 +898,26 @@ def matmul(a_q, a_zp, b_q, b_zp, multiplier, shift, out_zp, qmin, qmax, acc_shif
 
     a_q (..., M, K), b_q (..., K, N): uint8/uint16, leading dims broadcast. multiplier, shift,
     acc_shift are per-tensor ints. Output (..., M, N), dtype from [qmin, qmax]. method: as
-    plan_matmul (same bits, speed only).
+    plan_matmul (same bits, speed only). b_packed: `pack_matmul_right(b_q, b_zp)` made earlier (same b_q and
+    b_zp, same batch dims as a_q), so that calls sharing b pack it once (speed only).
     """
     a_zp, b_zp = _check_matmul_args(a_q, a_zp, b_q, b_zp)
     mult, sh = (int(v[0]) for v in requant_params(multiplier, shift, 1))
     accs = int(per_channel("acc_shift", acc_shift, 1, 0, ACC_SHIFT_MAX)[0])
     out_zp, qmin, qmax = check_out_range(out_zp, qmin, qmax)
     plan = plan_matmul(a_q.dtype, b_q.dtype, method)
+    if plan.mode == "offset16":  # uint16 x uint16, int16 SIMD
+        out = _matmul_u16(a_q, a_zp, b_q, b_zp, (accs, mult, sh, out_zp, qmin, qmax), out_dtype(qmin, qmax))
+        _report_saturation(int(out[1]), "matmul")
+        return out[0]
     if plan.dtype is np.int16:
         a3, b3, batch = _batched(a_q, b_q)
         out = np.empty((a3.shape[0], a3.shape[1], b3.shape[2]), out_dtype(qmin, qmax))  # (Bt, M, N)
-        nsat = _matmul_i16(a3, a_zp, b3, b_zp, plan, (accs, mult, sh, out_zp, qmin, qmax), out)
+        if b_packed is not None and (b_packed.shape != b_q.shape or b_packed.zp != b_zp):
+            raise ValueError(f"b_packed: packed for b_q {b_packed.shape} zp {b_packed.zp}, used with {b_q.shape} "
+                             f"zp {b_zp}")
+        packed = b_packed.panels if b_packed is not None and batch == b_q.shape[:-2] else None  # else: broadcast
+        nsat = _matmul_i16(a3, a_zp, b3, b_zp, plan, (accs, mult, sh, out_zp, qmin, qmax), out, packed)
         _report_saturation(nsat, "matmul")
         return out.reshape(batch + out.shape[1:])
     parts, rowc, colc, const, batch, m, n = _matmul_common(a_q, a_zp, b_q, b_zp, plan)
@@ -889,3 +925,149 @@ def matmul(a_q, a_zp, b_q, b_zp, multiplier, shift, out_zp, qmin, qmax, acc_shif
     nsat = _epilogue_matmul(parts, m, rowc, colc, const, accs, mult, sh, out_zp, qmin, qmax, out)
     _report_saturation(nsat, "matmul")
     return out.reshape(batch + (m, n))
+
+
+# ----------------------------------------------------------------------------------------------
+# uint16 x uint16 matmul on the int16 SIMD kernel (spec §3.3)
+# ----------------------------------------------------------------------------------------------
+#: K-blocks (in pairs) of the two products of _gemm_u16: |a'| <= 32768 against |hi| <= 128 and 0 <= lo <= 255
+U16_HI_PAIRS = gemm_i16.block_length(OFFSET16, 128) // 2  # 255 pairs: 510 * 32768 * 128 < 2**31
+U16_LO_PAIRS = gemm_i16.block_length(OFFSET16, 255) // 2  # 128 pairs: 256 * 32768 * 255 < 2**31
+
+
+@njit(cache=True, parallel=True)
+def _u16_left_operand(a3, out, rowsum):
+    """out[b, m, k] = a3[b, m, k] - 32768 (int16) and rowsum[b, m] = sum_k out[b, m, k] (int64), for
+    a3 (Bt, M, K) uint16; out (Bt, Mp, Kp) keeps its padding (rows >= M, columns >= K) as it is."""
+    nb, m_rows, k = a3.shape
+    for bm in prange(nb * m_rows):
+        b = bm // m_rows
+        m = bm - b * m_rows
+        s = np.int64(0)
+        for j in range(k):
+            v = np.int64(a3[b, m, j]) - OFFSET16
+            out[b, m, j] = v
+            s += v
+        rowsum[b, m] = s
+
+
+@njit(cache=True, parallel=True)
+def _u16_right_packed(b3, npairs, n_pad, pk, colsum):
+    """The byte planes of b' = b - 32768 = 256 hi + lo, hi = (b >> 8) - 128 in [-128, 127] and
+    lo = b & 255 in [0, 255], of b3 (Bt, K, N) uint16, written as weights (N, K) packed by
+    `gemm_i16.pack_weight` into pk[:, 0] (hi) and pk[:, 1] (lo), pk (Bt, 2, words) (zeroed by the
+    caller: the padding), and
+    colsum[b, n] = sum_k b'[b, k, n] (int64). Word pair p of channel c of panel j is at
+    2 * (PANEL * j * npairs + p * width + c) (gemm_i16 module docstring)."""
+    nb, k, n_cols = b3.shape
+    for b in prange(nb):
+        for n in range(n_cols):
+            colsum[b, n] = 0
+        for j in range(k):
+            p = j >> 1
+            for n in range(n_cols):
+                panel = n // PANEL
+                width = min(PANEL, n_pad - PANEL * panel)
+                idx = 2 * (PANEL * panel * npairs + p * width + n - PANEL * panel) + (j & 1)
+                x = np.int64(b3[b, j, n])
+                pk[b, 0, idx] = (x >> 8) - 128
+                pk[b, 1, idx] = x & 255
+                colsum[b, n] += x - OFFSET16
+
+
+@njit(cache=True, parallel=True)
+def _gemm_u16(a, m_rows, pk, n_cols, tiles_per_block, n_chunks, rowc, colc, const, acc_shift, mult, shift,
+              out_zp, qmin, qmax, raw, out, out_raw):
+    """acc[b, m, n] = 256 * sum_k a[b, m, k] hi[b, n, k] + sum_k a[b, m, k] lo[b, n, k] + rowc[b, m]
+    + colc[b, n] + const (exact int64), from tiles of `gemm_i16` with K-blocks of U16_HI_PAIRS and
+    U16_LO_PAIRS pairs; raw: out_raw (Bt, M, N) int64 = acc, else out (Bt, M, N) =
+    requantize(narrow_i64(acc, acc_shift), mult, shift, out_zp, qmin, qmax) (per tensor).
+
+    a: (Bt, Mp, Kp) int16; pk: (Bt, 2, words) hi and lo packed by `gemm_i16.pack_weight`. Work items:
+    (batch element, block of `tiles_per_block` row tiles, range of weight panels). Returns the
+    saturation count.
+    """
+    nb = a.shape[0]
+    npairs = a.shape[2] // 2
+    n_tiles = a.shape[1] // MR
+    n_pad = (n_cols + LANES - 1) // LANES * LANES
+    n_panels = (n_pad + PANEL - 1) // PANEL
+    n_blocks = (n_tiles + tiles_per_block - 1) // tiles_per_block
+    per_b = n_blocks * n_chunks
+    nsat = 0
+    for item in prange(nb * per_b):
+        b = item // per_b
+        blk = (item - b * per_b) // n_chunks
+        chunk = item - b * per_b - blk * n_chunks
+        t0 = blk * tiles_per_block
+        t1 = min(n_tiles, t0 + tiles_per_block)
+        rows = min(m_rows, t1 * MR) - t0 * MR
+        cb = np.empty((2, tiles_per_block * MR, PANEL), np.int64)  # (plane, rows, PANEL): sum a' hi, sum a' lo
+        ab = a[b]
+        for j in range(chunk * n_panels // n_chunks, (chunk + 1) * n_panels // n_chunks):
+            width = min(PANEL, n_pad - PANEL * j)
+            n0 = PANEL * j
+            n_valid = min(width, n_cols - n0)
+            for plane in range(2):  # one inlined block_product: half the compile time of two
+                block_product(ab, t0, t1, pk[b, plane], j, width, npairs,
+                              U16_HI_PAIRS if plane == 0 else U16_LO_PAIRS, cb[plane])
+            for r in range(rows):
+                m = t0 * MR + r
+                rc = rowc[b, m] + const
+                for c in range(n_valid):
+                    acc = 256 * cb[0, r, c] + cb[1, r, c] + rc + colc[b, n0 + c]
+                    if raw:
+                        out_raw[b, m, n0 + c] = acc
+                    else:
+                        v, sat = _narrow_requant(acc, acc_shift, mult, shift, out_zp, qmin, qmax)
+                        out[b, m, n0 + c] = v
+                        nsat += sat
+    return nsat
+
+
+def _matmul_u16(a_q, a_zp, b_q, b_zp, requant, dtype):
+    """uint16 x uint16 matmul on the int16 SIMD kernel (plan "i16", spec §3.3): with a' = a - 32768,
+    b' = b - 32768 = 256 hi + lo, ca = 32768 - a_zp, cb = 32768 - b_zp,
+
+        sum_k (a - a_zp)(b - b_zp) = 256 sum_k a' hi + sum_k a' lo + cb sum_k a' + ca sum_k b' + K ca cb
+
+    requant: None -> the exact int64 (..., M, N); else (acc_shift, mult, shift, out_zp, qmin, qmax)
+    -> (out (..., M, N) of `dtype`, saturation count). Batch dims broadcast.
+    """
+    a3, b3, batch = _batched(a_q, b_q)
+    nb, m, k = a3.shape
+    n = b3.shape[2]
+    # every term above is <= K * 2**30 in magnitude, so every partial sum of the int64 combination
+    # (and the result) is <= 4 K 2**30 = K * 2**32 < 2**62
+    check_reduction("a_q", k, 2**16, 2**16, 0)
+    ca, cb = OFFSET16 - a_zp, OFFSET16 - b_zp
+    mp, kp = gemm_i16.padded_shape(m, k)
+    a_op = np.empty((nb, mp, kp), np.int16)  # (Bt, Mp, Kp) a'
+    a_op[:, m:] = 0
+    a_op[:, :m, k:] = 0
+    rowc = np.empty((nb, m), np.int64)
+    _u16_left_operand(a3, a_op, rowc)
+    n_pad = -(-n // LANES) * LANES
+    pk = np.zeros((nb, 2, n_pad * kp), np.int16)  # (Bt, plane, words): b's planes packed as weights (N, K)
+    colc = np.empty((nb, n), np.int64)
+    _u16_right_packed(b3, kp // 2, n_pad, pk, colc)
+    rowc *= cb
+    colc *= ca
+    const = k * ca * cb
+    n_tiles = mp // MR
+    tiles_per_block = max(1, min(n_tiles, I16_ROW_BLOCK_BYTES // (2 * kp * MR)))
+    n_blocks = -(-n_tiles // tiles_per_block)
+    n_chunks = min(-(-n // PANEL), max(1, -(-I16_ITEMS_PER_THREAD * get_num_threads() // (nb * n_blocks))))
+    if requant is None:
+        acc = np.empty((nb, m, n), np.int64)  # (Bt, M, N)
+        _gemm_u16(a_op, m, pk, n, tiles_per_block, n_chunks, rowc, colc, const, 0, 0, 0, 0, 0, 0, True,
+                  np.empty((0, 0, 0), np.uint16), acc)
+        return acc.reshape(batch + (m, n))
+    accs, mult, sh, out_zp, qmin, qmax = requant
+    # compiled for two output types only (uint16, int32: Numba compile time), narrower ones copied
+    buf_dtype = np.dtype(np.uint16) if 0 <= qmin and qmax <= 65535 else np.dtype(np.int32)
+    out = np.empty((nb, m, n), buf_dtype)  # (Bt, M, N)
+    nsat = _gemm_u16(a_op, m, pk, n, tiles_per_block, n_chunks, rowc, colc, const, accs, mult, sh, out_zp,
+                     qmin, qmax, False, out, np.empty((0, 0, 0), np.int64))
+    out = out if out.dtype == dtype else out.astype(dtype)  # values in [qmin, qmax]: exact
+    return out.reshape(batch + (m, n)), nsat

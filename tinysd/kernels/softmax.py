@@ -204,6 +204,46 @@ def _softmax_kernel(r0, r1, rows, E, out_bits, causal_t, out):
             out[r, j] = y if y < qmax else qmax
 
 
+
+@njit(cache=True, nogil=True)
+def _softmax_rows_uint8(r0, r1, rows, E, out_bits, out):
+    """The integers of `_softmax_kernel` (non-causal) for rows r0..r1-1 of uint8 scores, one output per code.
+
+    Every e_j, and so every y_j, is a function of d_j = m - x_q[j] in [0, 255] alone (k_j = min(d_j, last)).
+    So per row: count[d] = #{j : d_j = d}, S = sum_d count[d] * E[min(d, last)] (the spec's sum, reordered:
+    each term and S stay < T * 2**30 < 2**62), Y[d] = min(rsr(srdhm(E[min(d, last)], R), n), qmax) for the 256
+    values of d, and out_j = Y[d_j]. The per-element work is a histogram update and a table read (HVX: vlut)
+    instead of a gather, a multiply, shifts and a compare.
+    """
+    T = rows.shape[1]
+    last = E.shape[0] - 1
+    qmax = (np.int64(1) << out_bits) - 1
+    count = np.empty(256, dtype=np.int64)
+    Y = np.empty(256, dtype=out.dtype)
+    for r in range(r0, r1):
+        m = rows[r, 0]
+        for j in range(1, T):  # vmax
+            m = max(m, rows[r, j])
+        count[:] = 0
+        for j in range(T):
+            count[np.uint64(m - rows[r, j])] += 1  # d_j in [0, 255]: an unsigned index, no wraparound check
+        S = np.int64(0)
+        for d in range(256):
+            S += count[d] * np.int64(E[min(d, last)])
+        L = _bit_length(S)
+        R = reciprocal_q31(S >> (L - 31))
+        n = L - 1 - out_bits
+        for d in range(256):
+            y = rsr_any(srdhm_i32(np.int64(E[min(d, last)]), R), n)
+            Y[d] = y if y < qmax else qmax
+        for j in range(T):
+            out[r, j] = Y[np.uint64(m - rows[r, j])]
+
+
+#: uint8 rows at least this long take `_softmax_rows_uint8` (its per-row work is 256 table entries)
+UINT8_TABLE_MIN_T = 1024
+
+
 def softmax(x_q, exp_table, out_bits=None, causal=False) -> np.ndarray:
     """Integer softmax along the last axis of uint8/uint16 scores (see the module docstring).
 
@@ -217,6 +257,9 @@ def softmax(x_q, exp_table, out_bits=None, causal=False) -> np.ndarray:
     T = x_q.shape[-1]
     rows = np.ascontiguousarray(x_q).reshape(-1, T)  # (R, T)
     out = np.zeros(rows.shape, dtype=np.uint8 if out_bits == 8 else np.uint16)
-    run_ranges(_softmax_kernel, rows.shape[0], T, rows, np.ascontiguousarray(exp_table), out_bits, T if causal else 0,
-               out)  # rows in parallel
+    E = np.ascontiguousarray(exp_table)
+    if not causal and rows.dtype == np.uint8 and T >= UINT8_TABLE_MIN_T:
+        run_ranges(_softmax_rows_uint8, rows.shape[0], T, rows, E, out_bits, out)  # rows in parallel
+    else:
+        run_ranges(_softmax_kernel, rows.shape[0], T, rows, E, out_bits, T if causal else 0, out)
     return out.reshape(x_q.shape)

@@ -122,6 +122,7 @@ class NetworkImport:
     weights: dict[str, np.ndarray] = field(default_factory=dict)  # tinysd parameter -> the graph's value
     ignored: list[str] = field(default_factory=list)  # parameter encodings tinysd does not use
     unplaced: list[str] = field(default_factory=list)  # names the graph places nowhere ("name: why")
+    reader_inputs: list[str] = field(default_factory=list)  # encodings of one reader's input copy ("name: why")
     files: list[dict] = field(default_factory=list)  # {"key", "path", "onnx", "aimet_version"} per source
 
 
@@ -187,6 +188,8 @@ def _import_with_graph(imp: NetworkImport, src: Source, act, par, version, loade
             imp.ignored.append(row.tinysd)
         elif row.role == "constant":
             imp.activations.setdefault(row.tinysd, enc)
+        elif row.role == "reader copy":  # an input quantizer of some readers only: not the tensor's encoding
+            imp.reader_inputs.append(f"{name}: {row.why}")
         else:  # activations, inputs, parts, aliases: the first encoding found for a tinysd tensor is used
             prev = imp.activations.get(row.tinysd)
             if prev is not None and prev != enc:
@@ -198,8 +201,12 @@ def _import_with_graph(imp: NetworkImport, src: Source, act, par, version, loade
                 used_parts.setdefault(op, set()).add(row.tinysd.rsplit(".", 2)[1])
     for op, present in m.parts.items():  # an op the file quantizes inside runs as all the graph's parts
         computed = tuple(p for p in present if not any((k, p) in NOT_COMPUTED for k in PARTS))
-        if set(computed) & used_parts.get(op, set()):
-            imp.parts[op] = computed
+        used = used_parts.get(op, set())
+        parts = ("input",) if "input" in computed and "input" in used else ()  # a reader copy: on its own
+        if (set(computed) - {"input"}) & used:
+            parts += tuple(p for p in computed if p != "input")
+        if parts:
+            imp.parts[op] = parts
     imp.weights.update(_graph_weights(loaded.params[net], m.weights, net, src.onnx))
     if off_graph:
         _place_by_grid(imp, off_graph, m)
@@ -314,6 +321,10 @@ def read_sources(loaded, sources: Sequence[Source], files: Mapping | None = None
             log.info("%s: %d parameter encoding(s) not used (tinysd re-derives biases at s_in * s_w and stores "
                      "embedding tables at their output encoding): %s", imp.network, len(imp.ignored),
                      _listing(imp.ignored))
+        if imp.reader_inputs:
+            log.info("%s: %d encoding(s) of the file quantize a copy of a tensor for some of its readers only "
+                     "(not used: the tensor's other readers take it unquantized on the device): %s", imp.network,
+                     len(imp.reader_inputs), _listing(imp.reader_inputs))
         if imp.unplaced:
             log.info("%s: %d name(s) of the file are no tinysd tensor (constants folded into the graph, values "
                      "computed before a network input): %s", imp.network, len(imp.unplaced), _listing(imp.unplaced))
@@ -321,12 +332,14 @@ def read_sources(loaded, sources: Sequence[Source], files: Mapping | None = None
 
 
 def _all_parts(kind: str, present: set) -> tuple:
-    """Every part an op of `kind` runs as when a file names `present` of its parts (PARTS order; requant last)."""
+    """Every part an op of `kind` runs as when a file names `present` of its parts (PARTS order; input first,
+    requant last)."""
     if kind == "matmul":
         parts = ["product"] if "product" in present else [p for p in ("a_scaled", "b_scaled") if p in present]
     else:
-        parts = [p for p in PARTS.get(kind, ()) if (kind, p) not in NOT_COMPUTED and set(present) - {"requant"}]
-    return tuple(parts + (["requant"] if "requant" in present else []))
+        inner = set(present) - {"requant", "input"}  # the steps before / after the op are not its inner parts
+        parts = [p for p in PARTS.get(kind, ()) if (kind, p) not in NOT_COMPUTED and inner]
+    return tuple((["input"] if "input" in present else []) + parts + (["requant"] if "requant" in present else []))
 
 
 def _is_gemm_weight(graph, full_name: str, network: str) -> bool:
@@ -361,6 +374,7 @@ class MergeReport:
     from_file: dict[str, int] = field(default_factory=dict)
     calibrated: dict[str, list[str]] = field(default_factory=dict)
     fixed_softmax: dict[str, list[str]] = field(default_factory=dict)
+    derived: dict[str, dict[str, str]] = field(default_factory=dict)  # tensor -> why (tinysd.quant.derived)
 
 
 def merge(imported: Mapping[str, NetworkImport], calibrated: Mapping[str, Mapping[str, Encoding]],

@@ -44,7 +44,7 @@ from typing import Mapping
 import numpy as np
 
 from ..errors import TinySDError
-from ..interp.parts import PARTS, TIME_INPUT, TIME_PARTS, const_name, part_tensor
+from ..interp.parts import PARTS, READER_INPUT_OPS, TIME_INPUT, TIME_PARTS, const_name, part_tensor
 
 log = logging.getLogger(__name__)
 
@@ -372,7 +372,7 @@ class MapRow:
 
     onnx: str
     tinysd: str | None
-    role: str  # "activation", "part", "input", "constant", "weight", "bias", "param", "alias", "unused"
+    role: str  # "activation", "part", "input", "constant", "weight", "bias", "param", "alias", "reader copy", "unused"
     why: str
 
 
@@ -438,6 +438,7 @@ class _Matcher:
     def __init__(self, g: OnnxGraph, trace, network: str, params: Mapping[str, np.ndarray] | None):
         self.g, self.trace, self.network, self.params = g, trace, network, params or {}
         self.used: set[int] = set()  # id() of consumed ONNX nodes
+        self.node_op: dict[int, object] = {}  # id() of a consumed ONNX node -> the traced op it computes
         self.value_of: dict[int, tuple] = {}  # tinysd tensor id -> (ONNX root, part or None)
         self.tensor_of: dict[int, str] = {}  # tinysd tensor id -> tinysd tensor name (through layout ops)
         self.equiv: dict[str, list[str]] = {}  # ONNX root -> it and its duplicates (same op on the same value)
@@ -800,6 +801,7 @@ class _Matcher:
                     mp._add(a, tinysd_of_input[t], "input", f"input of {m.why} ({where}; tinysd computes what "
                             f"comes before it on the host)")
         self.used.update(id(n) for n in m.nodes)
+        self.node_op.update((id(n), op) for n in m.nodes)
         for t in m.input_aliases:
             src = self.tensor_of.get(op.inputs[0])
             for a in g.aliases(g.root(t)):
@@ -937,6 +939,47 @@ def _time_feature_rows(g: OnnxGraph, mp: OnnxMap) -> None:
             f"features' Mul {mul.name}")
 
 
+def _reader_copy_rows(g: OnnxGraph, mp: OnnxMap, node_op: Mapping[int, object]) -> None:
+    """Copies of a value made for one of its readers: that reader's `input` part, not the value.
+
+    An Identity node whose input other nodes read too (aimet-torch's `..._dup_0` nodes) copies the
+    value for its own reader; an encoding on the copy (or a layout of it) is that reader's input
+    quantizer: the value's other readers (a residual add, a skip concat) take it unquantized. When
+    the copy's one reader is a tinysd conv, linear or norm, the copy is that op's `input` part
+    (`{op}.input.out`: the op's input requantized to the copy's encoding, docs/arithmetic.md section
+    4.11); otherwise the row says "reader copy" and the encoding is not used. Either way it is not
+    the value's encoding (the value gets its own, from the file or derived).
+    """
+    copies: dict[str, tuple] = {}
+    for n in g.nodes:
+        src = n.input[0] if n.op_type == "Identity" and n.input else None
+        if src in g.dynamic and len(g.consumers.get(src, ())) > 1:
+            readers = g.users(n.output[0])
+            ops = {id(node_op[id(u)]): node_op[id(u)] for u, _ in readers if id(u) in node_op}
+            op = next(iter(ops.values())) if len(ops) == 1 else None
+            if op is not None and (op.kind not in READER_INPUT_OPS or
+                                   not any(i == 0 for u, i in readers if node_op.get(id(u)) is op)):
+                op = None
+            text = ", ".join(f"{u.op_type} {u.name}" for u, _ in readers)
+            copies.update({a: (op, text) for a in g.aliases(n.output[0])})
+    for i, r in enumerate(mp.rows):
+        if r.onnx not in copies or r.tinysd is None or r.role not in ("activation", "alias", "part", "input"):
+            continue
+        op, text = copies[r.onnx]
+        if mp.activations.get(r.onnx) == r.tinysd:
+            del mp.activations[r.onnx]
+        if op is None:
+            mp.rows[i] = MapRow(r.onnx, r.tinysd, "reader copy",
+                                f"copy of {r.tinysd} read only by {text} (Identity of a value other nodes read "
+                                f"too): its encoding quantizes those readers' input, not {r.tinysd}")
+            continue
+        pt = part_tensor(op.tensor, "input")
+        mp.rows[i] = MapRow(r.onnx, pt, "part", f"input of {op.kind} {op.name} (a copy of {r.tinysd} read only by "
+                                                f"{text}; the value's other readers take it unquantized)")
+        mp.activations.setdefault(r.onnx, pt)
+        mp.parts[op.name] = ("input",) + tuple(p for p in mp.parts.get(op.name, ()) if p != "input")
+
+
 def _unmatched_rows(g: OnnxGraph, mp: OnnxMap, used: set[int]) -> None:
     """Rows for every other ONNX value: constants, host-side computation before an input, unfollowed nodes."""
     known = {r.onnx for r in mp.rows}
@@ -1001,6 +1044,7 @@ def map_onnx(path, network: str, graph, params: Mapping[str, np.ndarray] | None 
     mp = matcher.run()
     _time_feature_rows(g, mp)
     _unmatched_rows(g, mp, matcher.used)
+    _reader_copy_rows(g, mp, matcher.node_op)
     log.info("%s: %d tinysd tensors, %d parameters and %d constants found; %d ops followed as their parts",
              path, len(set(mp.activations.values())), len(mp.params), len(mp.constants), len(mp.parts))
     return mp

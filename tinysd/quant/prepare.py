@@ -96,7 +96,7 @@ from ..kernels.norm import prepare_group_norm, prepare_layer_norm
 from ..kernels.softmax import make_exp_table, softmax_output_encoding
 from ..kernels.tables import make_table
 from ..interp.names import COMPUTING_OPS, OpNames, positional_name
-from ..interp.parts import NOT_COMPUTED, PARTS, SQRT2, TIME_INPUT, TIME_PARTS, const_name, part_tensor
+from ..interp.parts import NOT_COMPUTED, PARTS, READER_INPUT_OPS, SQRT2, TIME_INPUT, TIME_PARTS, const_name, part_tensor
 from .encodings import Encoding
 from .model import ACTIVATION_BITS, NETWORKS, PRECISIONS, QuantizedNetwork
 from .observers import encoding_from_range
@@ -311,6 +311,20 @@ class Preparer:
             m, s = multipliers(a_in.scale / a_out.scale, f"{self.network}: {name}.requant")
             self._put(f"{name}.requant", multiplier=m, shift=s)
         return PTensor(y.shape, out)
+
+    def _input_step(self, name: str, x: "PTensor") -> "PTensor":
+        """Before an op whose input the file quantizes for this reader only (its `input` part, a reader copy):
+        requantize x to that part's encoding (docs/arithmetic.md section 4.11)."""
+        t = part_tensor(self._tensor(name), "input")
+        if t not in self.given or x.enc == t:
+            return x
+        a_in, a_part = self._act(x.enc), self._act(t)
+        if a_in == a_part:  # the value has the copy's encoding: the step would be an identity
+            return x
+        if self.ok:
+            m, s = multipliers(a_in.scale / a_part.scale, f"{self.network}: {name}.input")
+            self._put(f"{name}.input", multiplier=m, shift=s)
+        return PTensor(x.shape, t)
 
     def _step_out(self, name: str, part: str, final: str) -> tuple[str, str]:
         """(array prefix, output tensor) of one step: `{op}.{part}` / its part tensor, or `{op}` / `final`."""
@@ -679,6 +693,22 @@ def _with_requant(op: str):
 for _op in COMPUTING_OPS:
     if _op != "embedding":
         setattr(Preparer, _op, _with_requant(_op))
+del _op
+
+
+def _with_input(op: str):
+    base = getattr(Preparer, op)
+
+    def method(self, x, *args, **kwargs):
+        name = kwargs["name"] if "name" in kwargs else positional_name(op, (x,) + args)
+        return base(self, self._input_step(name, x), *args, **kwargs)
+
+    method.__name__, method.__doc__ = op, base.__doc__
+    return method
+
+
+for _op in READER_INPUT_OPS:
+    setattr(Preparer, _op, _with_input(_op))
 del _op
 
 

@@ -95,6 +95,8 @@ def quantize_checkpoint(model, out_dir, precision: str, prompts_file=None, steps
     from .engine import build_integer_networks
     from .folder import check_output_dir, is_quantized_folder, save_quantized
     from .imports import merge, parse_sources, range_warnings
+    from .derived import derive_missing
+    from .model import ACTIVATION_BITS
     from .prepare import encodings_from_ranges
     from .prompts import read_prompts
 
@@ -150,6 +152,9 @@ def quantize_checkpoint(model, out_dir, precision: str, prompts_file=None, steps
     if imported:
         softmax = {n: _softmax_outputs(loaded.config, n) for n in NETWORKS}
         acts, report = merge(imported, calibrated, softmax)
+        derive_missing(acts, report, {n: _trace(loaded.config, n) for n in imported},
+                       {n: ACTIVATION_BITS[per_net[n]] for n in imported},
+                       {n: imp.parts for n, imp in imported.items()})
         fixed = set().union(*softmax.values()) | {n for imp in imported.values() for n in imp.activations
                                                    if n.endswith((".sigmoid.out", ".erf.out"))}
         warnings = range_warnings(imported, {n: {k: o.range() for k, o in obs.items()} for n, obs in observers.items()},
@@ -170,7 +175,8 @@ def quantize_checkpoint(model, out_dir, precision: str, prompts_file=None, steps
         log.info("%s", line)
     if summary is not None:
         summary.update({"lines": lines, "warnings": warnings,
-                        "calibrated": {} if report is None else report.calibrated})
+                        "calibrated": {} if report is None else report.calibrated,
+                        "derived": {} if report is None else report.derived})
     if "vae.image" not in qmodel.networks["vae"].activations:  # a decoder-only encodings file
         calls = [c for c in calls if c.kind != "vae.encode"]
     sqnr = replay_sqnr(calls, build_integer_networks(qmodel), max_calls=sqnr_calls,
@@ -184,7 +190,8 @@ def quantize_checkpoint(model, out_dir, precision: str, prompts_file=None, steps
         "encodings_files": [f for imp in imported.values() for f in imp.files] or None,
         "encodings_import": None if report is None else {
             n: {"from_file": report.from_file[n], "calibrated": report.calibrated[n],
-                "fixed_softmax": report.fixed_softmax[n], "parts": {op: list(p) for op, p in imported[n].parts.items()},
+                "fixed_softmax": report.fixed_softmax[n], "derived": report.derived.get(n, {}),
+                "parts": {op: list(p) for op, p in imported[n].parts.items()},
                 "weights_from_graph": sorted(imported[n].weights)} for n in imported},
         "calibration": {"prompts_file": None if prompts_file is None else str(prompts_file), "prompts": prompts,
                         "steps": steps, "sampler": sampler, "seed": CALIBRATION_SEED,
@@ -233,11 +240,15 @@ def _adaround(loaded, calls, settings, progress):
     return dataclasses.replace(loaded, params=params), encs, info
 
 
-def _softmax_outputs(config, network: str) -> set[str]:
+def _trace(config, network: str):
     from ..interp.trace import trace_network
     from .calibration import model_graphs
 
-    return {op.tensor for op in trace_network(model_graphs(config)[network], network).ops if op.kind == "softmax"}
+    return trace_network(model_graphs(config)[network], network)
+
+
+def _softmax_outputs(config, network: str) -> set[str]:
+    return {op.tensor for op in _trace(config, network).ops if op.kind == "softmax"}
 
 
 def _summary_lines(imported, report) -> list[str]:
@@ -246,11 +257,13 @@ def _summary_lines(imported, report) -> list[str]:
     for net, imp in imported.items():
         files = ", ".join(Path(f["path"]).name for f in imp.files)
         cal = report.calibrated[net]
-        parts = sum(1 for p in imp.parts.values() if set(p) - {"requant"})
-        out.append(f"{net}: {report.from_file[net]} encodings from {files}, {len(cal)} calibrated (not in the file), "
+        parts = sum(1 for p in imp.parts.values() if set(p) - {"requant", "input"})
+        copies = sum(1 for p in imp.parts.values() if "input" in p)
+        out.append(f"{net}: {report.from_file[net]} encodings from {files}, {len(report.derived.get(net, {}))} derived "
+                   f"from them (graph structure), {len(cal)} calibrated (not in the file), "
                    f"{len(report.fixed_softmax[net])} softmax outputs at the fixed encoding; {parts} ops run as "
-                   f"their parts, {len(imp.params)} weight encodings used, {len(imp.ignored)} parameter encodings "
-                   f"ignored")
+                   f"their parts, {copies} read their input's copy, {len(imp.params)} weight encodings used, "
+                   f"{len(imp.ignored)} parameter encodings ignored")
         if cal:
             log.info("%s: calibrated (the file has no encoding for them): %s", net, ", ".join(cal))
     return out
