@@ -578,6 +578,31 @@ def _run_requant_tile(c, prm, lo, hi, zp, variant):
                               np.int64(gemm_i16.PANEL))
 
 
+@pytest.mark.parametrize("lanes", sorted(gemm_i16.TILES))
+def test_int32_requant_tile_of_every_lane_width(lanes):
+    """The full variant of the int32 epilogue at 8 and 16 lanes (AVX2 and AVX-512 vectors), compiled
+    here whatever the host, storing into a uint8 output with a partial last vector: the integers of
+    the primitives."""
+    rq = gemm_i16._make_requant_tile(lanes, True, True)
+
+    @numba.njit(cache=False)
+    def run(c, prm, lo, hi, zp, out, n_valid):
+        rq(c, np.int64(c.shape[0]), np.int64(c.shape[1]), np.int64(c.shape[1]), prm, np.int64(0), lo, hi, zp, out,
+           np.int64(0), np.int64(n_valid), np.int64(n_valid))
+
+    rng = np.random.default_rng(lanes)
+    n = 2 * lanes
+    accs, sh = rng.integers(0, 32, n), rng.integers(-31, 31, n)
+    mult = rng.integers(0, 2**31, n)
+    t = rng.integers(-(2**31) + 1, 2**31, (5, n))
+    t[0] = rng.integers(-50, 50, n)
+    prm, lo, hi, _ = gemm.i32_requant_params(np.zeros(n, np.int64), accs, mult, sh, 7, 0, 255, n)
+    out = np.full((5, n - 3), 99, np.uint8)
+    run(t.astype(np.int32), prm, np.int64(lo), np.int64(hi), np.int64(7), out, n - 3)
+    want = _requant_table_ref(t, accs, mult, sh, 7, 0, 255)[:, :n - 3]
+    assert_bit_equal(out, want.astype(np.uint8))
+
+
 @pytest.mark.skipif(not gemm_i16.FAST, reason="needs a Numba target with AVX2 or AVX-512 VNNI")
 def test_int32_requant_tile_compiles_to_vector_code():
     """The int32 epilogue's speed rests on LLVM keeping it in vectors: the srdhm products as vpmuldq
