@@ -811,7 +811,8 @@ def _batched(a_q, b_q):
 @dataclass(frozen=True)
 class PackedRight:
     """The right operand of `matmul` packed once for the int16 plan, for several calls with the same b (the
-    query tiles of one attention): `pack_matmul_right(b_q, b_zp)`. Holds b - b_zp per batch element."""
+    query tiles of one attention): `pack_matmul_right(b_q, b_zp)`. Holds b - b_zp per batch element (uint8),
+    or, for uint16 b (a uint16 x uint16 product), `_u16_pack_right`'s (byte planes, column sums)."""
 
     shape: tuple
     zp: int
@@ -820,8 +821,11 @@ class PackedRight:
 
 def pack_matmul_right(b_q, b_zp, method=None):
     """PackedRight of b_q (..., K, N) for `matmul(a_q, a_zp, b_q, b_zp, ..., b_packed=)`, or None where the
-    plan of uint8 x b_q is not the int16 one (the packed form would not be used)."""
+    plan of uint8 x b_q is not the int16 one (the packed form would not be used); uint16 b_q: for the
+    uint16 x uint16 int16 plan (a uint8 a_q ignores it)."""
     b_zp = check_zero_point("b_zp", b_zp, b_q.dtype)
+    if b_q.dtype == np.uint16 and plan_matmul(np.uint16, np.uint16, method).mode == "offset16":
+        return PackedRight(tuple(b_q.shape), b_zp, _u16_pack_right(b_q.reshape((-1,) + b_q.shape[-2:])))
     if b_q.dtype != np.uint8 or plan_matmul(np.uint8, b_q.dtype, method).dtype is not np.int16:
         return None
     b3 = b_q.reshape((-1,) + b_q.shape[-2:])  # (Bt, K, N)
@@ -907,7 +911,12 @@ def matmul(a_q, a_zp, b_q, b_zp, multiplier, shift, out_zp, qmin, qmax, acc_shif
     out_zp, qmin, qmax = check_out_range(out_zp, qmin, qmax)
     plan = plan_matmul(a_q.dtype, b_q.dtype, method)
     if plan.mode == "offset16":  # uint16 x uint16, int16 SIMD
-        out = _matmul_u16(a_q, a_zp, b_q, b_zp, (accs, mult, sh, out_zp, qmin, qmax), out_dtype(qmin, qmax))
+        if b_packed is not None and (b_packed.shape != b_q.shape or b_packed.zp != b_zp):
+            raise ValueError(f"b_packed: packed for b_q {b_packed.shape} zp {b_packed.zp}, used with {b_q.shape} "
+                             f"zp {b_zp}")
+        batch = np.broadcast_shapes(a_q.shape[:-2], b_q.shape[:-2])
+        packed = b_packed.panels if b_packed is not None and batch == b_q.shape[:-2] else None  # else: broadcast
+        out = _matmul_u16(a_q, a_zp, b_q, b_zp, (accs, mult, sh, out_zp, qmin, qmax), out_dtype(qmin, qmax), packed)
         _report_saturation(int(out[1]), "matmul")
         return out[0]
     if plan.dtype is np.int16:
@@ -1051,14 +1060,27 @@ def _u16_requant_row(hi, lo, rc, colc, acc_shift, left, mult, half, right, out_z
     return nsat
 
 
-def _matmul_u16(a_q, a_zp, b_q, b_zp, requant, dtype):
+def _u16_pack_right(b3):
+    """(pk, colsum) of b3 (Bt, K, N) uint16 for _gemm_u16: pk (Bt, 2, words) int16, the byte planes of
+    b - 32768 packed as weights (N, K); colsum (Bt, N) int64 = sum_k (b - 32768)."""
+    nb, k, n = b3.shape
+    kp = k + k % 2
+    n_pad = -(-n // LANES) * LANES
+    pk = np.zeros((nb, 2, n_pad * kp), np.int16)  # (Bt, plane, words); zeros: the padding
+    colsum = np.empty((nb, n), np.int64)
+    _u16_right_packed(np.ascontiguousarray(b3), kp // 2, n_pad, pk, colsum)
+    return pk, colsum
+
+
+def _matmul_u16(a_q, a_zp, b_q, b_zp, requant, dtype, packed=None):
     """uint16 x uint16 matmul on the int16 SIMD kernel (plan "i16", spec §3.3): with a' = a - 32768,
     b' = b - 32768 = 256 hi + lo, ca = 32768 - a_zp, cb = 32768 - b_zp,
 
         sum_k (a - a_zp)(b - b_zp) = 256 sum_k a' hi + sum_k a' lo + cb sum_k a' + ca sum_k b' + K ca cb
 
     requant: None -> the exact int64 (..., M, N); else (acc_shift, mult, shift, out_zp, qmin, qmax)
-    -> (out (..., M, N) of `dtype`, saturation count). Batch dims broadcast.
+    -> (out (..., M, N) of `dtype`, saturation count). Batch dims broadcast. packed: `_u16_pack_right`
+    of the broadcast b (made once for several calls), or None.
     """
     a3, b3, batch = _batched(a_q, b_q)
     nb, m, k = a3.shape
@@ -1073,12 +1095,9 @@ def _matmul_u16(a_q, a_zp, b_q, b_zp, requant, dtype):
     a_op[:, :m, k:] = 0
     rowc = np.empty((nb, m), np.int64)
     _u16_left_operand(a3, a_op, rowc)
-    n_pad = -(-n // LANES) * LANES
-    pk = np.zeros((nb, 2, n_pad * kp), np.int16)  # (Bt, plane, words): b's planes packed as weights (N, K)
-    colc = np.empty((nb, n), np.int64)
-    _u16_right_packed(b3, kp // 2, n_pad, pk, colc)
+    pk, colsum = _u16_pack_right(b3) if packed is None else packed
     rowc *= cb
-    colc *= ca
+    colc = colsum * ca  # (Bt, N)
     const = k * ca * cb
     n_tiles = mp // MR
     tiles_per_block = max(1, min(n_tiles, I16_ROW_BLOCK_BYTES // (2 * kp * MR)))
@@ -1086,8 +1105,8 @@ def _matmul_u16(a_q, a_zp, b_q, b_zp, requant, dtype):
     n_chunks = min(-(-n // PANEL), max(1, -(-I16_ITEMS_PER_THREAD * get_num_threads() // (nb * n_blocks))))
     if requant is None:
         acc = np.empty((nb, m, n), np.int64)  # (Bt, M, N)
-        _gemm_u16(a_op, m, pk, n, tiles_per_block, n_chunks, rowc, colc, const, 0, 0, 0, np.int32(0), 0, 0, 0, 0, 0, True,
-                  np.empty((0, 0, 0), np.uint16), acc)
+        _gemm_u16(a_op, m, pk, n, tiles_per_block, n_chunks, rowc, colc, const, 0, 0, 0, np.int32(0), 0, 0, 0, 0,
+                  0, True, np.empty((0, 0, 0), np.uint16), acc)
         return acc.reshape(batch + (m, n))
     accs, mult, sh, out_zp, qmin, qmax = requant
     # compiled for two output types only (uint16, int32: Numba compile time), narrower ones copied
@@ -1096,7 +1115,7 @@ def _matmul_u16(a_q, a_zp, b_q, b_zp, requant, dtype):
     half_acc = 1 << (accs - 1) if accs > 0 else 0  # rounding halves of narrow_i64 and of requantize
     left, right = max(sh, 0), max(-sh, 0)
     half = 1 << (right - 1) if right > 0 else 0
-    nsat = _gemm_u16(a_op, m, pk, n, tiles_per_block, n_chunks, rowc, colc, const, accs, half_acc, left, np.int32(mult),
-                     half, right, out_zp, qmin, qmax, False, out, np.empty((0, 0, 0), np.int64))
+    nsat = _gemm_u16(a_op, m, pk, n, tiles_per_block, n_chunks, rowc, colc, const, accs, half_acc, left,
+                     np.int32(mult), half, right, out_zp, qmin, qmax, False, out, np.empty((0, 0, 0), np.int64))
     out = out if out.dtype == dtype else out.astype(dtype)  # values in [qmin, qmax]: exact
     return out.reshape(batch + (m, n)), nsat
