@@ -366,7 +366,27 @@ def test_matmul_with_a_packed_right_operand_gives_the_same_integers():
     args = (a2, 7, b1, 200, 2**30, -9, 128, 0, 255)
     assert_bit_equal(matmul(*args, b_packed=pack_matmul_right(b1, 200)), matmul_ref(*args))
     assert pack_matmul_right(b, 200, method="split") is None
-    assert pack_matmul_right(b.astype(np.uint16), 200) is None
+    assert pack_matmul_right(b.astype(np.uint16), 200, method="f64") is None
+
+
+def test_matmul_uint16_with_a_packed_right_operand_gives_the_same_integers():
+    """uint16 b packed once (byte planes and column sums of b - 32768, _u16_pack_right) for several left
+    operands and both zero points of a: the reference's integers; another b zero point is refused; a b
+    broadcast over a's batch dims packs per call."""
+    from tinysd.kernels import pack_matmul_right
+
+    rng = np.random.default_rng(13)
+    b = rng.integers(0, 65536, (2, 41, 37)).astype(np.uint16)
+    packed = pack_matmul_right(b, 65535, method="i16")
+    for rows, a_zp in ((1, 0), (13, 65535), (7, 321)):
+        a = rng.integers(0, 65536, (2, rows, 41)).astype(np.uint16)
+        args = (a, a_zp, b, 65535, 2**30, -20, 30000, 0, 65535, 3)
+        assert_bit_equal(matmul(*args, method="i16", b_packed=packed), matmul_ref(*args))
+    with pytest.raises(ValueError, match="b_packed"):
+        matmul(a, 7, b, 0, 2**30, -20, 128, 0, 65535, method="i16", b_packed=packed)
+    a2 = rng.integers(0, 65536, (3, 2, 5, 41)).astype(np.uint16)
+    args = (a2, 7, b, 65535, 2**30, -20, 128, 0, 65535, 3)
+    assert_bit_equal(matmul(*args, method="i16", b_packed=packed), matmul_ref(*args))
 
 
 def test_matmul_i16_int32_lane_bound_is_tight():

@@ -811,7 +811,8 @@ def _batched(a_q, b_q):
 @dataclass(frozen=True)
 class PackedRight:
     """The right operand of `matmul` packed once for the int16 plan, for several calls with the same b (the
-    query tiles of one attention): `pack_matmul_right(b_q, b_zp)`. Holds b - b_zp per batch element."""
+    query tiles of one attention): `pack_matmul_right(b_q, b_zp)`. Holds b - b_zp per batch element (uint8),
+    or, for uint16 b (a uint16 x uint16 product), `_u16_pack_right`'s (byte planes, column sums)."""
 
     shape: tuple
     zp: int
@@ -820,8 +821,11 @@ class PackedRight:
 
 def pack_matmul_right(b_q, b_zp, method=None):
     """PackedRight of b_q (..., K, N) for `matmul(a_q, a_zp, b_q, b_zp, ..., b_packed=)`, or None where the
-    plan of uint8 x b_q is not the int16 one (the packed form would not be used)."""
+    plan of uint8 x b_q is not the int16 one (the packed form would not be used); uint16 b_q: for the
+    uint16 x uint16 int16 plan (a uint8 a_q ignores it)."""
     b_zp = check_zero_point("b_zp", b_zp, b_q.dtype)
+    if b_q.dtype == np.uint16 and plan_matmul(np.uint16, np.uint16, method).mode == "offset16":
+        return PackedRight(tuple(b_q.shape), b_zp, _u16_pack_right(b_q.reshape((-1,) + b_q.shape[-2:])))
     if b_q.dtype != np.uint8 or plan_matmul(np.uint8, b_q.dtype, method).dtype is not np.int16:
         return None
     b3 = b_q.reshape((-1,) + b_q.shape[-2:])  # (Bt, K, N)
@@ -907,7 +911,12 @@ def matmul(a_q, a_zp, b_q, b_zp, multiplier, shift, out_zp, qmin, qmax, acc_shif
     out_zp, qmin, qmax = check_out_range(out_zp, qmin, qmax)
     plan = plan_matmul(a_q.dtype, b_q.dtype, method)
     if plan.mode == "offset16":  # uint16 x uint16, int16 SIMD
-        out = _matmul_u16(a_q, a_zp, b_q, b_zp, (accs, mult, sh, out_zp, qmin, qmax), out_dtype(qmin, qmax))
+        if b_packed is not None and (b_packed.shape != b_q.shape or b_packed.zp != b_zp):
+            raise ValueError(f"b_packed: packed for b_q {b_packed.shape} zp {b_packed.zp}, used with {b_q.shape} "
+                             f"zp {b_zp}")
+        batch = np.broadcast_shapes(a_q.shape[:-2], b_q.shape[:-2])
+        packed = b_packed.panels if b_packed is not None and batch == b_q.shape[:-2] else None  # else: broadcast
+        out = _matmul_u16(a_q, a_zp, b_q, b_zp, (accs, mult, sh, out_zp, qmin, qmax), out_dtype(qmin, qmax), packed)
         _report_saturation(int(out[1]), "matmul")
         return out[0]
     if plan.dtype is np.int16:
@@ -933,6 +942,9 @@ def matmul(a_q, a_zp, b_q, b_zp, multiplier, shift, out_zp, qmin, qmax, acc_shif
 #: K-blocks (in pairs) of the two products of _gemm_u16: |a'| <= 32768 against |hi| <= 128 and 0 <= lo <= 255
 U16_HI_PAIRS = gemm_i16.block_length(OFFSET16, 128) // 2  # 255 pairs: 510 * 32768 * 128 < 2**31
 U16_LO_PAIRS = gemm_i16.block_length(OFFSET16, 255) // 2  # 128 pairs: 256 * 32768 * 255 < 2**31
+#: weight panels combined and requantized together by _gemm_u16: 64 output channels per row (stored
+#: panel by panel, the 16-channel runs of rows 8 KB apart alias in the caches on the scores, N = 4096)
+U16_GROUP = max(1, 64 // PANEL)
 
 
 @njit(cache=True, parallel=True)
@@ -976,16 +988,17 @@ def _u16_right_packed(b3, npairs, n_pad, pk, colsum):
 
 
 @njit(cache=True, parallel=True)
-def _gemm_u16(a, m_rows, pk, n_cols, tiles_per_block, n_chunks, rowc, colc, const, acc_shift, mult, shift,
-              out_zp, qmin, qmax, raw, out, out_raw):
+def _gemm_u16(a, m_rows, pk, n_cols, tiles_per_block, n_chunks, rowc, colc, const, acc_shift, half_acc, left, mult,
+              half, right, out_zp, qmin, qmax, raw, out, out_raw):
     """acc[b, m, n] = 256 * sum_k a[b, m, k] hi[b, n, k] + sum_k a[b, m, k] lo[b, n, k] + rowc[b, m]
     + colc[b, n] + const (exact int64), from tiles of `gemm_i16` with K-blocks of U16_HI_PAIRS and
     U16_LO_PAIRS pairs; raw: out_raw (Bt, M, N) int64 = acc, else out (Bt, M, N) =
-    requantize(narrow_i64(acc, acc_shift), mult, shift, out_zp, qmin, qmax) (per tensor).
+    requantize(narrow_i64(acc, acc_shift), mult, shift, out_zp, qmin, qmax) (per tensor; half_acc,
+    left, half, right as `_u16_requant_row` takes them).
 
     a: (Bt, Mp, Kp) int16; pk: (Bt, 2, words) hi and lo packed by `gemm_i16.pack_weight`. Work items:
-    (batch element, block of `tiles_per_block` row tiles, range of weight panels). Returns the
-    saturation count.
+    (batch element, block of `tiles_per_block` row tiles, range of weight panels); the epilogue runs
+    over U16_GROUP panels at a time. Returns the saturation count.
     """
     nb = a.shape[0]
     npairs = a.shape[2] // 2
@@ -1002,37 +1015,72 @@ def _gemm_u16(a, m_rows, pk, n_cols, tiles_per_block, n_chunks, rowc, colc, cons
         t0 = blk * tiles_per_block
         t1 = min(n_tiles, t0 + tiles_per_block)
         rows = min(m_rows, t1 * MR) - t0 * MR
-        cb = np.empty((2, tiles_per_block * MR, PANEL), np.int64)  # (plane, rows, PANEL): sum a' hi, sum a' lo
+        cb = np.empty((2, tiles_per_block * MR, U16_GROUP * PANEL), np.int64)  # (plane, rows, channels)
         ab = a[b]
-        for j in range(chunk * n_panels // n_chunks, (chunk + 1) * n_panels // n_chunks):
-            width = min(PANEL, n_pad - PANEL * j)
-            n0 = PANEL * j
-            n_valid = min(width, n_cols - n0)
-            for plane in range(2):  # one inlined block_product: half the compile time of two
-                block_product(ab, t0, t1, pk[b, plane], j, width, npairs,
-                              U16_HI_PAIRS if plane == 0 else U16_LO_PAIRS, cb[plane])
+        j1 = (chunk + 1) * n_panels // n_chunks
+        for g in range(chunk * n_panels // n_chunks, j1, U16_GROUP):
+            for j in range(g, min(j1, g + U16_GROUP)):
+                for plane in range(2):  # one inlined block_product: half the compile time of two
+                    block_product(ab, t0, t1, pk[b, plane], j, min(PANEL, n_pad - PANEL * j), npairs,
+                                  U16_HI_PAIRS if plane == 0 else U16_LO_PAIRS, cb[plane, :, PANEL * (j - g):])
+            n0 = PANEL * g
+            n_valid = min(PANEL * (j1 - g), PANEL * U16_GROUP, n_cols - n0)
             for r in range(rows):
                 m = t0 * MR + r
                 rc = rowc[b, m] + const
-                for c in range(n_valid):
-                    acc = 256 * cb[0, r, c] + cb[1, r, c] + rc + colc[b, n0 + c]
-                    if raw:
-                        out_raw[b, m, n0 + c] = acc
-                    else:
-                        v, sat = _narrow_requant(acc, acc_shift, mult, shift, out_zp, qmin, qmax)
-                        out[b, m, n0 + c] = v
-                        nsat += sat
+                if raw:
+                    for c in range(n_valid):
+                        out_raw[b, m, n0 + c] = 256 * cb[0, r, c] + cb[1, r, c] + rc + colc[b, n0 + c]
+                    continue
+                nsat += _u16_requant_row(cb[0, r, :n_valid], cb[1, r, :n_valid], rc + half_acc,
+                                         colc[b, n0:n0 + n_valid], acc_shift, left, mult, half, right, out_zp,
+                                         qmin, qmax, out[b, m, n0:n0 + n_valid])
     return nsat
 
 
-def _matmul_u16(a_q, a_zp, b_q, b_zp, requant, dtype):
+@njit(cache=True, inline="always")
+def _u16_requant_row(hi, lo, rc, colc, acc_shift, left, mult, half, right, out_zp, qmin, qmax, y):
+    """y[c] = requantize(narrow_i64(acc, acc_shift), mult, shift, out_zp, qmin, qmax) of
+    acc = 256 hi[c] + lo[c] + rc - 2**(acc_shift-1) + colc[c] (rc includes that rounding half), per tensor.
+
+    The integers of _narrow_requant written branch-free so that LLVM can vectorize the row (mult passed
+    as int32, x held in int32: the srdhm product is vpmuldq on AVX2): narrow_i64
+    as (acc + half) >> acc_shift and a clamp, requantize as sat32(x << left), srdhm, (v + half) >> right
+    (left / right = max(+-shift, 0), half = 2**(right-1) or 0), + out_zp and the clamp to [qmin, qmax].
+    Returns the number of saturating narrows."""
+    nsat = 0
+    for c in range(y.size):
+        r = (256 * hi[c] + lo[c] + rc + colc[c]) >> acc_shift  # narrow_i64: rounding shift ...
+        rs = min(max(r, -2147483648), 2147483647)  # ... and saturation
+        nsat += r != rs
+        x = np.int32(min(max(rs << left, -2147483648), 2147483647))  # requantize: sat32(acc << shift)
+        v = min(max((np.int64(x) * np.int64(mult) + 1073741824) >> 31, -2147483648), 2147483647)  # srdhm
+        v = (v + half) >> right  # rounding shift right
+        y[c] = min(max(v + out_zp, qmin), qmax)
+    return nsat
+
+
+def _u16_pack_right(b3):
+    """(pk, colsum) of b3 (Bt, K, N) uint16 for _gemm_u16: pk (Bt, 2, words) int16, the byte planes of
+    b - 32768 packed as weights (N, K); colsum (Bt, N) int64 = sum_k (b - 32768)."""
+    nb, k, n = b3.shape
+    kp = k + k % 2
+    n_pad = -(-n // LANES) * LANES
+    pk = np.zeros((nb, 2, n_pad * kp), np.int16)  # (Bt, plane, words); zeros: the padding
+    colsum = np.empty((nb, n), np.int64)
+    _u16_right_packed(np.ascontiguousarray(b3), kp // 2, n_pad, pk, colsum)
+    return pk, colsum
+
+
+def _matmul_u16(a_q, a_zp, b_q, b_zp, requant, dtype, packed=None):
     """uint16 x uint16 matmul on the int16 SIMD kernel (plan "i16", spec §3.3): with a' = a - 32768,
     b' = b - 32768 = 256 hi + lo, ca = 32768 - a_zp, cb = 32768 - b_zp,
 
         sum_k (a - a_zp)(b - b_zp) = 256 sum_k a' hi + sum_k a' lo + cb sum_k a' + ca sum_k b' + K ca cb
 
     requant: None -> the exact int64 (..., M, N); else (acc_shift, mult, shift, out_zp, qmin, qmax)
-    -> (out (..., M, N) of `dtype`, saturation count). Batch dims broadcast.
+    -> (out (..., M, N) of `dtype`, saturation count). Batch dims broadcast. packed: `_u16_pack_right`
+    of the broadcast b (made once for several calls), or None.
     """
     a3, b3, batch = _batched(a_q, b_q)
     nb, m, k = a3.shape
@@ -1047,12 +1095,9 @@ def _matmul_u16(a_q, a_zp, b_q, b_zp, requant, dtype):
     a_op[:, :m, k:] = 0
     rowc = np.empty((nb, m), np.int64)
     _u16_left_operand(a3, a_op, rowc)
-    n_pad = -(-n // LANES) * LANES
-    pk = np.zeros((nb, 2, n_pad * kp), np.int16)  # (Bt, plane, words): b's planes packed as weights (N, K)
-    colc = np.empty((nb, n), np.int64)
-    _u16_right_packed(b3, kp // 2, n_pad, pk, colc)
+    pk, colsum = _u16_pack_right(b3) if packed is None else packed
     rowc *= cb
-    colc *= ca
+    colc = colsum * ca  # (Bt, N)
     const = k * ca * cb
     n_tiles = mp // MR
     tiles_per_block = max(1, min(n_tiles, I16_ROW_BLOCK_BYTES // (2 * kp * MR)))
@@ -1060,14 +1105,17 @@ def _matmul_u16(a_q, a_zp, b_q, b_zp, requant, dtype):
     n_chunks = min(-(-n // PANEL), max(1, -(-I16_ITEMS_PER_THREAD * get_num_threads() // (nb * n_blocks))))
     if requant is None:
         acc = np.empty((nb, m, n), np.int64)  # (Bt, M, N)
-        _gemm_u16(a_op, m, pk, n, tiles_per_block, n_chunks, rowc, colc, const, 0, 0, 0, 0, 0, 0, True,
-                  np.empty((0, 0, 0), np.uint16), acc)
+        _gemm_u16(a_op, m, pk, n, tiles_per_block, n_chunks, rowc, colc, const, 0, 0, 0, np.int32(0), 0, 0, 0, 0,
+                  0, True, np.empty((0, 0, 0), np.uint16), acc)
         return acc.reshape(batch + (m, n))
     accs, mult, sh, out_zp, qmin, qmax = requant
     # compiled for two output types only (uint16, int32: Numba compile time), narrower ones copied
     buf_dtype = np.dtype(np.uint16) if 0 <= qmin and qmax <= 65535 else np.dtype(np.int32)
     out = np.empty((nb, m, n), buf_dtype)  # (Bt, M, N)
-    nsat = _gemm_u16(a_op, m, pk, n, tiles_per_block, n_chunks, rowc, colc, const, accs, mult, sh, out_zp,
-                     qmin, qmax, False, out, np.empty((0, 0, 0), np.int64))
+    half_acc = 1 << (accs - 1) if accs > 0 else 0  # rounding halves of narrow_i64 and of requantize
+    left, right = max(sh, 0), max(-sh, 0)
+    half = 1 << (right - 1) if right > 0 else 0
+    nsat = _gemm_u16(a_op, m, pk, n, tiles_per_block, n_chunks, rowc, colc, const, accs, half_acc, left,
+                     np.int32(mult), half, right, out_zp, qmin, qmax, False, out, np.empty((0, 0, 0), np.int64))
     out = out if out.dtype == dtype else out.astype(dtype)  # values in [qmin, qmax]: exact
     return out.reshape(batch + (m, n)), nsat
