@@ -5,7 +5,8 @@
 Times, on SD 1.5 W8A8 shapes, the "i16" plan with the int32 epilogue (`gemm.I32_EPILOGUE` on:
 K-blocks summed in an int32 tile, requantized in int32 lanes by `gemm_i16.requant_tile`) against
 the int64 epilogue (off), alternating the two in one run, best of --repeat; checks that both give
-the same integers. Shapes: linear M x K x N (uint8 activations, prepared int8 weights), the
+the same integers. Shapes: linear M x K x N (uint8 activations, prepared int8 weights; one uint16
+case, W8A16 at K = 320, where the int32 condition still holds unless the bias is large), the
 attention scores matmul (uint8 x uint8) and a 3x3 conv 320 -> 320 at 64x64. Prints the load
 average beside the numbers (the machine may be shared); --cpu times CPU seconds of the process
 (`time.process_time`, less sensitive to other jobs; meaningful with --threads 1) instead of wall time.
@@ -40,6 +41,11 @@ def _cases(rng):
         mult, sh = quantize_multiplier(np.full(n, 3.0 / np.sqrt(k) / 128 / 40))
         cases[f"linear {m}x{k}x{n}"] = ((lambda x=x, w=w, b=b, mult=mult, sh=sh:
                                           linear(x, 120, w, b, mult, sh, 128, 0, 255)), m * n)
+    x = rng.integers(0, 65536, (8192, 320)).astype(np.uint16)  # W8A16, K = 320: Kp * 2**22 < 2**31
+    w = prepare_weight(rng.integers(-128, 128, (320, 320)).astype(np.int8))
+    mw = quantize_multiplier(np.full(320, 3.0 / np.sqrt(320) / 128 / 10000))
+    cases["linear 8192x320x320 uint16"] = ((lambda x=x, w=w: linear(x, 30000, w, None, *mw, 32768, 0, 65535)),
+                                           8192 * 320)
     a = rng.integers(0, 256, (16, 256, 40)).astype(np.uint8)
     bt = rng.integers(0, 256, (16, 40, 4096)).astype(np.uint8)
     ms = quantize_multiplier(1.0 / 2000)

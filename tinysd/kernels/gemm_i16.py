@@ -15,7 +15,9 @@ AVX2 CPUs. It never relies on wrapping:
     products over a K-block of L values, so every partial sum is an integer of magnitude
     <= L * A * 128. With L <= block_length(A) = 2 * floor((2**31 - 1) // (A * 128) / 2)
     (uint16: 510) that is < 2**31: the int32 lane holds the exact sum. Each K-block's
-    int32 result is then added into an int64 tile (exact: |acc| < 2**62 is checked).
+    int32 result is then added into an int64 tile (exact: |acc| < 2**62 is checked), or,
+    where the caller has proven that the whole reduction fits int32 (`gemm.int32_exact`),
+    into an int32 tile that `requant_tile` requantizes in int32 lanes (spec §3.3).
 
 Weights are packed once (`pack_weight`) into int16 pairs, panel by panel (`PANEL` = LANES * NV
 output channels: 64 with AVX-512, 16 with AVX2; the last panel a multiple of LANES, N padded to
@@ -303,8 +305,8 @@ L1_PAIRS = max(2, L1_WEIGHT_BYTES // (4 * PANEL)) if LANES == 8 else 1 << 30
 
 @njit(cache=True, inline="always")
 def block_product(a, t0, t1, wpk, panel, width, npairs_total, block_pairs, cblock):
-    """cblock[(t - t0)*MR + r, :width] = sum_k a[t*MR + r, k] * w[PANEL*panel + c, k]   (exact, int64)
-    for the row tiles t0 <= t < t1.
+    """cblock[(t - t0)*MR + r, :width] = sum_k a[t*MR + r, k] * w[PANEL*panel + c, k]   (exact in int64;
+    in an int32 cblock exact where the caller has proven the sum fits int32) for the row tiles t0 <= t < t1.
 
     a: (Mp, 2*npairs_total) int16; wpk: packed weights (see module docstring); cblock: (>= (t1-t0)*MR,
     >= width) int64 or int32 (see the micro-kernel), rows contiguous, any row stride (a column range
