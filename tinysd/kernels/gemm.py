@@ -4,7 +4,9 @@ The integer result of every product is defined in docs/arithmetic.md as an exact
 `acc = bias + sum_k (a - a_zp) * (b - b_zp)`, then `narrow_i64(acc, acc_shift)` and
 `requantize`. Linear and conv (int8 weights) use by default the "i16" plan: int16 SIMD products
 with int32 lanes over K-blocks short enough to be exact, summed in int64 (`gemm_i16`; x86
-`vpdpwssd`), with the requantize epilogue fused per tile. The float plans compute the same sum
+`vpdpwssd`), with the requantize epilogue fused per tile; so do the activation products (uint8 x
+uint8 centred; uint16 x uint16 as a - 32768 against the two byte planes of b - 32768, `_matmul_u16`).
+The float plans compute the same sum
 with float BLAS, exact by the lemma of spec §3.3:
 
     Every integer of magnitude <= 2**24 is a float32 (<= 2**53: float64). If every product
