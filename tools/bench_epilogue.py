@@ -61,7 +61,8 @@ def main():
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
     rng = np.random.default_rng(0)
     clock = time.process_time if args.cpu else time.perf_counter
-    print(f"{'CPU' if args.cpu else 'wall'} time, threads {numba.get_num_threads()}, load average {os.getloadavg()[0]:.2f} at start")
+    print(f"{'CPU' if args.cpu else 'wall'} time, threads {numba.get_num_threads()}, "
+          f"load average {os.getloadavg()[0]:.2f} at start")
     print(f"{'case':34s} {'int64 ms':>9s} {'int32 ms':>9s} {'new/old':>8s} {'ns/out old':>10s} {'ns/out new':>10s}")
     for name, (fn, n_out) in _cases(rng).items():
         outs = {}

@@ -275,13 +275,13 @@ def test_softmax_row_sum_bound_with_a_given_encoding(bits):
 
 def test_ops_with_parts_have_no_layer_case(parted):
     """golden: an op run as its parts (an `input` step included) is a sequence of kernels: no layer case."""
-    from tinysd.golden.cases import runs_as_parts
+    from tinysd.golden.cases import ops_with_parts, runs_as_parts
     from tinysd.interp.record import OpRecord
 
     _, models = parted
-    qnet = models["w8a16"].networks["unet"]
+    parted = ops_with_parts(models["w8a16"].networks["unet"])
     rec = lambda op, name: OpRecord(op, name, f"unet.{name}.out", {}, None)  # noqa: E731
-    assert runs_as_parts(rec("group_norm", "mid_block.resnets.0.norm1"), qnet)  # input step, fused norm
-    assert runs_as_parts(rec("silu", "down_blocks.0.resnets.0.act1"), qnet)  # sigmoid part
-    assert not runs_as_parts(rec("conv2d", "down_blocks.0.resnets.0.conv1"), qnet)
-    assert not runs_as_parts(rec("group_norm", "up_blocks.0.resnets.0.norm1"), qnet)
+    assert runs_as_parts(rec("group_norm", "mid_block.resnets.0.norm1"), parted)  # input step, fused norm
+    assert runs_as_parts(rec("silu", "down_blocks.0.resnets.0.act1"), parted)  # sigmoid part
+    assert not runs_as_parts(rec("conv2d", "down_blocks.0.resnets.0.conv1"), parted)
+    assert not runs_as_parts(rec("group_norm", "up_blocks.0.resnets.0.norm1"), parted)

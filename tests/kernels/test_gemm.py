@@ -583,17 +583,60 @@ def test_int32_requant_tile_matches_primitives(variant):
         prm, lo, hi, var = gemm.i32_requant_params(bias, accs, mult, sh, zp, qmin, qmax, n_pad)
         assert var == variant
         got = c.copy()
-        _run_requant_tile(got, prm, lo, hi, zp, variant)
+        _run_requant_tile(got, prm, np.int64(lo), np.int64(hi), np.int64(zp), variant)
         want = _requant_table_ref(t_exact, accs, mult, sh, zp, qmin, qmax)
         assert_bit_equal(got, want.astype(np.int32))
 
 
 @numba.njit(cache=False)
 def _run_requant_tile(c, prm, lo, hi, zp, variant):
-    for n0 in range(0, c.shape[1], gemm_i16.PANEL):  # one panel at a time, as _gemm_i16 does
-        gemm_i16.requant_tile(c[:, n0:], np.int64(c.shape[0]), np.int64(gemm_i16.PANEL), np.int64(c.shape[1]), prm,
-                              np.int64(n0), np.int64(lo), np.int64(hi), np.int64(zp), variant, c[:, n0:], np.int64(0),
-                              np.int64(c.shape[1]), np.int64(gemm_i16.PANEL))  # in place
+    """gemm_i16.requant_tile (variant 0-3) in place on c, one panel at a time."""
+    for n0 in range(0, c.shape[1], gemm_i16.PANEL):
+        tile = c[:, n0:]
+        gemm_i16.requant_tile(tile, np.int64(c.shape[0]), np.int64(gemm_i16.PANEL), np.int64(c.shape[1]), prm,
+                              np.int64(n0), lo, hi, zp, variant, tile, np.int64(0), np.int64(c.shape[1]),
+                              np.int64(gemm_i16.PANEL))
+
+
+@pytest.mark.parametrize("lanes", sorted(gemm_i16.TILES))
+def test_int32_requant_tile_of_every_lane_width(lanes):
+    """The full variant of the int32 epilogue at 8 and 16 lanes (AVX2 and AVX-512 vectors), compiled
+    here whatever the host, storing into a uint8 output with a partial last vector: the integers of
+    the primitives."""
+    rq = gemm_i16._make_requant_tile(lanes, True, True)
+
+    @numba.njit(cache=False)
+    def run(c, prm, lo, hi, zp, out, n_valid):
+        rq(c, np.int64(c.shape[0]), np.int64(c.shape[1]), np.int64(c.shape[1]), prm, np.int64(0), lo, hi, zp, out,
+           np.int64(0), np.int64(n_valid), np.int64(n_valid))
+
+    rng = np.random.default_rng(lanes)
+    n = 2 * lanes
+    accs, sh = rng.integers(0, 32, n), rng.integers(-31, 31, n)
+    mult = rng.integers(0, 2**31, n)
+    t = rng.integers(-(2**31) + 1, 2**31, (5, n))
+    t[0] = rng.integers(-50, 50, n)
+    prm, lo, hi, _ = gemm.i32_requant_params(np.zeros(n, np.int64), accs, mult, sh, 7, 0, 255, n)
+    out = np.full((5, n - 3), 99, np.uint8)
+    run(t.astype(np.int32), prm, np.int64(lo), np.int64(hi), np.int64(7), out, n - 3)
+    want = _requant_table_ref(t, accs, mult, sh, 7, 0, 255)[:, :n - 3]
+    assert_bit_equal(out, want.astype(np.uint8))
+
+
+@pytest.mark.skipif(not gemm_i16.FAST, reason="needs a Numba target with AVX2 or AVX-512 VNNI")
+def test_int32_requant_tile_compiles_to_vector_code():
+    """The int32 epilogue's speed rests on LLVM keeping it in vectors: the srdhm products as vpmuldq
+    on vector registers, per-lane shifts as vpsravd / vpsllvd."""
+    c = np.zeros((2, gemm_i16.PANEL), np.int32)
+    prm, lo, hi, _ = gemm.i32_requant_params(np.zeros(gemm_i16.PANEL, np.int64), np.ones(gemm_i16.PANEL, np.int64),
+                                             np.full(gemm_i16.PANEL, 2**30), np.ones(gemm_i16.PANEL, np.int64), 0,
+                                             -(2**31), 2**31 - 1, gemm_i16.PANEL)
+    _run_requant_tile(c, prm, np.int64(lo), np.int64(hi), np.int64(0), 3)
+    asm = "\n".join(_run_requant_tile.inspect_asm().values())
+    reg = "ymm" if gemm_i16.LANES == 8 else "zmm"
+    assert any("vpmuldq" in line and reg in line for line in asm.splitlines())
+    assert any("vpsravd" in line and reg in line for line in asm.splitlines())
+    assert any("vpsllvd" in line and reg in line for line in asm.splitlines())
 
 
 def _int32_path_taken(plan, k, bias_eff, accs):
@@ -602,9 +645,9 @@ def _int32_path_taken(plan, k, bias_eff, accs):
 
 @pytest.mark.parametrize("zp", [0, 255])
 def test_linear_int32_epilogue_edge_values(zp):
-    """uint8 linear through the int32 epilogue (asserted taken) and forced through the int64 one:
-    both bit-equal to the reference, with multipliers near 2**31, shifts both ways, acc_shift > 0,
-    saturating outputs, and output zero points at both ends."""
+    """uint8 linear through the int32 epilogue (asserted taken), bit-equal to the reference, with
+    multipliers near 2**31, shifts both ways, acc_shift > 0 (up to 31), saturating outputs, and output
+    zero points at both ends of uint8 and of int32."""
     rng = np.random.default_rng(zp + 1)
     m, k, n = 13, 70, 37
     x = rng.integers(0, 256, (m, k)).astype(np.uint8)
@@ -620,15 +663,10 @@ def test_linear_int32_epilogue_edge_values(zp):
     accs[3] = 31
     wsum = w.astype(np.int64).sum(axis=1)
     assert _int32_path_taken(plan_linear(np.uint8, "i16"), k, b + (128 - zp) * wsum, accs)
-    for out_zp, qmin, qmax in ((0, 0, 255), (255, 0, 255), (-(2**31), -(2**31), 2**31 - 1),
-                               (2**31 - 1, -(2**31), 2**31 - 1), (3, -7, 9)):
+    for out_zp, qmin, qmax in ((0, 0, 255), (255, 0, 255), (5, 2, 9), (-(2**31), -(2**31), 2**31 - 1),
+                               (2**31 - 1, -(2**31), 2**31 - 1)):
         want = linear_ref(x, zp, w, b, mult, sh, out_zp, qmin, qmax, accs)
         assert_bit_equal(linear(x, zp, w, b, mult, sh, out_zp, qmin, qmax, accs, method="i16"), want)
-        gemm.I32_EPILOGUE["enabled"] = False
-        try:
-            assert_bit_equal(linear(x, zp, w, b, mult, sh, out_zp, qmin, qmax, accs, method="i16"), want)
-        finally:
-            gemm.I32_EPILOGUE["enabled"] = True
 
 
 @pytest.mark.parametrize("excess", [0, 1])

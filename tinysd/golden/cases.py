@@ -347,19 +347,25 @@ def _norm_params(P: dict, in_bits: int, out_bits: int) -> NormParams:
                       P["beta_fx"], in_bits, out_bits)
 
 
-def runs_as_parts(rec: OpRecord, qnet=None) -> bool:
-    """Does the recorded op run as its parts (an imported device graph's quantization points inside it,
-    `tinysd.interp.parts`: arrays `{op}.{part}.{field}` of `qnet`, its `input` or `requant` step included,
-    or a softmax requantized to a given encoding)? Such an op is a sequence of kernels; it has no
-    single-kernel layer case (its network case covers it). (A record's own params hold `{op}.{field}`
-    only, so the part arrays are looked up in `qnet` when it is given.)"""
+def ops_with_parts(qnet) -> set[str]:
+    """Names of the ops of `qnet` that have arrays `{op}.{part}.{field}` (parts of `tinysd.interp.parts`,
+    an `input` or `requant` step included)."""
     parts = {p for kind in PARTS.values() for p in kind} | {"requant", "input"}
-    arrays = qnet.arrays if qnet is not None else {}
-    prefix = f"{rec.name}."
-    if any(k.startswith(prefix) and k[len(prefix):].count(".") == 1 and k[len(prefix):].split(".")[0] in parts
-           for k in arrays):
-        return True
-    return any("." in k for k in rec.params) or (rec.op == "softmax" and "multiplier" in rec.params)
+    out = set()
+    for k in qnet.arrays:
+        op, _, rest = k.rpartition(".")[0].rpartition(".")
+        if op and rest in parts:
+            out.add(op)
+    return out
+
+
+def runs_as_parts(rec: OpRecord, parted: set[str] = frozenset()) -> bool:
+    """Does the recorded op run as its parts (an imported device graph's quantization points inside it,
+    `tinysd.interp.parts`: `rec.name` in `parted` = `ops_with_parts(qnet)`, or a softmax requantized to a
+    given encoding)? Such an op is a sequence of kernels; it has no single-kernel layer case (its network
+    case covers it). (A record's own params hold only `{op}.{field}`, not the parts' dotted fields.)"""
+    return rec.name in parted or any("." in k for k in rec.params) or (rec.op == "softmax" and
+                                                                        "multiplier" in rec.params)
 
 
 def layer_case(rec: OpRecord, network: str, case_id: str, qnet=None, limits: CropLimits | None = CropLimits(),

@@ -30,7 +30,7 @@ from typing import Sequence
 from .. import __version__
 from ..errors import TinySDError
 from ..interp.record import RecordingInterpreter
-from .cases import CropLimits, graph_params_case, layer_case, network_case, runs_as_parts
+from .cases import CropLimits, graph_params_case, layer_case, network_case, ops_with_parts, runs_as_parts
 from ..png import MODEL_HASH_METHOD, folder_sha256
 from .writer import GoldenWriter, check_target
 
@@ -166,6 +166,7 @@ def generate_golden(model, out_dir, prompts: Sequence[str], *, negative_prompt: 
 
         def writer_for(name):
             qnet = nets[name].interp.qnet
+            parted = ops_with_parts(qnet)
 
             def on_records(call, rec, kind=None):
                 p = f"p{state['prompt']:03d}"
@@ -175,7 +176,7 @@ def generate_golden(model, out_dir, prompts: Sequence[str], *, negative_prompt: 
                     cid = f"{p}/{name}.{kind}"
                 w.write_case(network_case(rec.records, name, cid, qnet, step=step))
                 for r in rec.records:
-                    if r.matched and runs_as_parts(r, qnet):
+                    if r.matched and runs_as_parts(r, parted):
                         log.info("golden: %s.%s runs as its parts; no layer case (the network case covers it)", name,
                                  r.name)
                     elif r.matched:
