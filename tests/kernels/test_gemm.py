@@ -406,7 +406,8 @@ def test_matmul_i16_int32_lane_bound_is_tight():
 @pytest.mark.parametrize("shape_a, shape_b", [((2, 3, 13, 41), (1, 3, 41, 37)),  # odd K, N = 2 AVX2 panels + 5
                                               ((1, 5, 8), (8, 70)),  # b without batch dims
                                               ((2, 7, 40), (2, 40, 16)),  # K = 40 (SD head_dim), one AVX2 panel
-                                              ((1, 4, 1300), (1, 1300, 9))])  # 2 high blocks, 5 low blocks (+ 20)
+                                              ((1, 4, 1300), (1, 1300, 9)),  # 2 high blocks, 5 low blocks (+ 20)
+                                              ((1, 3, 4097), (1, 4097, 5))])  # SD's context K 4096, + 1 (odd)
 def test_matmul_uint16_i16_matches_reference(shape_a, shape_b):
     """uint16 x uint16 (attention in W8A16) on the int16 SIMD kernel: a - 32768 against the two byte
     planes of b - 32768 with correction terms, bit-equal to the reference for zero points at both ends

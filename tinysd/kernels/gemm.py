@@ -4,7 +4,9 @@ The integer result of every product is defined in docs/arithmetic.md as an exact
 `acc = bias + sum_k (a - a_zp) * (b - b_zp)`, then `narrow_i64(acc, acc_shift)` and
 `requantize`. Linear and conv (int8 weights) use by default the "i16" plan: int16 SIMD products
 with int32 lanes over K-blocks short enough to be exact, summed in int64 (`gemm_i16`; x86
-`vpdpwssd`), with the requantize epilogue fused per tile. The float plans compute the same sum
+`vpdpwssd`), with the requantize epilogue fused per tile; so do the activation products (uint8 x
+uint8 centred; uint16 x uint16 as a - 32768 against the two byte planes of b - 32768, `_matmul_u16`).
+The float plans compute the same sum
 with float BLAS, exact by the lemma of spec §3.3:
 
     Every integer of magnitude <= 2**24 is a float32 (<= 2**53: float64). If every product
@@ -968,8 +970,7 @@ def _u16_right_packed(b3, npairs, n_pad, pk, colsum):
     """The byte planes of b' = b - 32768 = 256 hi + lo, hi = (b >> 8) - 128 in [-128, 127] and
     lo = b & 255 in [0, 255], of b3 (Bt, K, N) uint16, written as weights (N, K) packed by
     `gemm_i16.pack_weight` into pk[:, 0] (hi) and pk[:, 1] (lo), pk (Bt, 2, words) (zeroed by the
-    caller: the padding), and
-    colsum[b, n] = sum_k b'[b, k, n] (int64). Word pair p of channel c of panel j is at
+    caller: the padding), and colsum[b, n] = sum_k b'[b, k, n] (int64). Word pair p of channel c of panel j is at
     2 * (PANEL * j * npairs + p * width + c) (gemm_i16 module docstring)."""
     nb, k, n_cols = b3.shape
     for b in prange(nb):
@@ -1040,8 +1041,9 @@ def _gemm_u16(a, m_rows, pk, n_cols, tiles_per_block, n_chunks, rowc, colc, cons
 
 @njit(cache=True, inline="always")
 def _u16_requant_row(hi, lo, rc, colc, acc_shift, left, mult, half, right, out_zp, qmin, qmax, y):
-    """y[c] = requantize(narrow_i64(acc, acc_shift), mult, shift, out_zp, qmin, qmax) of
-    acc = 256 hi[c] + lo[c] + rc - 2**(acc_shift-1) + colc[c] (rc includes that rounding half), per tensor.
+    """y[c] = requantize(narrow_i64(acc, acc_shift), mult, shift, out_zp, qmin, qmax), per tensor, of
+    acc = 256 hi[c] + lo[c] + colc[c] + rc - h, where rc already includes the rounding half h of
+    narrow_i64 (2**(acc_shift-1), or 0 when acc_shift = 0).
 
     The integers of _narrow_requant written branch-free so that LLVM can vectorize the row (mult passed
     as int32, x held in int32: the srdhm product is vpmuldq on AVX2): narrow_i64
