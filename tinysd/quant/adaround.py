@@ -404,6 +404,23 @@ def _call_fns(net, kind):
     return net.decode if kind == "vae.decode" else net.encode if kind == "vae.encode" else net
 
 
+def _layer_done(stats: dict, name: str, key: str, res, progress, i: int, total: int) -> None:
+    """Keep layer `name`'s result (without its codes) in stats, log it, report progress(i + 1, total)."""
+    res.q = None
+    stats[name] = res
+    log.debug("%s: reconstruction %.4g -> %.4g, %.1f%% flipped, %.2f%% soft", key, res.error_nearest,
+              res.error_adaround, 100 * res.flipped, 100 * res.soft)
+    if progress is not None:
+        progress(i + 1, total)
+
+
+def _log_summary(stats: dict, network: str, what: str, t0: float) -> None:
+    if stats:
+        better = sum(r.error_adaround <= r.error_nearest for r in stats.values())
+        log.info("%s: %s of %d layers in %.1f s; reconstruction error below nearest's in %d", network, what,
+                 len(stats), time.perf_counter() - t0, better)
+
+
 def adaround_network_sequential(loaded, calls, network: str, settings: AdaRoundSettings,
                                 progress: Callable[[int, int], None] | None = None):
     """AdaRound of every linear / conv2d layer of `network` on inputs from the AdaRounded-so-far network
@@ -491,16 +508,8 @@ def adaround_network_sequential(loaded, calls, network: str, settings: AdaRoundS
         shape = (-1,) + (1,) * (q.ndim - 1)
         current[f"{name}.weight"] = (q.astype(np.float64)
                                      * np.asarray(enc.scale, np.float64).reshape(shape)).astype(np.float32)
-        res.q = None
-        stats[name] = res
-        log.debug("%s: reconstruction %.4g -> %.4g, %.1f%% flipped, %.2f%% soft", key, res.error_nearest,
-                  res.error_adaround, 100 * res.flipped, 100 * res.soft)
-        if progress is not None:
-            progress(i + 1, len(order))
-    if order:
-        better = sum(r.error_adaround <= r.error_nearest for r in stats.values())
-        log.info("%s: AdaRound (AdaRounded-so-far inputs) of %d layers in %.1f s; reconstruction error below "
-                 "nearest's in %d", network, len(order), time.perf_counter() - t0, better)
+        _layer_done(stats, name, key, res, progress, i, len(order))
+    _log_summary(stats, network, "AdaRound (AdaRounded-so-far inputs)", t0)
     return out, stats
 
 
@@ -525,16 +534,8 @@ def adaround_network(params: Mapping[str, np.ndarray], inputs: Mapping[str, np.n
         res = adaround_layer(w.reshape(w.shape[0], -1), np.broadcast_to(enc.scale, (w.shape[0],)),
                              settings=settings, **inputs[name])
         out[key] = (res.q.reshape(w.shape), enc)
-        res.q = None
-        stats[name] = res
-        log.debug("%s: reconstruction %.4g -> %.4g, %.1f%% flipped, %.2f%% soft", key, res.error_nearest,
-                  res.error_adaround, 100 * res.flipped, 100 * res.soft)
-        if progress is not None:
-            progress(i + 1, len(names))
-    if names:
-        better = sum(r.error_adaround <= r.error_nearest for r in stats.values())
-        log.info("%s: AdaRound of %d layers in %.1f s; reconstruction error below nearest's in %d", network,
-                 len(names), time.perf_counter() - t0, better)
+        _layer_done(stats, name, key, res, progress, i, len(names))
+    _log_summary(stats, network, "AdaRound", t0)
     return out, stats
 
 
