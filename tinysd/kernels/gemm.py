@@ -834,6 +834,16 @@ def pack_matmul_right(b_q, b_zp, method=None):
     return PackedRight(tuple(b_q.shape), b_zp, [gemm_i16.pack_centred(b3[i], b_zp) for i in range(b3.shape[0])])
 
 
+def _packed_panels(b_packed, b_q, b_zp, batch):
+    """b_packed's per-batch panels for this call, or None (none given, or b broadcast over a's batch dims:
+    packed per call then). A packing made for another b or zero point is a ValueError."""
+    if b_packed is None:
+        return None
+    if b_packed.shape != b_q.shape or b_packed.zp != b_zp:
+        raise ValueError(f"b_packed: packed for b_q {b_packed.shape} zp {b_packed.zp}, used with {b_q.shape} zp {b_zp}")
+    return b_packed.panels if batch == b_q.shape[:-2] else None
+
+
 def _matmul_i16(a3, a_zp, b3, b_zp, plan, requant, out, packed=None):
     """int16 plan of matmul: per batch element i, the centred operands a - a_zp (Mp, Kp) and b - b_zp
     packed as a weight (N, K) (`gemm_i16.pack_centred`; both int16, |.| <= 255) through _i16_product.
@@ -913,21 +923,14 @@ def matmul(a_q, a_zp, b_q, b_zp, multiplier, shift, out_zp, qmin, qmax, acc_shif
     out_zp, qmin, qmax = check_out_range(out_zp, qmin, qmax)
     plan = plan_matmul(a_q.dtype, b_q.dtype, method)
     if plan.mode == "offset16":  # uint16 x uint16, int16 SIMD
-        if b_packed is not None and (b_packed.shape != b_q.shape or b_packed.zp != b_zp):
-            raise ValueError(f"b_packed: packed for b_q {b_packed.shape} zp {b_packed.zp}, used with {b_q.shape} "
-                             f"zp {b_zp}")
-        batch = np.broadcast_shapes(a_q.shape[:-2], b_q.shape[:-2])
-        packed = b_packed.panels if b_packed is not None and batch == b_q.shape[:-2] else None  # else: broadcast
+        packed = _packed_panels(b_packed, b_q, b_zp, np.broadcast_shapes(a_q.shape[:-2], b_q.shape[:-2]))
         out = _matmul_u16(a_q, a_zp, b_q, b_zp, (accs, mult, sh, out_zp, qmin, qmax), out_dtype(qmin, qmax), packed)
         _report_saturation(int(out[1]), "matmul")
         return out[0]
     if plan.dtype is np.int16:
         a3, b3, batch = _batched(a_q, b_q)
         out = np.empty((a3.shape[0], a3.shape[1], b3.shape[2]), out_dtype(qmin, qmax))  # (Bt, M, N)
-        if b_packed is not None and (b_packed.shape != b_q.shape or b_packed.zp != b_zp):
-            raise ValueError(f"b_packed: packed for b_q {b_packed.shape} zp {b_packed.zp}, used with {b_q.shape} "
-                             f"zp {b_zp}")
-        packed = b_packed.panels if b_packed is not None and batch == b_q.shape[:-2] else None  # else: broadcast
+        packed = _packed_panels(b_packed, b_q, b_zp, batch)
         nsat = _matmul_i16(a3, a_zp, b3, b_zp, plan, (accs, mult, sh, out_zp, qmin, qmax), out, packed)
         _report_saturation(nsat, "matmul")
         return out.reshape(batch + out.shape[1:])
