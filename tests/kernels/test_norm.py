@@ -166,6 +166,13 @@ def test_edges(in_bits, out_bits):
     assert out[0, 0, 0, 0] == 2**out_bits - 1
     small = _params(C, in_bits, out_bits, rng, gamma=np.full(C, 1e-8), out_scale=1.0)
     _gn(x, 4, small)
+    # the same parameters on LayerNorm rows (one element per channel: the vectorized row loop)
+    rows = rng.integers(0, 2**in_bits, size=(6, C), dtype=dt)
+    rows[0] = 0
+    rows[1, ::2] = qmax
+    rows[2] = tiny[0, :, 0, 0]
+    for prm in (pg, big, small):
+        _ln(rows, prm)
 
 
 @pytest.mark.parametrize("in_bits", [8, 16])

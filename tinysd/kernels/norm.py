@@ -44,15 +44,13 @@ from numba import njit
 from tinysd.fixedpoint.checks import check_array
 from tinysd.fixedpoint.primitives import (
     quantize_multiplier,
-    rounding_shift_right_i32,
     rounding_shift_right_i64,
-    saturate_i32_scalar,
     srdhm_i32,
 )
 from tinysd.fixedpoint.reference import rounding_shift_right_ref, sat32, srdhm_ref
 
 from .threads import run_ranges
-from .softmax import _bit_length, reciprocal_q31, reciprocal_q31_ref, rsr_any, rsr_any_ref
+from .softmax import _bit_length, reciprocal_q31, reciprocal_q31_ref, rsr_any_ref
 
 log = logging.getLogger(__name__)
 
@@ -289,18 +287,27 @@ def _isqrt(x):
 
 
 @njit(cache=True, inline="always")
-def _affine(q, H, mean, left, M, right, bc, qmax):
-    """One element of the affine step (module docstring, "per element"): code q -> output code."""
-    c = (np.int64(q) << H) - mean
-    x = saturate_i32_scalar(c << left)
-    v = rsr_any(srdhm_i32(x, M), right)
-    t = saturate_i32_scalar(v + bc)
-    y = rounding_shift_right_i32(t, 8)  # Q = BETA_FRAC_BITS
-    if y < 0:
-        y = 0
-    elif y > qmax:
-        y = qmax
-    return y
+def _affine(q, H, mean, left, M, half, right, bc, qmax):
+    """One element of the affine step (module docstring, "per element"): code q -> output code.
+
+    Branch-free, so the loops over a row vectorize: left in [0, 31]; right in [0, 62] with half = 2**right >> 1
+    (`rsr_any`: for right >= 32 the sum lies in (0, 2**right), so the shift gives its 0); the saturations are
+    min / max.
+    """
+    c = (np.int64(q) << H) - mean  # |c| < 2**31
+    x = min(max(c << left, -2147483648), 2147483647)  # sat32; c << 31 < 2**62
+    p = min(max((x * M + 1073741824) >> 31, -2147483648), 2147483647)  # srdhm_i32(x, M)
+    v = (p + half) >> right  # rsr_any(p, right)
+    t = min(max(v + bc, -2147483648), 2147483647)  # sat32
+    y = (t + 128) >> 8  # rounding_shift_right(t, BETA_FRAC_BITS = 8)
+    return min(max(y, 0), qmax)
+
+
+@njit(cache=True, nogil=True)
+def _affine_row(x, mean, H, left, M, half, right, bc, qmax, out):
+    """LayerNorm's affine step over one row: out[i] = _affine(x[i], ...) with channel i's parameters."""
+    for i in range(x.shape[0]):
+        out[i] = _affine(x[i], H, mean, left[i], M[i], half[i], right[i], bc[i], qmax)
 
 
 #: With 8-bit input, a (row, channel) run of more than this many elements is mapped through a 256-entry
@@ -315,6 +322,12 @@ def _norm_kernel(r0, r1, rows, G, Cg, P, eps_fx, gm, gs, beta_fx, in_bits, out_b
     H = 31 - in_bits
     qmax = (np.int64(1) << out_bits) - 1
     use_table = in_bits == 8 and P > _TABLE_MIN_RUN
+    table = np.empty(256 if use_table else 0, dtype=out.dtype)
+    left = np.empty(Cg, dtype=np.int64)  # the affine step's parameters per channel of the group
+    M = np.empty(Cg, dtype=np.int64)
+    half = np.empty(Cg, dtype=np.int64)
+    right = np.empty(Cg, dtype=np.int64)
+    bc = np.empty(Cg, dtype=np.int64)
     for r in range(r0, r1):
         # --- statistics: int64 sums; |q - a| < 2**16 so D2 < N * 2**32 < 2**62
         sum1 = np.int64(0)
@@ -343,25 +356,27 @@ def _norm_kernel(r0, r1, rows, G, Cg, P, eps_fx, gm, gs, beta_fx, in_bits, out_b
             Wn = W >> (-2 * k)
         R = reciprocal_q31(_isqrt(Wn))
         g = r % G
-        table = np.empty(256 if use_table else 0, dtype=out.dtype)
         for cl in range(Cg):
             ch = g * Cg + cl
-            M = srdhm_i32(R, gm[ch])
+            M[cl] = srdhm_i32(R, gm[ch])
             e = k + np.int64(gs[ch]) + 8 - H - 14
-            left = e if e > 0 else 0
-            if left > 31:  # any nonzero c saturates at 31 already
-                left = 31
-            right = -e if e < 0 else 0
-            bc = np.int64(beta_fx[ch])
+            left[cl] = min(max(e, 0), 31)  # any nonzero c saturates at 31 already
+            right[cl] = min(max(-e, 0), 62)  # rsr_any gives 0 from 32 on, and so does (p + half) >> 62
+            half[cl] = (np.int64(1) << right[cl]) >> 1
+            bc[cl] = beta_fx[ch]
+        if P == 1:  # LayerNorm: one element per channel
+            _affine_row(rows[r], mean, H, left, M, half, right, bc, qmax, out[r])
+            continue
+        for cl in range(Cg):
             if use_table:
                 for q in range(256):
-                    table[q] = _affine(q, H, mean, left, M, right, bc, qmax)
+                    table[q] = _affine(q, H, mean, left[cl], M[cl], half[cl], right[cl], bc[cl], qmax)
                 for p in range(P):
                     out[r, cl * P + p] = table[rows[r, cl * P + p]]
             else:
                 for p in range(P):
                     i = cl * P + p
-                    out[r, i] = _affine(rows[r, i], H, mean, left, M, right, bc, qmax)
+                    out[r, i] = _affine(rows[r, i], H, mean, left[cl], M[cl], half[cl], right[cl], bc[cl], qmax)
 
 
 def _run(rows, G, Cg, P, params):
