@@ -127,6 +127,58 @@ def test_fused_attention_exp_within_one_ulp():
     np.testing.assert_allclose(got, e / (1 + e), rtol=3e-7, atol=0)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_softmax_rows_against_float64(monkeypatch, causal):
+    """The vectorized row softmax (maximum over int32 keys of the float bits): rows of one sign, mixed signs
+    with -0.0 and +0.0, huge and tiny magnitudes, lengths that leave vector tails; rows split over 3 threads."""
+    from tinysd.kernels import threads
+
+    monkeypatch.setattr(threads, "MIN_PARALLEL_WORK", 0)
+    monkeypatch.setattr(threads, "thread_count", lambda: 3)
+    rng = np.random.default_rng(7)
+    for S in (1, 5, 17, 77, 300):
+        rows = [rng.standard_normal(S), -50 - np.abs(rng.standard_normal(S)) * 30, 1e4 + rng.standard_normal(S),
+                rng.standard_normal(S) * 1e-30, np.where(rng.random(S) < 0.5, -0.0, 0.0)]
+        x = np.stack(rows).astype(np.float32)[None]  # (1, 5, S)
+        if causal:
+            x = np.pad(x, ((0, 0), (0, 0), (0, max(0, 5 - S))))[:, :, :5]  # (1, 5, 5): row i is query i
+        got = FloatInterpreter({}, "t").softmax(x, "p", causal=causal)
+        x64 = x.astype(np.float64)
+        if causal:
+            x64 = np.where(np.tril(np.ones((5, 5), bool)), x64, -np.inf)
+        e = np.exp(x64 - x64.max(-1, keepdims=True))
+        ref = e / e.sum(-1, keepdims=True)
+        assert got.dtype == np.float32 and got.shape == x.shape
+        np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-7)
+
+
+def test_attention_tiles_and_blas_threads(monkeypatch):
+    """Attention in many query tiles (a last, partial one too), on threads with BLAS pinned to one thread and
+    on the calling thread where BLAS's count cannot be set: against float64, and the pinned count restored."""
+    import contextlib
+
+    from tinysd.kernels import blas, threads
+
+    rng = np.random.default_rng(3)
+    q = rng.standard_normal((2, 3, 45, 8)).astype(np.float32)
+    k = rng.standard_normal((2, 3, 8, 64)).astype(np.float32)
+    v = rng.standard_normal((2, 3, 64, 5)).astype(np.float32)
+    ref = _attention_ref(q, k, v, 0.3)
+    monkeypatch.setattr(threads, "MIN_PARALLEL_WORK", 0)
+    monkeypatch.setattr(F, "_ATTENTION_TILE_SCORES", 64 * 7)  # 7 query rows per tile: 7 tiles per head
+    pinned = FloatInterpreter({}, "t").attention(q, k, v, "a", alpha=0.3)
+    np.testing.assert_allclose(pinned, ref, rtol=0, atol=2e-6)
+    monkeypatch.setattr(F, "blas_threads", lambda n: contextlib.nullcontext(False))
+    serial = FloatInterpreter({}, "t").attention(q, k, v, "a", alpha=0.3)
+    np.testing.assert_array_equal(serial, pinned)  # the same tiles, the same arithmetic, one thread
+    if "openblas" in np.show_config(mode="dicts")["Build Dependencies"]["blas"]["name"]:
+        get, _ = blas._openblas()
+        before = get()
+        with blas.blas_threads(1) as ok:
+            assert ok and get() == 1
+        assert get() == before
+
+
 @pytest.mark.parametrize("threaded", [False, True])
 def test_group_and_layer_norm_against_float64(monkeypatch, threaded):
     from tinysd.kernels import threads

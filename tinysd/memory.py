@@ -7,7 +7,7 @@ The estimate counts the largest tensors of each network call at the requested si
   activation of a level (an up-path concat doubles the channels), and per attention level
   three (2B x heads, HW, HW) tensors (scores, probabilities, one temporary), or three tiles of
   query rows when the scores have more than ATTENTION_TILE_ELEMENTS (the integer interpreter then tiles;
-  the float engine, itemsize 4, stores no scores at all: its attention is fused, one query row at a time);
+  the float engine, itemsize 4, holds one tile of about 2**20 scores per thread: its attention is fused);
 * VAE decoder (one image at a time): ACTIVATION_COPIES tensors of the largest level
   (channels x height x width) and three (HW, HW) tensors of the mid block's single-head attention
   at the latent size (at most three tiles);
@@ -75,7 +75,7 @@ def estimate_generation_bytes(config, width: int, height: int, batch: int, items
         skips += (layers[i] + 1) * c * n
         work = max(work, ACTIVATION_COPIES * 2 * c * n + _conv_elements(9 * 2 * c * n, itemsize))
         if i in attention and itemsize != 4:  # scores, probabilities, one temporary: of one tile of query rows
-            # (all of them if small); the float engine (itemsize 4) fuses attention and stores none
+            # (all of them if small); the float engine (itemsize 4) fuses attention: a few MiB
             attn = max(attn, 3 * _attention_tile(2 * batch * u.heads(i), n, n))
     unet = (2 * batch * (skips + work) + attn) * itemsize
     vae_work = 0

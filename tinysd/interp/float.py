@@ -19,6 +19,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ..errors import TinySDError
+from ..kernels.blas import blas_threads
 from ..kernels.threads import run_ranges
 from ..memory import ATTENTION_TILE_ELEMENTS  # integer interpreter: scores above this many elements are tiled
 
@@ -45,39 +46,6 @@ def _gelu_kernel():
     return gelu_range
 
 
-@functools.lru_cache(maxsize=None)
-def _softmax_kernel():
-    """Row softmax, fused (numba): out[r, j] = exp(x[r, j] - max_r) / sum_r, float32 in and out.
-
-    Rows are the flattened leading axes. `causal_t` > 0: row r is query
-    i = r % causal_t and only columns j <= i take part (the rest are 0). exp
-    is float32, the row sum is accumulated in float64.
-    """
-    import numba
-
-    @numba.njit(cache=True)
-    def softmax_rows(x, out, causal_t):
-        R, S = x.shape
-        for r in range(R):
-            lim = S if causal_t == 0 else min(r % causal_t + 1, S)
-            m = x[r, 0]
-            for j in range(1, lim):
-                if x[r, j] > m:
-                    m = x[r, j]
-            s = 0.0
-            for j in range(lim):
-                e = np.exp(x[r, j] - m)
-                out[r, j] = e
-                s += e
-            inv = np.float32(s)
-            for j in range(lim):
-                out[r, j] = out[r, j] / inv
-            for j in range(lim, S):
-                out[r, j] = 0.0
-
-    return softmax_rows
-
-
 # float32 exp for x <= 0 (Cephes expf): x = k ln2 + r, |r| <= ln2 / 2, exp(r) by a degree-7 polynomial, 2**k
 # from the exponent bits; relative error below 1 ulp (tests/test_float_interp.py); x < -87 is taken as -87
 # (exp(-87) = 1.6e-38: nothing next to the row maximum's 1).
@@ -85,116 +53,80 @@ _EXP_POLY = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
 
 
 @functools.lru_cache(maxsize=None)
-def _attention_kernel():
-    """Fused attention rows (numba, nogil): softmax(q k) v one query row at a time, float32.
+def _softmax_kernel():
+    """softmax_rows(r0, r1, x, causal_t) (numba, nogil): rows r0..r1-1 of x (R, S) float32, in place.
 
-    attention_rows(r0, r1, q, k, v, T, out) for rows r0..r1-1 of q (BH*T, d) (row r belongs to head bh = r // T),
-    k (BH, d, S), v (BH, S, dv), out (BH*T, dv): scores s_j = sum_c q[r, c] k[bh, c, j] (float32, c in order),
-    p_j = exp(s_j - max s) / float32(sum_j exp(s_j - max s)) (float32 exp, see _EXP_POLY; the sum in
-    float64), out[r] = sum_j p_j v[bh, j] (float32, j in order). Two rows of a head are computed together (they
-    share the loads of k and v; each row's sums keep their order). Only two rows of scores are alive per thread.
+    x[r, j] <- e_j / float32(sum_j e_j), e_j = exp(x[r, j] - max_j x[r, j]): float32 exp (`_EXP_POLY`), the
+    sum in float64 in the order the compiler's vector lanes give. `causal_t` > 0: row r is query
+    i = r % causal_t and only columns j <= i take part (the rest are 0). Every loop vectorizes: the maximum
+    is taken over order-preserving int32 keys of the float32 bits (a float max reduction would not).
     """
     import numba
 
     c0, c1, c2, c3, c4, c5 = (np.float32(c) for c in _EXP_POLY)
     log2e, ln2_hi, ln2_lo = np.float32(1.4426950408889634), np.float32(0.693359375), np.float32(-2.12194440e-4)
+    sign_off = np.int32(0x7FFFFFFF)
 
-    @numba.njit(cache=True, nogil=True, inline="always")
-    def exp_row(s, ibuf, fbuf):  # s[:] = exp(s[:]) for s <= 0; returns the float64 sum
-        for j in range(s.shape[0]):
-            x = max(s[j], np.float32(-87.0))
-            kf = np.floor(x * log2e + np.float32(0.5))
-            r = x - kf * ln2_hi - kf * ln2_lo
-            p = ((((c0 * r + c1) * r + c2) * r + c3) * r + c4) * r + c5
-            s[j] = p * (r * r) + r + np.float32(1.0)
-            ibuf[j] = (np.int32(kf) + 127) << 23  # the float32 2**k, k in [-126, 0]
+    @numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
+    def sum64(e):  # float64 sum of a float32 row, reassociated into vector lanes
         tot = 0.0
-        for j in range(s.shape[0]):
-            e = s[j] * fbuf[j]
-            s[j] = e
-            tot += e
+        for j in range(e.shape[0]):
+            tot += np.float64(e[j])
         return tot
 
-    @numba.njit(cache=True, nogil=True, inline="always")
-    def softmax_row(s, ibuf, fbuf):  # s[:] = exp(s - max s) / float32(float64 sum)
-        m = s[0]
-        for j in range(1, s.shape[0]):
-            m = max(m, s[j])
-        for j in range(s.shape[0]):
-            s[j] -= m
-        inv = np.float32(exp_row(s, ibuf, fbuf))
-        for j in range(s.shape[0]):
-            s[j] = s[j] / inv
-
     @numba.njit(cache=True, nogil=True)
-    def attention_rows(r0, r1, q, k, v, T, out):
-        d, S, dv = q.shape[1], k.shape[2], v.shape[2]
-        s0 = np.empty(S, np.float32)  # (S,) scores / probabilities of row r
-        s1 = np.empty(S, np.float32)  # (S,) of row r + 1
-        ibuf = np.empty(S, np.int32)
+    def softmax_rows(r0, r1, x, causal_t):
+        S = x.shape[1]
+        xi = x.view(np.int32)
+        ibuf = np.empty(S, np.int32)  # 2**k of each exp, as float32 bits
         fbuf = ibuf.view(np.float32)
-        a0 = np.empty(dv, np.float32)
-        a1 = np.empty(dv, np.float32)
-        r = r0
-        while r < r1:
-            pair = r + 1 < r1 and (r + 1) // T == r // T  # two rows of one head share each load of k and v
-            kk = k[r // T]  # (d, S)
-            vv = v[r // T]  # (S, dv)
-            s0[:] = 0.0
-            s1[:] = 0.0
-            c = 0
-            while c + 4 <= d:  # four terms per pass over the row, added in the order of c
-                q0, q1, q2, q3 = q[r, c], q[r, c + 1], q[r, c + 2], q[r, c + 3]
-                if pair:
-                    u0, u1, u2, u3 = q[r + 1, c], q[r + 1, c + 1], q[r + 1, c + 2], q[r + 1, c + 3]
-                    for j in range(S):
-                        k0, k1, k2, k3 = kk[c, j], kk[c + 1, j], kk[c + 2, j], kk[c + 3, j]
-                        s0[j] = s0[j] + q0 * k0 + q1 * k1 + q2 * k2 + q3 * k3
-                        s1[j] = s1[j] + u0 * k0 + u1 * k1 + u2 * k2 + u3 * k3
-                else:
-                    for j in range(S):
-                        s0[j] = s0[j] + q0 * kk[c, j] + q1 * kk[c + 1, j] + q2 * kk[c + 2, j] + q3 * kk[c + 3, j]
-                c += 4
-            while c < d:
-                for j in range(S):
-                    s0[j] += q[r, c] * kk[c, j]
-                if pair:
-                    for j in range(S):
-                        s1[j] += q[r + 1, c] * kk[c, j]
-                c += 1
-            softmax_row(s0, ibuf, fbuf)
-            if pair:
-                softmax_row(s1, ibuf, fbuf)
-            a0[:] = 0.0
-            a1[:] = 0.0
-            j = 0
-            while j + 4 <= S:  # four terms per pass over the accumulator, in the order of j
-                p0, p1, p2, p3 = s0[j], s0[j + 1], s0[j + 2], s0[j + 3]
-                if pair:
-                    w0, w1, w2, w3 = s1[j], s1[j + 1], s1[j + 2], s1[j + 3]
-                    for c in range(dv):
-                        v0, v1, v2, v3 = vv[j, c], vv[j + 1, c], vv[j + 2, c], vv[j + 3, c]
-                        a0[c] = a0[c] + p0 * v0 + p1 * v1 + p2 * v2 + p3 * v3
-                        a1[c] = a1[c] + w0 * v0 + w1 * v1 + w2 * v2 + w3 * v3
-                else:
-                    for c in range(dv):
-                        a0[c] = a0[c] + p0 * vv[j, c] + p1 * vv[j + 1, c] + p2 * vv[j + 2, c] + p3 * vv[j + 3, c]
-                j += 4
-            while j < S:
-                for c in range(dv):
-                    a0[c] += s0[j] * vv[j, c]
-                if pair:
-                    for c in range(dv):
-                        a1[c] += s1[j] * vv[j, c]
-                j += 1
-            out[r, :] = a0
-            if pair:
-                out[r + 1, :] = a1
-                r += 2
-            else:
-                r += 1
+        mbits = np.empty(1, np.int32)
+        mval = mbits.view(np.float32)
+        for r in range(r0, r1):
+            lim = S if causal_t == 0 else min(r % causal_t + 1, S)
+            row = x[r, :lim]
+            keys = xi[r, :lim]
+            m = np.int32(-2147483648)
+            for j in range(lim):  # key(f) = bits(f) ^ (0x7fffffff if f < 0): int32 order = float order
+                m = max(m, keys[j] ^ ((keys[j] >> 31) & sign_off))
+            mbits[0] = m ^ ((m >> 31) & sign_off)  # the key is its own inverse
+            mx = mval[0]
+            for j in range(lim):  # exp(x - max), x - max <= 0
+                t = max(row[j] - mx, np.float32(-87.0))
+                kf = np.floor(t * log2e + np.float32(0.5))
+                u = t - kf * ln2_hi - kf * ln2_lo
+                p = ((((c0 * u + c1) * u + c2) * u + c3) * u + c4) * u + c5
+                row[j] = p * (u * u) + u + np.float32(1.0)
+                ibuf[j] = (np.int32(kf) + 127) << 23  # the float32 2**k, k in [-126, 0]
+            for j in range(lim):
+                row[j] = row[j] * fbuf[j]
+            inv = np.float32(sum64(row))
+            for j in range(lim):
+                row[j] = row[j] / inv
+            x[r, lim:] = 0.0
 
-    return attention_rows
+    return softmax_rows
+
+
+#: Query rows of one attention tile: about this many scores (float32) per tile and thread.
+_ATTENTION_TILE_SCORES = 1 << 20
+
+
+def _attention_tiles(j0, j1, q, k, v, out, rows):
+    """Attention tiles j0..j1-1 (tile j: head j // n, query rows (j % n) * rows.. of n per head): scores
+    q k (sgemm), softmax in place (`_softmax_kernel`), times v (sgemm). q (BH, T, d), k (BH, d, S),
+    v (BH, S, dv), out (BH, T, dv). One (rows, S) buffer of scores; NumPy releases the GIL in both products."""
+    T, S = q.shape[1], k.shape[2]
+    n = -(-T // rows)
+    scores = np.empty((min(rows, T), S), dtype=F32)  # (rows, S)
+    softmax_rows = _softmax_kernel()
+    for j in range(j0, j1):
+        bh, t0 = j // n, (j % n) * rows
+        t1 = min(T, t0 + rows)
+        s = scores[: t1 - t0]
+        np.matmul(q[bh, t0:t1], k[bh], out=s)  # (rows, S)
+        softmax_rows(0, t1 - t0, s, 0)
+        np.matmul(s, v[bh], out=out[bh, t0:t1])  # (rows, dv)
 
 
 @functools.lru_cache(maxsize=None)
@@ -408,10 +340,9 @@ class FloatInterpreter:
 
     def softmax(self, x: np.ndarray, name: str, causal: bool = False) -> np.ndarray:
         S = x.shape[-1]
-        x2 = np.ascontiguousarray(x, dtype=F32).reshape(-1, S)  # (rows, S)
-        out = np.empty_like(x2)
-        if x2.shape[0]:
-            _softmax_kernel()(x2, out, x.shape[-2] if causal else 0)
+        out = np.array(x, dtype=F32, order="C").reshape(-1, S)  # (rows, S), a copy computed in place
+        if out.shape[0]:
+            run_ranges(_softmax_kernel(), out.shape[0], S, out, x.shape[-2] if causal else 0)  # rows in parallel
         return out.reshape(x.shape)
 
     def matmul(self, a: np.ndarray, b: np.ndarray, name: str, alpha: float = 1.0) -> np.ndarray:
@@ -429,12 +360,14 @@ class FloatInterpreter:
 
     def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, name: str, alpha: float = 1.0,
                   causal: bool = False) -> np.ndarray:
-        """softmax(alpha q k [causal]) v (ops `{name}.scores`, `.probs`, `.context`), fused: one query row at a
-        time (`_attention_kernel`, rows split over threads), so no (T, S) scores are ever stored.
+        """softmax(alpha q k [causal]) v (ops `{name}.scores`, `.probs`, `.context`), fused: in tiles of query
+        rows (`_attention_tiles`: sgemm, softmax rows, sgemm), so only one tile of scores per thread is stored.
 
         q (B, H, T, d), k (B, H, d, S), v (B, H, S, d) -> (B, H, T, d) float32. alpha scales the operand
-        `matmul` would scale (the smaller of q and k), rounded to float32 as there. As the three ops when causal
-        or when a subclass overrides `matmul` / `softmax` (the calibrating interpreter observes them).
+        `matmul` would scale (the smaller of q and k), rounded to float32 as there. Tiles run on
+        `thread_count()` threads with BLAS pinned to one thread each (`blas_threads`); where BLAS's count
+        cannot be set, on the calling thread. As the three ops when causal or when a subclass overrides
+        `matmul` / `softmax` (the calibrating interpreter observes them).
         """
         B, H, T, d = q.shape
         S = k.shape[-1]
@@ -447,11 +380,17 @@ class FloatInterpreter:
                 q = q * F32(alpha)
             else:
                 k = k * F32(alpha)
-        q2 = np.ascontiguousarray(q, dtype=F32).reshape(B * H * T, d)  # (BH*T, d)
+        q3 = np.ascontiguousarray(q, dtype=F32).reshape(B * H, T, d)  # (BH, T, d)
         k3 = np.ascontiguousarray(k, dtype=F32).reshape(B * H, d, S)  # (BH, d, S)
         v3 = np.ascontiguousarray(v, dtype=F32).reshape(B * H, S, v.shape[-1])  # (BH, S, d)
-        out = np.empty((B * H * T, v.shape[-1]), dtype=F32)  # (BH*T, d)
-        run_ranges(_attention_kernel(), B * H * T, S * d, q2, k3, v3, T, out)
+        out = np.empty((B * H, T, v.shape[-1]), dtype=F32)  # (BH, T, d)
+        rows = max(1, min(T, _ATTENTION_TILE_SCORES // S))
+        tiles = B * H * -(-T // rows)
+        with blas_threads(1) as pinned:
+            if pinned:
+                run_ranges(_attention_tiles, tiles, rows * S * d, q3, k3, v3, out, rows)
+            else:
+                _attention_tiles(0, tiles, q3, k3, v3, out, rows)
         return out.reshape(B, H, T, v.shape[-1])
 
     def add(self, a: np.ndarray, b: np.ndarray, name: str) -> np.ndarray:
