@@ -41,10 +41,19 @@ def test_conv2d(monkeypatch, k, stride, pad, budget):
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
 
 
-def test_gelu_is_correctly_rounded_erf_gelu():
-    x = np.linspace(-9, 9, 2001, dtype=np.float32)
-    ref = np.array([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x.astype(np.float64)]).astype(np.float32)
-    np.testing.assert_array_equal(FloatInterpreter({}, "t").gelu(x, "g"), ref)
+def test_gelu_is_correctly_rounded():
+    """x Phi(x), Phi(x) = erfc(-x / sqrt 2) / 2, from math.erfc in float64 and rounded once: the same float32 on
+    a dense grid over the whole range where GELU is neither 0 nor x (also the negative tail, where
+    0.5 (1 + erf) cancels), random values, and the edges (signed zeros, denormals, huge, inf, nan)."""
+    rng = np.random.default_rng(5)
+    x = np.concatenate([np.linspace(-16, 16, 160001), rng.standard_normal(40000) * 4,
+                        [0.0, -0.0, 1e-45, -1e-45, 1e-38, -1e-38, 3e38, -3e38, np.inf]]).astype(np.float32)
+    ref = np.array([0.5 * v * math.erfc(-v / math.sqrt(2)) for v in x.astype(np.float64)]).astype(np.float32)
+    got = FloatInterpreter({}, "t").gelu(x, "g")
+    np.testing.assert_array_equal(got, ref)
+    assert np.array_equal(np.signbit(got), np.signbit(ref))
+    special = FloatInterpreter({}, "t").gelu(np.array([np.nan, -np.inf], np.float32), "g")
+    assert np.isnan(special).all()  # nan, and -inf * 0 (as 0.5 x (1 + erf(x / sqrt 2)) gives)
 
 
 def test_gelu_split_over_threads(monkeypatch):

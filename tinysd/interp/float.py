@@ -2,11 +2,12 @@
 
 Tensors are float32 `np.ndarray`s. Products (linear, conv2d, matmul) run on
 float32 BLAS; normalisation statistics are computed in float64 and the
-result rounded once to float32; GELU is computed in float64 with an exact
-erf and rounded once (numba); softmax is one fused numba row kernel (float32
-exp, float64 row sum). Everything else is plain float32 NumPy. This matches
-torch's float32 results to float32 rounding (not bit for bit: summation
-orders differ).
+result rounded once to float32; GELU is x Phi(x) in float64, rounded once
+(`tinysd/interp/gelu.py`: erfc by a fitted polynomial, vectorized); softmax
+is a vectorized numba row kernel (float32 exp, float64 row sum), and
+attention runs it between two sgemms in tiles of query rows. Everything
+else is plain float32 NumPy. This matches torch's float32 results to
+float32 rounding (not bit for bit: summation orders differ).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from ..errors import TinySDError
 from ..kernels.blas import blas_threads
 from ..kernels.threads import run_ranges
 from ..memory import ATTENTION_TILE_ELEMENTS  # integer interpreter: scores above this many elements are tiled
+from .gelu import gelu_kernel
 
 log = logging.getLogger(__name__)
 
@@ -29,21 +31,6 @@ F32 = np.float32
 
 # im2col buffers are built in row bands of at most this many float32 elements
 _IM2COL_BUDGET = 1 << 24  # 64 MiB
-
-
-@functools.lru_cache(maxsize=None)
-def _gelu_kernel():
-    """gelu_range(i0, i1, x, out): out[i] = 0.5 x (1 + erf(x / sqrt 2)) in float64, rounded once to float32, for
-    i in i0..i1-1 of flat float32 arrays (numba, nogil: ranges run on threads)."""
-    import numba
-
-    @numba.njit(cache=True, nogil=True)
-    def gelu_range(i0, i1, x, out):
-        for i in range(i0, i1):
-            xd = np.float64(x[i])
-            out[i] = np.float32(0.5 * xd * (1.0 + math.erf(xd * 0.7071067811865476)))
-
-    return gelu_range
 
 
 # float32 exp for x <= 0 (Cephes expf): x = k ln2 + r, |r| <= ln2 / 2, exp(r) by a degree-7 polynomial, 2**k
@@ -331,7 +318,7 @@ class FloatInterpreter:
     def gelu(self, x: np.ndarray, name: str) -> np.ndarray:
         xf = np.ascontiguousarray(x, dtype=F32)
         out = np.empty_like(xf)
-        run_ranges(_gelu_kernel(), xf.size, 1, xf.reshape(-1), out.reshape(-1))  # elements in parallel
+        run_ranges(gelu_kernel(), xf.size, 1, xf.reshape(-1), out.reshape(-1))  # elements in parallel
         return out
 
     def quick_gelu(self, x: np.ndarray, name: str) -> np.ndarray:
