@@ -154,28 +154,38 @@ def normalized_layer(x: np.ndarray, eps: float) -> np.ndarray:
 def _norm_kernel():
     """norm_rows(r0, r1, x, G, Cg, P, w, b, eps, out) (numba, nogil) for rows r0..r1-1 of x (N*G, Cg*P) float32:
     row r is group r % G; mean and variance (of the row, divided by its length) in float64, then
-    out = float32((x - mean) / sqrt(var + eps) * w[c] + b[c]) in float64, c = (r % G) * Cg + i // P."""
+    out = float32((x - mean) / sqrt(var + eps) * w[c] + b[c]) in float64, c = (r % G) * Cg + i // P.
+    The float64 sums are taken in the compiler's vector lanes (reassociated); every loop vectorizes."""
     import numba
 
-    @numba.njit(cache=True, nogil=True)
+    @numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
+    def row_sums(v, mean):  # (sum of v, sum of (v - mean)^2) in float64, reassociated into vector lanes
+        s = 0.0
+        ss = 0.0
+        for i in range(v.shape[0]):
+            d = np.float64(v[i]) - mean
+            s += np.float64(v[i])
+            ss += d * d
+        return s, ss
+
+    @numba.njit(cache=True, nogil=True, error_model="numpy")  # no ZeroDivisionError branch: the divide vectorizes
     def norm_rows(r0, r1, x, G, Cg, P, w, b, eps, out):
         n = x.shape[1]
         for r in range(r0, r1):
-            s = 0.0
-            for i in range(n):
-                s += np.float64(x[r, i])
-            mean = s / n
-            ss = 0.0
-            for i in range(n):
-                dd = np.float64(x[r, i]) - mean
-                ss += dd * dd
-            sd = math.sqrt(ss / n + eps)
-            for cl in range(Cg):
-                ch = (r % G) * Cg + cl
-                wc = np.float64(w[ch])
-                bc = np.float64(b[ch])
-                for p in range(cl * P, (cl + 1) * P):
-                    out[r, p] = np.float32((np.float64(x[r, p]) - mean) / sd * wc + bc)
+            xr, orow = x[r], out[r]  # rows sliced: indices from 0 vectorize (no wraparound)
+            mean = row_sums(xr, 0.0)[0] / n
+            sd = math.sqrt(row_sums(xr, mean)[1] / n + eps)
+            c0 = (r % G) * Cg
+            wr, br = w[c0:c0 + Cg], b[c0:c0 + Cg]
+            if P == 1:  # LayerNorm: one channel per element
+                for i in range(n):
+                    orow[i] = np.float32((np.float64(xr[i]) - mean) / sd * np.float64(wr[i]) + np.float64(br[i]))
+            else:
+                for cl in range(Cg):
+                    wc, bc = np.float64(wr[cl]), np.float64(br[cl])
+                    xs, os = xr[cl * P:(cl + 1) * P], orow[cl * P:(cl + 1) * P]
+                    for p in range(P):
+                        os[p] = np.float32((np.float64(xs[p]) - mean) / sd * wc + bc)
 
     return norm_rows
 
