@@ -120,6 +120,8 @@ def test_long_uint8_rows_take_the_per_code_table_and_stay_bit_equal(out_bits, sc
     peaked, _, _ = _quantize(rng.normal(0, 3, size=(3, T)), 8)
     spread = np.concatenate([uniform, peaked, np.full((1, T), 255, np.uint8)])
     _both(spread, E, out_bits)
+    tail = rng.integers(0, 256, size=(2, T + 3), dtype=np.uint8)  # a length the four histograms leave a tail of
+    _both(tail, E, out_bits)
     big = rng.integers(0, 256, size=(64, 2 * T), dtype=np.uint8)  # many rows, both threads
     got = softmax(big, E, out_bits)
     per_element = np.zeros_like(got)

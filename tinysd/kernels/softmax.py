@@ -218,18 +218,26 @@ def _softmax_rows_uint8(r0, r1, rows, E, out_bits, out):
     T = rows.shape[1]
     last = E.shape[0] - 1
     qmax = (np.int64(1) << out_bits) - 1
-    count = np.empty(256, dtype=np.int64)
+    count = np.empty(4 * 256, dtype=np.int32)  # four histograms of d (each count <= T / 4 + 1 < 2**31)
     Y = np.empty(256, dtype=out.dtype)
+    T4 = T - T % 4
     for r in range(r0, r1):
-        m = rows[r, 0]
+        xr, orow = rows[r], out[r]
+        m = xr[0]
         for j in range(1, T):  # vmax
-            m = max(m, rows[r, j])
+            m = max(m, xr[j])
         count[:] = 0
-        for j in range(T):
-            count[np.uint64(m - rows[r, j])] += 1  # d_j in [0, 255]: an unsigned index, no wraparound check
+        for j in range(0, T4, 4):  # four histograms: consecutive updates rarely wait on the same counter
+            count[np.uint64(m - xr[j])] += 1  # d_j in [0, 255]: an unsigned index, no wraparound check
+            count[np.uint64(256 + (m - xr[j + 1]))] += 1
+            count[np.uint64(512 + (m - xr[j + 2]))] += 1
+            count[np.uint64(768 + (m - xr[j + 3]))] += 1
+        for j in range(T4, T):
+            count[np.uint64(m - xr[j])] += 1
         S = np.int64(0)
         for d in range(256):
-            S += count[d] * np.int64(E[min(d, last)])
+            c = np.int64(count[d]) + count[256 + d] + count[512 + d] + count[768 + d]
+            S += c * np.int64(E[min(d, last)])
         L = _bit_length(S)
         R = reciprocal_q31(S >> (L - 31))
         n = L - 1 - out_bits
@@ -237,7 +245,7 @@ def _softmax_rows_uint8(r0, r1, rows, E, out_bits, out):
             y = rsr_any(srdhm_i32(np.int64(E[min(d, last)]), R), n)
             Y[d] = y if y < qmax else qmax
         for j in range(T):
-            out[r, j] = Y[np.uint64(m - rows[r, j])]
+            orow[j] = Y[np.uint64(m - xr[j])]
 
 
 #: uint8 rows at least this long take `_softmax_rows_uint8` (its per-row work is 256 table entries)
