@@ -66,7 +66,7 @@ def test_huge_images_are_refused_before_any_allocation(tmp_path):
     with pytest.raises(TinySDError, match="more than this machine's 0.1 GiB"):
         check_generation_memory(cfg, 256, 256, 1, limit=1 << 27, itemsize=8)  # attention tiles lowered the estimate
     with pytest.raises(TinySDError, match="more than this machine's 0.1 GiB"):
-        check_generation_memory(cfg, 256, 256, 1, limit=1 << 26)  # float: fused attention stores no scores
+        check_generation_memory(cfg, 256, 256, 1, limit=1 << 26)  # float: fused attention, one tile of scores per thread
 
 
 @pytest.mark.parametrize("model, size, batch", [(TINY, 64, 1), (TINY, 32, 2), (None, 64, 1)])

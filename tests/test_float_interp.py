@@ -174,7 +174,7 @@ def test_attention_tiles_and_blas_threads(monkeypatch):
     v = rng.standard_normal((2, 3, 64, 5)).astype(np.float32)
     ref = _attention_ref(q, k, v, 0.3)
     monkeypatch.setattr(threads, "MIN_PARALLEL_WORK", 0)
-    monkeypatch.setattr(F, "_ATTENTION_TILE_SCORES", 64 * 7)  # 7 query rows per tile: 7 tiles per head
+    monkeypatch.setattr(F, "FLOAT_ATTENTION_TILE_SCORES", 64 * 7)  # 7 query rows per tile: 7 tiles per head
     pinned = FloatInterpreter({}, "t").attention(q, k, v, "a", alpha=0.3)
     np.testing.assert_allclose(pinned, ref, rtol=0, atol=2e-6)
     monkeypatch.setattr(F, "blas_threads", lambda n: contextlib.nullcontext(False))

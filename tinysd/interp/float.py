@@ -23,6 +23,7 @@ from ..errors import TinySDError
 from ..kernels.blas import blas_threads
 from ..kernels.threads import run_ranges
 from ..memory import ATTENTION_TILE_ELEMENTS  # integer interpreter: scores above this many elements are tiled
+from ..memory import FLOAT_ATTENTION_TILE_SCORES  # this engine's tile: scores per thread
 from .gelu import gelu_kernel
 
 log = logging.getLogger(__name__)
@@ -93,10 +94,6 @@ def _softmax_kernel():
             x[r, lim:] = 0.0
 
     return softmax_rows
-
-
-#: Query rows of one attention tile: about this many scores (float32) per tile and thread.
-_ATTENTION_TILE_SCORES = 1 << 20
 
 
 def _attention_tiles(j0, j1, q, k, v, out, rows):
@@ -381,7 +378,7 @@ class FloatInterpreter:
         k3 = np.ascontiguousarray(k, dtype=F32).reshape(B * H, d, S)  # (BH, d, S)
         v3 = np.ascontiguousarray(v, dtype=F32).reshape(B * H, S, v.shape[-1])  # (BH, S, d)
         out = np.empty((B * H, T, v.shape[-1]), dtype=F32)  # (BH, T, d)
-        rows = max(1, min(T, _ATTENTION_TILE_SCORES // S))
+        rows = max(1, min(T, FLOAT_ATTENTION_TILE_SCORES // S))
         tiles = B * H * -(-T // rows)
         with blas_threads(1) as pinned:
             if pinned:
