@@ -45,8 +45,14 @@ WORK/onnx-int8. Sessions use intra_op_num_threads = --threads, one inter-op thre
 The ORT generate is the same job driven from NumPy: tinysd's tokenizer and Euler scheduler (diffusers'
 EulerDiscreteScheduler, same config), CFG 7.5, the three sessions.
 
-stable-diffusion.cpp is not run: PyPI's stable-diffusion-cpp-python has no binary wheel (source only,
-a CMake build of ggml) and needs its own checkpoint conversion; see docs/performance.md section 2b.
+stable-diffusion.cpp (`sdcpp-q8_0`): stable-diffusion-cpp-python, which PyPI has as source only
+(`CMAKE_ARGS="-DGGML_NATIVE=ON" pip install stable-diffusion-cpp-python`: a CMake build of ggml and
+stable-diffusion.cpp, several minutes). It reads the same model as a CompVis single file (WORK/sd15.safetensors,
+F16, written once by tinysd's `to_single_file`) and converts the weights to q8_0 when it loads. Its Python
+API runs whole generates only, so: `unet` is one warm sampling step of a 2-step generate (the progress
+callback's step time: the conditional and unconditional passes, as a batch-2 UNet call), `text_encoder` and
+`vae_decode` are the times stable-diffusion.cpp logs for that generate (its log callback), and `generate` is the
+`--gen-steps` generate. n_threads = --threads; `flash_attn` off (its CPU default).
 
 Torch (diffusers) runs with --threads threads (torch.set_num_threads); tinysd's NumPy / numba engine with
 NUMBA_NUM_THREADS / OMP_NUM_THREADS / OPENBLAS_NUM_THREADS = --threads, set in each child's environment.
@@ -74,7 +80,8 @@ PROMPT = "a photograph of an astronaut riding a horse"
 T = 500
 TINYSD = ("fp32", "w8a16", "w8a8")
 ORT = ("ort-fp32", "ort-int8")
-ALL = TINYSD + ("diffusers",) + ORT + tuple(f"{v}-untiled" for v in TINYSD)
+SDCPP = {"sdcpp-q8_0": "q8_0"}  # variant -> stable-diffusion.cpp weight type
+ALL = TINYSD + ("diffusers",) + ORT + tuple(SDCPP) + tuple(f"{v}-untiled" for v in TINYSD)
 OPSET = 17
 # ONNX networks: input names, output names
 ONNX_IO = {
@@ -141,6 +148,79 @@ def run_prepare(args) -> dict:
         save_quantized(quantize_model(loaded, p, ranges), work / p)
         out[f"quantize_{p}_s"] = time.perf_counter() - t0
     return out
+
+
+def single_file(work: Path) -> Path:
+    """The model as a CompVis single file (F16), for stable-diffusion.cpp; written once."""
+    from tinysd.checkpoint import load_checkpoint, to_single_file
+
+    path = work / "sd15.safetensors"
+    if not path.is_file():
+        to_single_file(load_checkpoint(work / "sd15"), path, dtype="F16", embed_config=False)
+    return path
+
+
+def _sdcpp_run(args, stats, inner) -> dict:
+    """stable-diffusion.cpp's variant (see the module docstring)."""
+    import re
+
+    import stable_diffusion_cpp as sdcpp
+    from stable_diffusion_cpp import StableDiffusion
+
+    from tinysd.runstats import Entry, NetworkStats
+
+    logged: list[str] = []  # its own log lines: "... completed, taking 1.23s"
+
+    @sdcpp.sd_log_callback
+    def on_log(level, text, data):
+        logged.append(text.decode(errors="replace") if isinstance(text, bytes) else str(text))
+
+    sdcpp.sd_set_log_callback(on_log, None)
+    model = single_file(Path(args.work))  # written by the first run, before anything is timed
+    with stats.measure("load"):
+        sd = StableDiffusion(model_path=str(model), wtype=SDCPP[args.child], n_threads=args.threads, verbose=True)
+    step_s: list[float] = []
+
+    def progress(step, steps, seconds):  # called with step 0 before the first step, then (i, steps, s of step i)
+        if step > 0:
+            step_s.append(float(seconds))
+
+    def generate(steps):
+        return sd.generate_image(PROMPT, negative_prompt="", width=args.size, height=args.size, cfg_scale=7.5,
+                                 sample_method="euler", sample_steps=steps, seed=0, progress_callback=progress)
+
+    def taken(what):  # seconds stable-diffusion.cpp logged for `what` in the last generate
+        for line in reversed(logged):
+            m = re.search(rf"{what}.*?taking ([0-9.]+) ?(ms|s)", line)
+            if m:
+                return float(m.group(1)) / (1000 if m.group(2) == "ms" else 1)
+        return None
+
+    def record(into, name, seconds, peak):  # a time stable-diffusion.cpp reported, with its generate's peak RSS
+        if seconds is not None:
+            e = into.entries.setdefault(name, Entry())
+            e.calls, e.seconds, e.peak = e.calls + 1, e.seconds + seconds, max(e.peak, peak)
+
+    if not args.generate_only:
+        for i in range(args.calls):
+            logged.clear()
+            step_s.clear()
+            part = NetworkStats()
+            with part.measure("generate2"):
+                generate(2)
+            peak, key = part.entries["generate2"].peak, "" if i or args.calls == 1 else "_first"
+            record(stats, "unet" + key, step_s[-1] if step_s else None, peak)
+            record(stats, "text_encoder" + key, taken("get_learned_condition"), peak)
+            record(stats, "vae_decode" + key, taken("decode_first_stage"), peak)
+    logged.clear()
+    step_s.clear()
+    with stats.measure("generate"):
+        generate(args.gen_steps)
+    peak = stats.entries["generate"].peak
+    for name, value in (("unet", sum(step_s) / len(step_s) if step_s else None),
+                        ("text_encoder", taken("get_learned_condition")), ("vae.decode", taken("decode_first_stage"))):
+        record(inner, name, value, peak)
+    return {"stable_diffusion_cpp": getattr(sdcpp, "__version__", "?"), "log_lines": logged[-8:]}
 
 
 def _torch_modules(folder: Path):
@@ -335,6 +415,8 @@ def run_variant(args) -> dict:
                 pipe(PROMPT, num_inference_steps=args.gen_steps, guidance_scale=7.5, height=args.size,
                      width=args.size, generator=torch.Generator().manual_seed(0), output_type="np")
         extra = {"torch_threads": torch.get_num_threads()}
+    elif v in SDCPP:
+        extra = _sdcpp_run(args, stats, inner)
     elif v in ORT:
         import onnxruntime as ort
 
