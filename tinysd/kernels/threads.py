@@ -37,7 +37,8 @@ def run_ranges(kernel, n: int, work_per_item: int, *args) -> None:
     """kernel(r0, r1, *args) for consecutive ranges covering [0, n), one per thread (`thread_count()`), when
     n * work_per_item >= MIN_PARALLEL_WORK; otherwise kernel(0, n, *args) on the calling thread.
 
-    `kernel` must release the GIL (`nogil=True`) and write only items r0..r1-1 of its outputs.
+    `kernel` must release the GIL for most of its time (a `nogil=True` kernel, or a function whose work is
+    in such kernels and NumPy calls that release it) and write only items r0..r1-1 of its outputs.
     """
     threads = min(thread_count(), n)
     if threads <= 1 or n * max(1, work_per_item) < MIN_PARALLEL_WORK:
