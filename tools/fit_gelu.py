@@ -38,16 +38,13 @@ def main() -> None:
     cheb = [2 / mpmath.mpf(n) * sum(vals[k] * mpmath.cos(mpmath.pi * j * (k + mpmath.mpf(0.5)) / n) for k in range(n))
             for j in range(n)]
     cheb[0] /= 2
-    # Chebyshev -> monomial in mp precision, then rounded once to float64
-    mono = [mpmath.mpf(0)] * n
-    t_prev, t_cur = [mpmath.mpf(1)] + [mpmath.mpf(0)] * (n - 1), [mpmath.mpf(0), mpmath.mpf(1)] + [mpmath.mpf(0)] * (n - 2)
-    for j in range(n):
-        tj = t_prev if j == 0 else t_cur
-        if j >= 2:
-            tj = [2 * (t_cur[i - 1] if i else 0) - t_prev[i] for i in range(n)]
-            t_prev, t_cur = t_cur, tj
-        for i in range(n):
-            mono[i] += cheb[j] * tj[i]
+    # Chebyshev -> monomial in mp precision (T_0 = 1, T_1 = w, T_j+1 = 2 w T_j - T_j-1), then rounded once
+    zero = mpmath.mpf(0)
+    basis = [[mpmath.mpf(1)] + [zero] * (n - 1), [zero, mpmath.mpf(1)] + [zero] * (n - 2)]
+    while len(basis) < n:
+        prev, cur = basis[-2], basis[-1]
+        basis.append([2 * (cur[i - 1] if i else zero) - prev[i] for i in range(n)])
+    mono = [sum(cheb[j] * basis[j][i] for j in range(n)) for i in range(n)]
     coef = [float(c) for c in mono]
 
     ln2 = mpmath.log(2)

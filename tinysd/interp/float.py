@@ -34,6 +34,30 @@ F32 = np.float32
 _IM2COL_BUDGET = 1 << 24  # 64 MiB
 
 
+@functools.lru_cache(maxsize=None)
+def _lane_sums():
+    """(sum64, sqdev64) (numba, nogil): the float64 sum of a float32 row, and of its squared deviations from
+    `mean`, each reassociated into the compiler's vector lanes (fastmath "reassoc" on these two only)."""
+    import numba
+
+    @numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
+    def sum64(v):
+        tot = 0.0
+        for i in range(v.shape[0]):
+            tot += np.float64(v[i])
+        return tot
+
+    @numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
+    def sqdev64(v, mean):
+        tot = 0.0
+        for i in range(v.shape[0]):
+            d = np.float64(v[i]) - mean
+            tot += d * d
+        return tot
+
+    return sum64, sqdev64
+
+
 # float32 exp for x <= 0 (Cephes expf): x = k ln2 + r, |r| <= ln2 / 2, exp(r) by a degree-7 polynomial, 2**k
 # from the exponent bits; relative error below 1 ulp (tests/test_float_interp.py); x < -87 is taken as -87
 # (exp(-87) = 1.6e-38: nothing next to the row maximum's 1).
@@ -54,13 +78,7 @@ def _softmax_kernel():
     c0, c1, c2, c3, c4, c5 = (np.float32(c) for c in _EXP_POLY)
     log2e, ln2_hi, ln2_lo = np.float32(1.4426950408889634), np.float32(0.693359375), np.float32(-2.12194440e-4)
     sign_off = np.int32(0x7FFFFFFF)
-
-    @numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
-    def sum64(e):  # float64 sum of a float32 row, reassociated into vector lanes
-        tot = 0.0
-        for j in range(e.shape[0]):
-            tot += np.float64(e[j])
-        return tot
+    sum64, _ = _lane_sums()
 
     @numba.njit(cache=True, nogil=True)
     def softmax_rows(r0, r1, x, causal_t):
@@ -152,26 +170,18 @@ def _norm_kernel():
     """norm_rows(r0, r1, x, G, Cg, P, w, b, eps, out) (numba, nogil) for rows r0..r1-1 of x (N*G, Cg*P) float32:
     row r is group r % G; mean and variance (of the row, divided by its length) in float64, then
     out = float32((x - mean) / sqrt(var + eps) * w[c] + b[c]) in float64, c = (r % G) * Cg + i // P.
-    The float64 sums are taken in the compiler's vector lanes (reassociated); every loop vectorizes."""
+    The float64 sums are taken in the compiler's vector lanes (`_lane_sums`); every loop vectorizes."""
     import numba
 
-    @numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
-    def row_sums(v, mean):  # (sum of v, sum of (v - mean)^2) in float64, reassociated into vector lanes
-        s = 0.0
-        ss = 0.0
-        for i in range(v.shape[0]):
-            d = np.float64(v[i]) - mean
-            s += np.float64(v[i])
-            ss += d * d
-        return s, ss
+    sum64, sqdev64 = _lane_sums()
 
     @numba.njit(cache=True, nogil=True, error_model="numpy")  # no ZeroDivisionError branch: the divide vectorizes
     def norm_rows(r0, r1, x, G, Cg, P, w, b, eps, out):
         n = x.shape[1]
         for r in range(r0, r1):
             xr, orow = x[r], out[r]  # rows sliced: indices from 0 vectorize (no wraparound)
-            mean = row_sums(xr, 0.0)[0] / n
-            sd = math.sqrt(row_sums(xr, mean)[1] / n + eps)
+            mean = sum64(xr) / n
+            sd = math.sqrt(sqdev64(xr, mean) / n + eps)
             c0 = (r % G) * Cg
             wr, br = w[c0:c0 + Cg], b[c0:c0 + Cg]
             if P == 1:  # LayerNorm: one channel per element
