@@ -206,3 +206,24 @@ def test_bad_input():
         make_exp_table(0.1, 32)
     with pytest.raises(ValueError, match="out_bits"):
         softmax_output_encoding(4)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_exp_lookup_whole_vectors_and_tail(dtype):
+    """The table reads of softmax (`exp_lookup`: vpgatherdd over whole 16-lane vectors with AVX-512, the rest
+    scalar) against NumPy indexing, for row lengths around the vector width and indices past the table end."""
+    from tinysd.kernels.gather import GATHER, LANES, exp_lookup
+    from tinysd.kernels.gemm_i16 import target_features
+
+    assert GATHER == ("avx512f" in target_features())
+    rng = np.random.default_rng(5)
+    E = make_exp_table(0.02 if dtype == np.uint8 else 1e-3, 8 if dtype == np.uint8 else 16)
+    top = np.iinfo(dtype).max
+    for n in (1, LANES - 1, LANES, LANES + 1, 3 * LANES + 5, 4096):
+        x = rng.integers(0, top + 1, n).astype(dtype)
+        m = int(x.max())
+        e = np.full(n + 3, -1, np.int32)
+        s = exp_lookup(E, x, m, len(E) - 1, e)
+        want = E[np.minimum(m - x.astype(np.int64), len(E) - 1)]
+        np.testing.assert_array_equal(e[:n], want)
+        assert s == int(want.astype(np.int64).sum()) and (e[n:] == -1).all()

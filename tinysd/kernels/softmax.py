@@ -34,6 +34,7 @@ from tinysd.fixedpoint.checks import check_array
 from tinysd.fixedpoint.primitives import rounding_shift_right_i32, srdhm_i32
 from tinysd.fixedpoint.reference import rounding_shift_right_ref, srdhm_ref
 
+from .gather import exp_lookup
 from .threads import run_ranges
 
 log = logging.getLogger(__name__)
@@ -175,34 +176,37 @@ def softmax_reference(x_q, exp_table, out_bits=None, causal=False) -> np.ndarray
 # ---------------------------------------------------------------------------------------------
 # Numba kernel
 # ---------------------------------------------------------------------------------------------
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _softmax_kernel(r0, r1, rows, E, out_bits, causal_t, out):
-    """Rows r0..r1-1 of rows (R, T) uint8/uint16; causal_t = T of the (T, T) mask or 0; out (R, T) zeros on entry."""
+    """Rows r0..r1-1 of rows (R, T) uint8/uint16 into out (R, T); causal_t = T of the (T, T) mask or 0.
+
+    Each loop runs over a row slice (indices from 0: no wraparound checks), so LLVM vectorizes the max and
+    the output pass; the table reads are `exp_lookup` (vpgatherdd with AVX-512). The output pass is
+    rsr_any(srdhm_i32(e_j, R), n) written for its operands: e_j in [0, 2**30] and R in [2**30, 2**31)
+    make e_j * R >= 0 and < 2**61, so srdhm cannot saturate; n >= 14 (L >= 31), and n >= 32 gives 0.
+    """
     T = rows.shape[1]
-    last = E.shape[0] - 1
+    last = np.int64(E.shape[0] - 1)
     qmax = (np.int64(1) << out_bits) - 1
-    e = np.empty(T, dtype=np.int64)
+    e = np.empty(T, dtype=np.int32)  # E entries are <= 2**30
     for r in range(r0, r1):
         width = (r % causal_t) + 1 if causal_t > 0 else T
-        m = np.int64(rows[r, 0])
-        for j in range(1, width):  # vmax
-            v = np.int64(rows[r, j])
-            if v > m:
-                m = v
-        S = np.int64(0)  # <= T * 2**30 < 2**62 for T <= 2**31
-        for j in range(width):
-            k = m - np.int64(rows[r, j])
-            if k > last:
-                k = last
-            e[j] = E[k]
-            S += e[j]
+        xr, orow = rows[r, :width], out[r, :width]
+        out[r, width:] = 0  # causal: masked
+        m = np.int64(xr[0])
+        for j in range(width):  # vmax
+            m = max(m, np.int64(xr[j]))
+        S = exp_lookup(E, xr, m, last, e)  # <= T * 2**30 < 2**62 for T <= 2**31
         L = _bit_length(S)
         R = reciprocal_q31(S >> (L - 31))
         n = L - 1 - out_bits
+        if n >= 32:  # rsr_any: every output is 0
+            orow[:] = 0
+            continue
+        half = (np.int64(1) << n) >> 1
         for j in range(width):
-            y = rsr_any(srdhm_i32(e[j], R), n)
-            out[r, j] = y if y < qmax else qmax
-
+            y = (((np.int64(e[j]) * R + np.int64(1073741824)) >> 31) + half) >> n  # rsr(srdhm(e_j, R), n)
+            orow[j] = min(y, qmax)
 
 
 @njit(cache=True, nogil=True)
@@ -264,7 +268,7 @@ def softmax(x_q, exp_table, out_bits=None, causal=False) -> np.ndarray:
     out_bits = _check(x_q, exp_table, out_bits, causal)
     T = x_q.shape[-1]
     rows = np.ascontiguousarray(x_q).reshape(-1, T)  # (R, T)
-    out = np.zeros(rows.shape, dtype=np.uint8 if out_bits == 8 else np.uint16)
+    out = np.empty(rows.shape, dtype=np.uint8 if out_bits == 8 else np.uint16)  # every element is written
     E = np.ascontiguousarray(exp_table)
     if not causal and rows.dtype == np.uint8 and T >= UINT8_TABLE_MIN_T:
         run_ranges(_softmax_rows_uint8, rows.shape[0], T, rows, E, out_bits, out)  # rows in parallel
