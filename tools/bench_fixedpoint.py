@@ -5,7 +5,7 @@
 For each SD 1.5 GEMM shape M x K x N it times float32 `x @ w` and the exact integer linear
 (int8 weights x uint8 / uint16 activations) with prepared float32 weights: the raw int64
 accumulator (`linear_accumulator`) and the full op with the requantize epilogue (`linear`),
-for every method of `plan_linear`: "i16" (int16 SIMD, vpdpwssd), "split" (float32 BLAS; hi/lo
+for every method of `plan_linear`: "u8" (byte quads, vpdpbusd, with AVX-512 VNNI), "i16" (int16 SIMD, vpdpwssd), "split" (float32 BLAS; hi/lo
 byte planes for uint16) and, for uint16, "f64" (float64 BLAS). The method each dtype uses by
 default is marked with *. Ratios are exact-time / float32-time (best of --repeat runs, all
 variants of a shape timed in alternation). Then the W8A8 attention products (uint8 x uint8
@@ -64,6 +64,7 @@ def best_times_interleaved(fns, repeat):
 COLUMNS = [  # (key, activation bits, method, full op?)
     ("a8_split_acc", 8, "split", False), ("a8_split_lin", 8, "split", True),
     ("a8_i16_acc", 8, "i16", False), ("a8_i16_lin", 8, "i16", True),
+    *([("a8_u8_acc", 8, "u8", False), ("a8_u8_lin", 8, "u8", True)] if gemm.gemm_i16.QUADS else []),
     ("a16_i16_acc", 16, "i16", False), ("a16_i16_lin", 16, "i16", True),
     ("a16_split_acc", 16, "split", False), ("a16_split_lin", 16, "split", True),
     ("a16_f64_lin", 16, "f64", True),

@@ -4,6 +4,7 @@ import pytest
 
 from tinysd.fixedpoint import accumulator_shift, quantize_multiplier, requantize
 from tinysd.kernels import conv2d, prepare_weight, weight_bound
+from tinysd.kernels import gemm_i16
 from tinysd.kernels.conv import conv_bands
 from tinysd.kernels.reference import conv2d_ref
 
@@ -93,7 +94,7 @@ CONV_BAND_CASES = {  # (C, H, W, OUT, K, stride, padding)
 }
 
 
-@pytest.mark.parametrize("method", ["i16", "split", "f64"])
+@pytest.mark.parametrize("method", ["u8"] * gemm_i16.QUADS + ["i16", "split", "f64"])
 @pytest.mark.parametrize("xdt", [np.uint8, np.uint16])
 @pytest.mark.parametrize("case", sorted(CONV_BAND_CASES))
 def test_conv2d_in_bands_is_bit_equal(case, xdt, method):

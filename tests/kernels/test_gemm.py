@@ -47,10 +47,11 @@ def _problem(rng, lead, k, n, xdt, zp):
 
 # --- the exactness bound of every plan ---------------------------------------------------------------
 PLANS = [("linear", np.uint8, "split"), ("linear", np.uint8, "i16"), ("linear", np.uint16, "split"),
+         *([("linear", np.uint8, "u8"), ("linear", np.uint16, "u8")] if gemm_i16.QUADS else []),
          ("linear", np.uint16, "f64"), ("linear", np.uint16, "i16"),
          ("matmul", np.uint8, np.uint8), ("matmul", np.uint16, np.uint16), ("matmul", np.uint8, np.uint16)]
-METHODS = ["i16", "split", "f64"]
-LIMIT = {np.float32: 2**24, np.float64: 2**53, np.int16: 2**31 - 1}  # exact floats; int32 lanes
+METHODS = ["u8"] * gemm_i16.QUADS + ["i16", "split", "f64"]  # "u8" (vpdpbusd) where the CPU has AVX-512 VNNI
+LIMIT = {np.float32: 2**24, np.float64: 2**53, np.int16: 2**31 - 1, np.uint8: 2**31 - 1}  # exact floats; int32 lanes
 
 
 @pytest.mark.parametrize("kind, a, b", PLANS)
@@ -58,8 +59,9 @@ def test_plan_chunks_satisfy_the_exactness_bound(kind, a, b):
     plan = plan_linear(a, b) if kind == "linear" else plan_matmul(a, b)
     assert plan.chunk * plan.a_bound * plan.b_bound <= LIMIT[plan.dtype]
     assert plan.chunk >= 1024 or plan.dtype is not np.float32
-    if plan.dtype is np.int16:
-        assert plan.chunk % 2 == 0 and (plan.chunk + 2) * plan.a_bound * plan.b_bound > LIMIT[np.int16]
+    if plan.simd:  # the longest block of whole SIMD words
+        w = plan.per_word
+        assert plan.chunk % w == 0 and (plan.chunk + w) * plan.a_bound * plan.b_bound > LIMIT[plan.dtype]
     # the operand representation really stays within the plan's bound, for every input value and zp
     x = np.arange(np.iinfo(a).max + 1).astype(a)[None, :]  # (1, all values)
     for zp in (0, 1, int(np.iinfo(a).max)):
@@ -69,8 +71,11 @@ def test_plan_chunks_satisfy_the_exactness_bound(kind, a, b):
 
 
 def test_default_methods():
-    """Both activation dtypes use the int16 SIMD plan by default where Numba targets AVX2 / AVX-512 VNNI."""
-    assert A8_METHOD == A16_METHOD == ("i16" if gemm_i16.FAST else "split")
+    """uint16 activations use the int16 SIMD plan by default where Numba targets AVX2 / AVX-512 VNNI; uint8
+    activations the byte-quad plan where it targets AVX-512 VNNI, else the same as uint16."""
+    assert A16_METHOD == ("i16" if gemm_i16.FAST else "split")
+    assert A8_METHOD == ("u8" if gemm_i16.QUADS else A16_METHOD)
+    assert gemm_i16.QUADS == gemm_i16.VNNI
     assert plan_linear(np.uint16) == plan_linear(np.uint16, A16_METHOD)
     assert plan_linear(np.uint8) == plan_linear(np.uint8, A8_METHOD)
     with pytest.raises(ValueError, match="method"):
@@ -220,6 +225,7 @@ def test_linear_i16_any_thread_count_same_bits(threads):
         numba.set_num_threads(previous)
 
 
+@pytest.mark.parametrize("method", ["u8"] * gemm_i16.QUADS + ["i16"])
 @pytest.mark.parametrize("xdt", [np.uint16, np.uint8])
 @pytest.mark.parametrize(
     "c_in, hw, c_out, kernel, stride, padding",
@@ -230,8 +236,8 @@ def test_linear_i16_any_thread_count_same_bits(threads):
         (70, (4, 4), 16, 3, 1, 1),  # K = 630: two int32 blocks
     ],
 )
-def test_conv2d_i16_matches_reference(xdt, c_in, hw, c_out, kernel, stride, padding):
-    """conv2d uses the same plans: the i16 plan (im2col into the padded int16 operand, NCHW
+def test_conv2d_simd_plans_match_reference(method, xdt, c_in, hw, c_out, kernel, stride, padding):
+    """conv2d uses the same plans: the SIMD plans (im2col into the padded int16 / uint8 operand, NCHW
     epilogue) against the direct-convolution reference, zp at both ends and inside."""
     rng = np.random.default_rng(c_in * 7 + c_out)
     x = rng.integers(0, QMAX[xdt] + 1, (2, c_in) + hw).astype(xdt)
@@ -242,8 +248,8 @@ def test_conv2d_i16_matches_reference(xdt, c_in, hw, c_out, kernel, stride, padd
     for zp in (0, 1000 % QMAX[xdt], QMAX[xdt]):
         args = (x, zp, w, b, mult, shift, 3, 0, QMAX[xdt])
         want = conv2d_ref(*args, stride, padding, acc_shift)
-        assert_bit_equal(conv2d(*args, stride, padding, acc_shift, method="i16"), want)
-        assert_bit_equal(conv2d(x, zp, prepare_weight(w), *args[3:], stride, padding, acc_shift, method="i16"), want)
+        assert_bit_equal(conv2d(*args, stride, padding, acc_shift, method=method), want)
+        assert_bit_equal(conv2d(x, zp, prepare_weight(w), *args[3:], stride, padding, acc_shift, method=method), want)
 
 
 def test_linear_within_one_lsb_of_float():
@@ -326,7 +332,7 @@ def test_matmul_extremes_exact():
     np.testing.assert_array_equal(matmul_accumulator(a, 0, b, 255), want)
 
 
-@pytest.mark.parametrize("method", ["i16", "split"])
+@pytest.mark.parametrize("method", ["u8"] * gemm_i16.QUADS + ["i16", "split"])
 @pytest.mark.parametrize("shape_a, shape_b", [((2, 3, 13, 41), (1, 3, 41, 37)),  # odd K, N = 2 panels + 5, M % 6
                                               ((1, 5, 8), (8, 70)),  # b without batch dims, K = 8
                                               ((2, 7, 64), (2, 64, 16))])  # N one full AVX2 panel
@@ -387,6 +393,32 @@ def test_matmul_uint16_with_a_packed_right_operand_gives_the_same_integers():
     a2 = rng.integers(0, 65536, (3, 2, 5, 41)).astype(np.uint16)
     args = (a2, 7, b, 65535, 2**30, -20, 128, 0, 65535, 3)
     assert_bit_equal(matmul(*args, method="i16", b_packed=packed), matmul_ref(*args))
+
+
+@pytest.mark.skipif(not gemm_i16.QUADS, reason="the u8 plan (vpdpbusd) needs AVX-512 VNNI")
+def test_u8_plan_blocks_and_int64_paths_are_exact():
+    """The "u8" plan (raw uint8 x int8 byte quads, vpdpbusd): K = one block of 65792 + 3 with every product
+    255 * -128 sums 65792 * 32640 = 2147450880 < 2**31 in a lane before the int64 add (a longer block would
+    wrap), through the int64 epilogue (int32_exact fails); and the activation product's row terms
+    (cb sum_k a) on the int64 path (K = 20000: int32_exact fails) against the reference."""
+    plan = plan_linear(np.uint8, "u8")
+    assert plan.chunk == 65792 and (plan.chunk + 4) * 255 * 128 > 2**31 - 1
+    k = plan.chunk + 3
+    x = np.full((7, k), 255, np.uint8)
+    w = np.full((17, k), -128, np.int8)
+    np.testing.assert_array_equal(linear_accumulator(x, 0, w, None, method="u8"), np.full((7, 17), -k * 255 * 128))
+    acc_shift = accumulator_shift(k * 255 * 128)
+    args = (x, 3, w, None, 2**30, -4, 9, 0, 255, acc_shift)
+    assert_bit_equal(linear(*args, method="u8"), linear_ref(*args))
+    rng = np.random.default_rng(17)
+    a = rng.integers(0, 256, (2, 13, 20000)).astype(np.uint8)
+    b = rng.integers(0, 256, (2, 20000, 19)).astype(np.uint8)
+    for a_zp, b_zp in ((0, 0), (255, 0), (9, 255)):
+        want = (a.astype(np.int64) - a_zp) @ (b.astype(np.int64) - b_zp)
+        np.testing.assert_array_equal(matmul_accumulator(a, a_zp, b, b_zp, method="u8"), want)
+        acc_shift = accumulator_shift(20000 * 255 * 255)
+        args = (a, a_zp, b, b_zp, 2**30, -3, 100, 0, 255, acc_shift)
+        assert_bit_equal(matmul(*args, method="u8"), matmul_ref(*args))
 
 
 def test_matmul_i16_int32_lane_bound_is_tight():

@@ -37,10 +37,10 @@ that is not a `QTensor` of the network's activation dtype (`TypeError`), so a
 float tensor cannot slip into the integer path. Token ids enter `embedding`
 directly as host integers.
 
-The copies the GEMM kernels make of int8 weights (`prepare_weight`: int16 pair-packed for the
-default "i16" method, float32 for the BLAS methods of docs/arithmetic.md §3.3) are made per call
-and dropped, so weights stay int8 in memory; `cache_weights=True` keeps them per op (2x or 4x
-the weight memory).
+The copies the GEMM kernels make of int8 weights (`prepare_weight`: int8 quad-packed for the "u8"
+method, int16 pair-packed for "i16", float32 for the BLAS methods of docs/arithmetic.md §3.3) are
+made per call and dropped, so weights stay int8 in memory; `cache_weights=True` keeps them per op
+(1x, 2x or 4x the weight memory).
 """
 from __future__ import annotations
 

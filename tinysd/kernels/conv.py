@@ -68,13 +68,13 @@ def conv_output_size(h, w, kh, kw, stride, padding):
 
 def conv_work_bytes(plan, n_out, c, kh, kw, stride, padded_width, wo) -> int:
     """Upper bound of the work-buffer bytes of conv2d per output row of one image, for `plan`:
-    int16 plans: the im2col rows (Wo x Kp int16) and sh + KH rows of the padded NHWC copy
+    SIMD plans: the im2col rows (Wo x Kp, int16 or uint8) and sh + KH rows of the padded NHWC copy
     (a band of r rows reads (r - 1) * sh + KH <= r * (sh + KH) padded rows); float plans: the
     im2col rows (nsplit x Wo x K) and the chunk products (chunks x nsplit x Wo x OUT)."""
     k = c * kh * kw
-    if plan.dtype is np.int16:
-        return 2 * (wo * (k + 1) + (stride[0] + kh) * padded_width * c)
     itemsize = np.dtype(plan.dtype).itemsize
+    if plan.simd:
+        return itemsize * (wo * (k + 3) + (stride[0] + kh) * padded_width * c)
     nchunks = max(1, -(-k // plan.chunk))
     return itemsize * plan.nsplit * wo * (k + nchunks * n_out)
 

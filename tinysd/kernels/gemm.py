@@ -6,6 +6,9 @@ The integer result of every product is defined in docs/arithmetic.md as an exact
 with int32 lanes over K-blocks short enough to be exact, summed in int64 (`gemm_i16`; x86
 `vpdpwssd`), with the requantize epilogue fused per tile; so do the activation products (uint8 x
 uint8 centred; uint16 x uint16 as a - 32768 against the two byte planes of b - 32768, `_matmul_u16`).
+Where the CPU has AVX-512 VNNI, uint8 activations take the "u8" plan instead: the raw uint8 x against
+int8 weights (or against b - 128 for an activation product) in byte quads (`vpdpbusd`, HVX `vrmpy`),
+zero points restored by exact correction terms.
 The float plans compute the same sum
 with float BLAS, exact by the lemma of spec §3.3:
 
@@ -21,6 +24,7 @@ Operand representations in the float GEMM (`GemmPlan.mode`), all exact small int
                stacked as two row blocks; x = 256 hi' + lo' + 32896
   * "centred"  x - zp in [-65535, 65535] (float64 plans only)
   * "offset16" uint16 x -> x - 32768 in [-32768, 32767]; x = x' + 32768 (int16 plans only)
+  * "raw8"     uint8 x as it is, in [0, 255] (uint8 plans only, "u8")
 int8 weights are used as they are ([-128, 127]). For offset representations the zero point
 and the offset are restored by exact integer correction terms, e.g. for linear
 `sum_k w (x - zp) = sum_k w x' + (128 - zp) * sum_k w` (the second term is folded into the bias).
@@ -57,16 +61,16 @@ ACC_LIMIT = 2**62  # |acc| must stay below this (narrow_i64's input range)
 OFFSET8 = 128  # uint8 x = x' + 128
 SPLIT16 = 256 * 128 + 128  # uint16 x = 256 hi' + lo' + 32896
 OFFSET16 = 32768  # uint16 x = x' + 32768 (int16 plans)
-MODE_CODE = {"centred": 0, "offset8": 1, "split16": 2, "offset16": 3}
-METHODS = ("i16", "split", "f64")
+MODE_CODE = {"centred": 0, "offset8": 1, "split16": 2, "offset16": 3, "raw8": 4}
+METHODS = ("u8", "i16", "split", "f64")
 
 #: How int8 x uint16 products are computed by default: "i16" (int16 SIMD), "split" (float32, two
 #: byte planes) or "f64" (float64). All give the same integers; "i16" where Numba targets an x86
 #: CPU with AVX2 or AVX-512 VNNI (measured faster on every SD 1.5 shape), else "split".
 A16_METHOD = "i16" if gemm_i16.FAST else "split"
-#: How int8 x uint8 products are computed by default: "i16" (int16 SIMD) or "split" / "f64"
-#: (both mean float32 offset8 for uint8); chosen as A16_METHOD.
-A8_METHOD = A16_METHOD
+#: How int8 x uint8 products are computed by default: "u8" (byte quads, vpdpbusd) where Numba targets
+#: AVX-512 VNNI, else as A16_METHOD ("i16": int16 SIMD; "split" / "f64": float32 offset8 for uint8).
+A8_METHOD = "u8" if gemm_i16.QUADS else A16_METHOD
 
 _DEBUG = {"saturation": False}
 
@@ -92,10 +96,11 @@ def _report_saturation(nsat: int, what: str) -> None:
 class GemmPlan:
     """How an exact product is computed.
 
-    dtype: float32 or float64 (float BLAS), or int16 (int16 SIMD with int32 lanes, `gemm_i16`).
-    mode: activation representation ("offset8", "split16", "offset16", "centred"). a_bound,
-    b_bound: max |operand| in the GEMM. chunk: K-chunk length with chunk * a_bound * b_bound
-    <= 2**24 (float32), 2**53 (float64) or 2**31 - 1 (int16: the int32 lane of one K-block).
+    dtype: float32 or float64 (float BLAS), or int16 / uint8 (SIMD words of int16 pairs or byte quads
+    with int32 lanes, `gemm_i16`). mode: activation representation ("offset8", "split16", "offset16",
+    "centred", "raw8"). a_bound, b_bound: max |operand| in the GEMM. chunk: K-chunk length with
+    chunk * a_bound * b_bound <= 2**24 (float32), 2**53 (float64) or 2**31 - 1 (int16, uint8: the int32
+    lane of one K-block).
     """
 
     dtype: type
@@ -108,28 +113,48 @@ class GemmPlan:
     def nsplit(self) -> int:
         return 2 if self.mode == "split16" else 1
 
+    @property
+    def simd(self) -> bool:
+        """True for the int16 / uint8 SIMD plans (`gemm_i16`), False for float BLAS."""
+        return self.dtype is np.int16 or self.dtype is np.uint8
+
+    @property
+    def per_word(self) -> int:
+        """Operand elements per 32-bit SIMD word: 2 (int16 pairs) or 4 (byte quads)."""
+        return 4 // np.dtype(self.dtype).itemsize
+
 
 def _make_plan(dtype, mode, a_bound, b_bound):
-    if dtype is np.int16:
-        return GemmPlan(dtype, mode, a_bound, b_bound, gemm_i16.block_length(a_bound, b_bound))  # even
+    if dtype is np.int16 or dtype is np.uint8:
+        per_word = 4 // np.dtype(dtype).itemsize  # chunk: a multiple of the SIMD word
+        return GemmPlan(dtype, mode, a_bound, b_bound, gemm_i16.block_length(a_bound, b_bound, per_word))
     limit = F32_EXACT if dtype is np.float32 else F64_EXACT
     chunk = limit // (a_bound * b_bound)
     chunk = chunk if chunk < 128 else chunk - chunk % 128  # a multiple of 128: BLAS-friendly
     return GemmPlan(dtype, mode, a_bound, b_bound, chunk)
 
 
+def _check_method(method: str, uint8: bool) -> None:
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+    if method == "u8" and uint8 and not gemm_i16.QUADS:
+        raise ValueError("method: 'u8' (vpdpbusd) needs a CPU with AVX-512 VNNI; use 'i16'")
+
+
 def plan_linear(x_dtype, method: str | None = None) -> GemmPlan:
     """Plan for int8 weights x activations of `x_dtype`.
 
-    method "i16": int16 SIMD, offset8 (uint8) or offset16 (uint16). "split": float32, offset8
+    method "u8": byte quads, raw8 (uint8; needs AVX-512 VNNI), else as "i16".
+    "i16": int16 SIMD, offset8 (uint8) or offset16 (uint16). "split": float32, offset8
     (uint8) or split16 (uint16). "f64": float32 offset8 (uint8) or float64 centred (uint16).
     None: A8_METHOD / A16_METHOD. All plans give the same integers.
     """
     name = np.dtype(x_dtype).name
     method = method or (A8_METHOD if name == "uint8" else A16_METHOD)
-    if method not in METHODS:
-        raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
-    if method == "i16":
+    _check_method(method, name == "uint8")
+    if method == "u8" and name == "uint8":
+        return _make_plan(np.uint8, "raw8", 255, 128)  # chunk 65792
+    if method in ("u8", "i16"):
         if name == "uint8":
             return _make_plan(np.int16, "offset8", OFFSET8, 128)  # chunk 131070
         return _make_plan(np.int16, "offset16", OFFSET16, 128)  # chunk 510
@@ -141,15 +166,18 @@ def plan_linear(x_dtype, method: str | None = None) -> GemmPlan:
 
 
 def plan_matmul(a_dtype, b_dtype, method: str | None = None) -> GemmPlan:
-    """Plan for two activations: uint8 x uint8 centred in int16 SIMD (method "i16"; |x - zp| <= 255,
-    block 33024) or offset8 in float32 ("split" / "f64"); uint16 x uint16 offset16 in int16 SIMD
-    (method "i16": a' = a - 32768 against the two byte planes of b - 32768, `_matmul_u16`; blocks 510
-    and 256); anything else with uint16 centred in float64. None: A8_METHOD. All plans give the same
-    integers."""
+    """Plan for two activations: uint8 x uint8 as raw a against b - 128 in byte quads (method "u8", needs
+    AVX-512 VNNI: `_matmul_i16` with row corrections; block 65792), centred in int16 SIMD (method "i16";
+    |x - zp| <= 255, block 33024) or offset8 in float32 ("split" / "f64"); uint16 x uint16 offset16 in
+    int16 SIMD (methods "u8", "i16": a' = a - 32768 against the two byte planes of b - 32768,
+    `_matmul_u16`; blocks 510 and 256); anything else with uint16 centred in float64. None: A8_METHOD.
+    All plans give the same integers."""
     an, bn = np.dtype(a_dtype).name, np.dtype(b_dtype).name
     method = method or A8_METHOD
-    if method not in METHODS:
-        raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+    _check_method(method, an == bn == "uint8")
+    if an == bn == "uint8" and method == "u8":
+        return _make_plan(np.uint8, "raw8", 255, 128)  # a in [0, 255] x (b - 128) in [-128, 127]
+    method = "i16" if method == "u8" else method
     if an == bn == "uint8" and method == "i16":
         return _make_plan(np.int16, "centred", 255, 255)  # chunk 33024: one block for every SD shape
     if an == bn == "uint8":
@@ -160,8 +188,9 @@ def plan_matmul(a_dtype, b_dtype, method: str | None = None) -> GemmPlan:
 
 
 def _offset(mode, zp):
-    """c with x - zp = representation(x) + c: 0 (centred), 128 - zp, 32896 - zp, 32768 - zp."""
-    return {"centred": 0, "offset8": OFFSET8 - zp, "split16": SPLIT16 - zp, "offset16": OFFSET16 - zp}[mode]
+    """c with x - zp = representation(x) + c: 0 (centred), 128 - zp, 32896 - zp, 32768 - zp, -zp (raw8)."""
+    return {"centred": 0, "offset8": OFFSET8 - zp, "split16": SPLIT16 - zp, "offset16": OFFSET16 - zp,
+            "raw8": -zp}[mode]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -176,6 +205,8 @@ def _represent(raw, zp, mode):
         return raw - 128, 0
     if mode == 3:
         return raw - 32768, 0
+    if mode == 4:
+        return raw, 0
     return (raw >> 8) - 128, (raw & 255) - 128
 
 
@@ -192,11 +223,11 @@ def _operand_kernel(x, zp, mode, out):
 
 
 def _operand_buffer(rows, k, plan):
-    """Float plans: empty (nsplit*rows, K). int16 plans: (Mp, Kp) of gemm_i16.padded_shape, pads zeroed."""
-    if plan.dtype is not np.int16:
+    """Float plans: empty (nsplit*rows, K). SIMD plans: (Mp, Kp) of gemm_i16.padded_shape, pads zeroed."""
+    if not plan.simd:
         return np.empty((plan.nsplit * rows, k), plan.dtype)
-    mp, kp = gemm_i16.padded_shape(rows, k)
-    out = np.empty((mp, kp), np.int16)
+    mp, kp = gemm_i16.padded_shape(rows, k, plan.per_word)
+    out = np.empty((mp, kp), plan.dtype)
     out[rows:] = 0
     out[:rows, k:] = 0
     return out
@@ -204,7 +235,7 @@ def _operand_buffer(rows, k, plan):
 
 def activation_operand(x2d, zp, plan):
     """Operand of activations x2d (R, K) for `plan` (exact small integers): float (nsplit*R, K),
-    or int16 (Mp, Kp) zero-padded for int16 plans."""
+    or int16 / uint8 (Mp, Kp) zero-padded for SIMD plans."""
     out = _operand_buffer(x2d.shape[0], x2d.shape[1], plan)
     _operand_kernel(np.ascontiguousarray(x2d), np.int64(zp), MODE_CODE[plan.mode], out)
     return out
@@ -277,16 +308,16 @@ def _im2col_nhwc_kernel(xp, kh, kw, sh, sw, ho, wo, out):
 
 def im2col_operand(x_q, zp, kh, kw, stride, padding, ho, wo, plan):
     """Operand of an NCHW input padded with zp, for `plan`: float (nsplit*N*Ho*Wo, C*KH*KW), columns
-    ordered (c, i, j); or, for int16 plans, int16 (Mp, Kp) zero-padded (gemm_i16.padded_shape),
+    ordered (c, i, j); or, for SIMD plans, int16 / uint8 (Mp, Kp) zero-padded (gemm_i16.padded_shape),
     columns ordered (i, j, c) (made from an NHWC copy: each row is KH*KW contiguous copies of C
     values; `PreparedWeight.i16` packs 4-D weights in the same order). A negative `top` starts at
     padded row -top (a band of output rows: conv2d)."""
     nb, c, h, w = x_q.shape
     out = _operand_buffer(nb * ho * wo, c * kh * kw, plan)
-    if plan.dtype is np.int16:
+    if plan.simd:
         top, bottom, left, right = padding
         hp = (ho - 1) * stride[0] + kh  # the padded rows the output reads (top may be negative: a band)
-        xp = np.empty((nb, hp, w + left + right, c), np.int16)  # (N, Hp, Wp, C)
+        xp = np.empty((nb, hp, w + left + right, c), plan.dtype)  # (N, Hp, Wp, C)
         _pad_nhwc_kernel(np.ascontiguousarray(x_q), np.int64(zp), MODE_CODE[plan.mode], top, left, xp)
         _im2col_nhwc_kernel(xp, kh, kw, stride[0], stride[1], ho, wo, out)
         return out
@@ -402,13 +433,15 @@ def _requant_row(acc, bias_r, acc_shift, left, mult, half, right, out_zp, qmin, 
     return nsat
 
 
-def int32_exact(plan, k, bias_eff, accs) -> bool:
-    """True when the int32 epilogue of the i16 plan is exact for this call (spec §3.3): every partial
-    sum of `bias + sum_k a_k w_k` fits int32, i.e. k * a_bound * b_bound + max|bias_eff| <= 2**31 - 1
-    (k: the operand's padded K; its pad columns are 0), and every acc_shift is <= 31."""
+def int32_exact(plan, k, bias_eff, accs, rowc=None) -> bool:
+    """True when the int32 epilogue of a SIMD plan is exact for this call (spec §3.3): every partial
+    sum of `bias + rowc + sum_k a_k w_k` fits int32, i.e. k * a_bound * b_bound + max|bias_eff| +
+    max|rowc| <= 2**31 - 1 (k: the operand's padded K; its pad columns are 0; rowc: per-row terms of the
+    "u8" activation product, or None), and every acc_shift is <= 31."""
     bias_max = int(np.abs(bias_eff).max()) if bias_eff.size else 0
+    row_max = int(np.abs(rowc).max()) if rowc is not None and rowc.size else 0
     acc_max = int(accs.max()) if accs.size else 0
-    return k * plan.a_bound * plan.b_bound + bias_max <= gemm_i16.LANE_MAX and acc_max <= 31
+    return k * plan.a_bound * plan.b_bound + bias_max + row_max <= gemm_i16.LANE_MAX and acc_max <= 31
 
 
 def i32_requant_params(bias_eff, accs, mult, sh, out_zp, qmin, qmax, n_pad):
@@ -448,18 +481,19 @@ def _i16_requant_params(bias_eff, accs, sh):
 
 
 @njit(cache=True, parallel=True)
-def _gemm_i16(a, m_rows, wpk, n_cols, block_pairs, tiles_per_block, n_chunks, bias, acc_shift, left, mult, half,
-              right, out_zp, qmin, qmax, nchw_pixels, raw, out, out_raw):
-    """int16 plan: acc[m, n] = bias[n] + sum_k a[m, k] w[n, k] (exact), from tiles of `gemm_i16`.
+def _gemm_i16(a, m_rows, wpk, n_cols, block_pairs, tiles_per_block, n_chunks, bias, rowc, acc_shift, left, mult,
+              half, right, out_zp, qmin, qmax, nchw_pixels, raw, out, out_raw):
+    """SIMD plans: acc[m, n] = bias[n] + rowc[m] + sum_k a[m, k] w[n, k] (exact), from tiles of `gemm_i16`
+    (rowc: empty for none).
 
-    a: (Mp, Kp) int16 operand; wpk: packed weight. raw: out_raw (M, N) int64 = acc; else out
+    a: (Mp, Kp) int16 or uint8 operand; wpk: packed weight. raw: out_raw (M, N) int64 = acc; else out
     (flat, layout as _epilogue_linear) = requantize(narrow_i64(acc, acc_shift[n]), ...), with bias
     and the requantize parameters as prepared by _i16_requant_params. Work items: blocks of
     `tiles_per_block` row tiles x `n_chunks` ranges of weight panels; in an item each K-block of a
     weight panel is reused over the block's row tiles (`gemm_i16.block_product`). Returns the
     saturation count.
     """
-    npairs = a.shape[1] // 2
+    npairs = a.shape[1] * a.itemsize // 4  # K in SIMD words
     n_tiles = a.shape[0] // MR
     n_pad = (n_cols + LANES - 1) // LANES * LANES
     n_panels = (n_pad + PANEL - 1) // PANEL
@@ -481,6 +515,8 @@ def _gemm_i16(a, m_rows, wpk, n_cols, block_pairs, tiles_per_block, n_chunks, bi
                 ctile = cblock[(t - t0) * MR:(t - t0 + 1) * MR]
                 for r in range(min(MR, m_rows - t * MR)):
                     m = t * MR + r
+                    if rowc.size:
+                        ctile[r, :n_valid] += rowc[m]
                     if raw:
                         out_raw[m, n0:n0 + n_valid] = ctile[r, :n_valid] + bias[n0:n0 + n_valid]
                         continue
@@ -509,16 +545,17 @@ I32_GROUP = max(1, 64 // PANEL)
 
 
 @njit(cache=True, parallel=True)
-def _gemm_i32(a, m_rows, wpk, n_cols, block_pairs, tiles_per_block, n_chunks, prm, lo, hi, out_zp, variant,
+def _gemm_i32(a, m_rows, wpk, n_cols, block_pairs, tiles_per_block, n_chunks, prm, rowc, lo, hi, out_zp, variant,
               nchw_pixels, out):
-    """The int16 plan where `int32_exact` holds (spec §3.3): out (flat, layout as _epilogue_linear) =
-    requantize(narrow_i64(acc, acc_shift[n]), ...) of acc[m, n] = bias[n] + sum_k a[m, k] w[n, k], the
+    """SIMD plans where `int32_exact` holds (spec §3.3): out (flat, layout as _epilogue_linear) =
+    requantize(narrow_i64(acc, acc_shift[n]), ...) of acc[m, n] = bias[n] + rowc[m] + sum_k a[m, k] w[n, k]
+    (rowc int32, empty for none), the
     same integers as _gemm_i16 (work items alike), with the K-blocks summed in an int32 tile
     (`gemm_i16.block_product` into int32) and requantized in int32 lanes over each row block x
     I32_GROUP panels (`gemm_i16.requant_tile` with prm, lo, hi, variant of `i32_requant_params`),
     then stored: (M, N) rows as runs of I32_GROUP * PANEL channels, NCHW as runs of pixels per
     channel. Narrowing cannot saturate here, so there is no count to return."""
-    npairs = a.shape[1] // 2
+    npairs = a.shape[1] * a.itemsize // 4  # K in SIMD words
     n_tiles = a.shape[0] // MR
     n_pad = (n_cols + LANES - 1) // LANES * LANES
     n_panels = (n_pad + PANEL - 1) // PANEL
@@ -538,6 +575,9 @@ def _gemm_i32(a, m_rows, wpk, n_cols, block_pairs, tiles_per_block, n_chunks, pr
                               c32[:, PANEL * (j - g):])
             width = min(PANEL * (j1 - g), PANEL * I32_GROUP, n_pad - n0)  # a multiple of LANES
             n_valid = min(width, n_cols - n0)
+            if rowc.size:
+                for m in range(m0, m1):
+                    c32[m - m0, :width] += rowc[m]
             if nchw_pixels == 0:  # rows m0..m1-1 of out (M, N), channels n0..n0+n_valid-1
                 requant_tile(c32, np.int64(m1 - m0), np.int64(width), np.int64(I32_GROUP * PANEL), prm, np.int64(n0),
                              lo, hi, out_zp, variant, out, np.int64(m0 * n_cols + n0), np.int64(n_cols),
@@ -565,20 +605,23 @@ I16_ITEMS_PER_THREAD = 4
 
 
 def _i16_product(op, m_rows, wpk, n_cols, plan, bias_eff, accs, mult, sh, out_zp, qmin, qmax, nchw_pixels, out,
-                 out_raw=None):
-    """Run _gemm_i16 on operand op (Mp, Kp); requantized into out (flat), or raw into out_raw (M, N) int64."""
+                 out_raw=None, rowc=None):
+    """Run _gemm_i16 (or _gemm_i32) on operand op (Mp, Kp) of a SIMD plan; requantized into out (flat), or raw
+    into out_raw (M, N) int64. rowc: int64 (M,) terms added to each row's sums ("u8" activation products)."""
     n_tiles = op.shape[0] // MR
-    tiles_per_block = max(1, min(n_tiles, I16_ROW_BLOCK_BYTES // (2 * op.shape[1] * MR)))
+    tiles_per_block = max(1, min(n_tiles, I16_ROW_BLOCK_BYTES // (op.itemsize * op.shape[1] * MR)))
     n_blocks = -(-n_tiles // tiles_per_block)
     n_panels = -(-n_cols // PANEL)
     n_chunks = min(n_panels, max(1, -(-I16_ITEMS_PER_THREAD * get_num_threads() // n_blocks)))
     raw = out_raw is not None
-    block_pairs = min(plan.chunk // 2, gemm_i16.L1_PAIRS)  # exact (<= the plan's block) and L1-sized
-    if not raw and I32_EPILOGUE["enabled"] and int32_exact(plan, op.shape[1], bias_eff, accs):
+    block_pairs = min(plan.chunk // plan.per_word, gemm_i16.L1_PAIRS)  # exact (<= the plan's block), L1-sized
+    if not raw and I32_EPILOGUE["enabled"] and int32_exact(plan, op.shape[1], bias_eff, accs, rowc):
         prm, lo, hi, variant = i32_requant_params(bias_eff, accs, mult, sh, out_zp, qmin, qmax, n_panels * PANEL)
-        _gemm_i32(op, m_rows, wpk, n_cols, block_pairs, tiles_per_block, n_chunks, prm, np.int64(lo), np.int64(hi),
-                  np.int64(out_zp), variant, nchw_pixels, out)
+        rows32 = np.zeros(0, np.int32) if rowc is None else rowc.astype(np.int32)  # |rowc| < 2**31: int32_exact
+        _gemm_i32(op, m_rows, wpk, n_cols, block_pairs, tiles_per_block, n_chunks, prm, rows32, np.int64(lo),
+                  np.int64(hi), np.int64(out_zp), variant, nchw_pixels, out)
         return 0
+    rowc = np.zeros(0, np.int64) if rowc is None else rowc
     if raw:  # unused requantize arguments, typed as in the requantizing call
         bias_r, accs, left, half, right = bias_eff, *(np.zeros(1, np.int64),) * 4
         mult = np.zeros(1, np.int32)
@@ -587,8 +630,8 @@ def _i16_product(op, m_rows, wpk, n_cols, plan, bias_eff, accs, mult, sh, out_zp
         bias_r, left, half, right = _i16_requant_params(bias_eff, accs, sh)
         mult = mult.astype(np.int32)  # in [0, 2**31 - 1]: int32 x int32 products (vpmuldq on AVX2)
         out_raw = np.empty((0, 0), np.int64)
-    return _gemm_i16(op, m_rows, wpk, n_cols, block_pairs, tiles_per_block, n_chunks, bias_r, accs, left, mult,
-                     half, right, out_zp, qmin, qmax, nchw_pixels, raw, out, out_raw)
+    return _gemm_i16(op, m_rows, wpk, n_cols, block_pairs, tiles_per_block, n_chunks, bias_r, rowc, accs, left,
+                     mult, half, right, out_zp, qmin, qmax, nchw_pixels, raw, out, out_raw)
 
 
 @njit(cache=True, parallel=True)
@@ -633,7 +676,8 @@ class PreparedWeight:
     transposed copy (K, OUT) for the float plans (the same integers exactly, |w| <= 128; 4 bytes
     per weight). `i16`: int16 pair-packed panels for the "i16" plan (`gemm_i16.pack_weight`; 2
     bytes per weight, N rounded up to 16 and K to even; for 4-D conv weights K is ordered
-    (kh, kw, c_in), as the i16 im2col operand). Make it once with `prepare_weight` and pass it
+    (kh, kw, c_in), as the SIMD im2col operand). `u8`: the same as int8 quads for the "u8" plan
+    (1 byte per weight, K rounded up to a multiple of 4). Make it once with `prepare_weight` and pass it
     wherever a kernel takes `w_q`.
     """
 
@@ -652,10 +696,18 @@ class PreparedWeight:
     @property
     def i16(self) -> np.ndarray:
         """int16 packed pairs (1-D), see `gemm_i16`."""
-        if "i16" not in self._operands:
+        return self._packed("i16", np.int16)
+
+    @property
+    def u8(self) -> np.ndarray:
+        """int8 packed quads (1-D) for the "u8" plan, see `gemm_i16`."""
+        return self._packed("u8", np.int8)
+
+    def _packed(self, key, dtype):
+        if key not in self._operands:
             q = self.q.transpose(0, 2, 3, 1) if self.q.ndim == 4 else self.q  # conv: (OUT, KH, KW, C)
-            self._operands["i16"] = gemm_i16.pack_weight(q.reshape(q.shape[0], -1))  # (OUT, K)
-        return self._operands["i16"]
+            self._operands[key] = gemm_i16.pack_weight(q.reshape(q.shape[0], -1), dtype)  # (OUT, K)
+        return self._operands[key]
 
 
 def prepare_weight(w_q) -> PreparedWeight:
@@ -678,8 +730,8 @@ def _weight_arg(w_q, ndim):
 def _weight_operand(w_q, plan):
     """(operand, wsum (OUT,) int64): (K, OUT) float in the plan's dtype, or packed int16 pairs."""
     pw = prepare_weight(w_q)
-    if plan.dtype is np.int16:
-        return pw.i16, pw.wsum
+    if plan.simd:
+        return (pw.i16 if plan.dtype is np.int16 else pw.u8), pw.wsum
     t = pw.t32 if plan.dtype is np.float32 else pw.t32.astype(np.float64)
     return t, pw.wsum
 
@@ -736,7 +788,7 @@ def weight_product(plan, op, m_rows, wt, n_out, bias_eff, accs, mult, sh, out_zp
     """Exact product of an operand (activation_operand / im2col_operand, M rows) with a weight operand
     (_weight_operand) for `plan`, then the requantize epilogue into `out` (flat, layout as
     _epilogue_linear). Returns the number of saturating narrows."""
-    if plan.dtype is np.int16:
+    if plan.simd:
         return _i16_product(op, m_rows, wt, n_out, plan, bias_eff, accs, mult, sh, out_zp, qmin, qmax, nchw_pixels,
                             out)
     parts = chunked_products(op, wt, plan.chunk)  # (C, nsplit*M, OUT)
@@ -751,7 +803,7 @@ def linear_accumulator(x_q, x_zp, w_q, bias_q=None, method=None):
     """
     plan, op, wt, bias_eff, m, n_out = _linear_common(x_q, x_zp, w_q, bias_q, method)
     out = np.empty((m, n_out), np.int64)  # (M, OUT)
-    if plan.dtype is np.int16:
+    if plan.simd:
         _i16_product(op, m, wt, n_out, plan, bias_eff, None, None, None, 0, 0, 0, 0, None, out_raw=out)
     else:
         _sum_parts(chunked_products(op, wt, plan.chunk), plan.nsplit, bias_eff, out)  # parts (C, nsplit*M, OUT)
@@ -812,9 +864,9 @@ def _batched(a_q, b_q):
 
 @dataclass(frozen=True)
 class PackedRight:
-    """The right operand of `matmul` packed once for the int16 plan, for several calls with the same b (the
-    query tiles of one attention): `pack_matmul_right(b_q, b_zp)`. Holds b - b_zp per batch element (uint8),
-    or, for uint16 b (a uint16 x uint16 product), `_u16_pack_right`'s (byte planes, column sums)."""
+    """The right operand of `matmul` packed once for a SIMD plan, for several calls with the same b (the
+    query tiles of one attention): `pack_matmul_right(b_q, b_zp)`. Holds `_pack_right` per batch element
+    (uint8 b), or, for uint16 b (a uint16 x uint16 product), `_u16_pack_right`'s (byte planes, column sums)."""
 
     shape: tuple
     zp: int
@@ -823,15 +875,16 @@ class PackedRight:
 
 def pack_matmul_right(b_q, b_zp, method=None):
     """PackedRight of b_q (..., K, N) for `matmul(a_q, a_zp, b_q, b_zp, ..., b_packed=)`, or None where the
-    plan of uint8 x b_q is not the int16 one (the packed form would not be used); uint16 b_q: for the
+    plan of uint8 x b_q is not a SIMD one (the packed form would not be used); uint16 b_q: for the
     uint16 x uint16 int16 plan (a uint8 a_q ignores it)."""
     b_zp = check_zero_point("b_zp", b_zp, b_q.dtype)
     if b_q.dtype == np.uint16 and plan_matmul(np.uint16, np.uint16, method).mode == "offset16":
         return PackedRight(tuple(b_q.shape), b_zp, _u16_pack_right(b_q.reshape((-1,) + b_q.shape[-2:])))
-    if b_q.dtype != np.uint8 or plan_matmul(np.uint8, b_q.dtype, method).dtype is not np.int16:
+    plan = plan_matmul(np.uint8, b_q.dtype, method)
+    if b_q.dtype != np.uint8 or not plan.simd:
         return None
     b3 = b_q.reshape((-1,) + b_q.shape[-2:])  # (Bt, K, N)
-    return PackedRight(tuple(b_q.shape), b_zp, [gemm_i16.pack_centred(b3[i], b_zp) for i in range(b3.shape[0])])
+    return PackedRight(tuple(b_q.shape), b_zp, [_pack_right(b3[i], b_zp, plan) for i in range(b3.shape[0])])
 
 
 def _packed_panels(b_packed, b_q, b_zp, batch):
@@ -844,25 +897,60 @@ def _packed_panels(b_packed, b_q, b_zp, batch):
     return b_packed.panels if batch == b_q.shape[:-2] else None
 
 
+def _pack_right(b2, b_zp, plan):
+    """(packed words, column sums) of the right operand b2 (K, N) uint8 of a SIMD plan, as a weight (N, K):
+    "i16": b - b_zp as int16 pairs (|.| <= 255), sums None; "u8": b' = b - 128 as int8 quads and
+    colsum[n] = sum_k b'[k, n] (int64, for the correction terms of `_matmul_i16`)."""
+    if plan.dtype is np.int16:
+        return gemm_i16.pack_centred(b2, b_zp), None
+    return gemm_i16.pack_centred(b2, OFFSET8, np.int8), b2.sum(axis=0, dtype=np.int64) - OFFSET8 * b2.shape[0]
+
+
+@njit(cache=True, parallel=True)
+def _u8_left_operand(x, out, rowsum):
+    """out[r, :K] = x[r] (uint8; out's padding kept) and rowsum[r] = sum_k x[r, k] (int64), x (R, K)."""
+    rows, k = x.shape
+    for r in prange(rows):
+        xr, orow = x[r], out[r, :k]
+        s = np.int64(0)
+        for j in range(k):
+            orow[j] = xr[j]
+            s += xr[j]
+        rowsum[r] = s
+
+
 def _matmul_i16(a3, a_zp, b3, b_zp, plan, requant, out, packed=None):
-    """int16 plan of matmul: per batch element i, the centred operands a - a_zp (Mp, Kp) and b - b_zp
-    packed as a weight (N, K) (`gemm_i16.pack_centred`; both int16, |.| <= 255) through _i16_product.
+    """SIMD plans of matmul, per batch element i through _i16_product:
+
+      "i16": the centred operands a - a_zp (Mp, Kp) and b - b_zp packed as a weight (N, K)
+             (`gemm_i16.pack_centred`; both int16, |.| <= 255); no correction terms.
+      "u8":  a as it is (uint8) against b' = b - 128 as an int8 weight (N, K), and with cb = 128 - b_zp
+             sum_k (a - a_zp)(b - b_zp) = sum_k a b' + cb sum_k a - a_zp sum_k b' - K a_zp cb
+             (per-row term cb sum_k a, per-column bias -a_zp sum_k b' - K a_zp cb; |each| <= K 255 128).
+
     requant: None (out (Bt, M, N) int64 = the exact sum) or (acc_shift, mult, shift, out_zp, qmin, qmax) per
     tensor (out (Bt, M, N) requantized). packed: the Bt packed right operands (`PackedRight.panels`) or None.
     Returns the saturation count."""
     nb, m, k = a3.shape
     n = b3.shape[2]
-    zeros = np.zeros(n, np.int64)  # no bias: the centred product needs no correction terms
+    bias, rowc = np.zeros(n, np.int64), None  # "i16": the centred product needs no correction terms
     nsat = 0
     for i in range(nb):
-        a_op = activation_operand(a3[i], a_zp, plan)  # (Mp, Kp) int16
-        wpk = gemm_i16.pack_centred(b3[i], b_zp) if packed is None else packed[i]  # (b - b_zp) as a weight (N, K)
+        wpk, colsum = _pack_right(b3[i], b_zp, plan) if packed is None else packed[i]  # as a weight (N, K)
+        if plan.dtype is np.uint8:
+            a_op = _operand_buffer(m, k, plan)  # (Mp, Kp) uint8
+            rowc = np.empty(m, np.int64)
+            _u8_left_operand(np.ascontiguousarray(a3[i]), a_op, rowc)
+            rowc *= OFFSET8 - b_zp
+            bias = -a_zp * colsum - k * a_zp * (OFFSET8 - b_zp)
+        else:
+            a_op = activation_operand(a3[i], a_zp, plan)  # (Mp, Kp) int16
         if requant is None:
-            _i16_product(a_op, m, wpk, n, plan, zeros, None, None, None, 0, 0, 0, 0, None, out_raw=out[i])
+            _i16_product(a_op, m, wpk, n, plan, bias, None, None, None, 0, 0, 0, 0, None, out_raw=out[i], rowc=rowc)
             continue
         accs, mult, sh, out_zp, qmin, qmax = requant
-        nsat += _i16_product(a_op, m, wpk, n, plan, zeros, np.full(n, accs, np.int64), np.full(n, mult, np.int64),
-                             np.full(n, sh, np.int64), out_zp, qmin, qmax, 0, out[i].reshape(-1))
+        nsat += _i16_product(a_op, m, wpk, n, plan, bias, np.full(n, accs, np.int64), np.full(n, mult, np.int64),
+                             np.full(n, sh, np.int64), out_zp, qmin, qmax, 0, out[i].reshape(-1), rowc=rowc)
     return nsat
 
 
@@ -895,7 +983,7 @@ def matmul_accumulator(a_q, a_zp, b_q, b_zp, method=None):
     plan = plan_matmul(a_q.dtype, b_q.dtype, method)
     if plan.mode == "offset16":  # uint16 x uint16, int16 SIMD
         return _matmul_u16(a_q, a_zp, b_q, b_zp, None, None)
-    if plan.dtype is np.int16:
+    if plan.simd:
         a3, b3, batch = _batched(a_q, b_q)
         acc = np.empty((a3.shape[0], a3.shape[1], b3.shape[2]), np.int64)  # (Bt, M, N)
         _matmul_i16(a3, a_zp, b3, b_zp, plan, None, acc)
@@ -927,7 +1015,7 @@ def matmul(a_q, a_zp, b_q, b_zp, multiplier, shift, out_zp, qmin, qmax, acc_shif
         out = _matmul_u16(a_q, a_zp, b_q, b_zp, (accs, mult, sh, out_zp, qmin, qmax), out_dtype(qmin, qmax), packed)
         _report_saturation(int(out[1]), "matmul")
         return out[0]
-    if plan.dtype is np.int16:
+    if plan.simd:
         a3, b3, batch = _batched(a_q, b_q)
         out = np.empty((a3.shape[0], a3.shape[1], b3.shape[2]), out_dtype(qmin, qmax))  # (Bt, M, N)
         packed = _packed_panels(b_packed, b_q, b_zp, batch)

@@ -1,4 +1,5 @@
-"""Exact int16 x int16 -> int32 SIMD products for the "i16" GEMM plan (spec §3.3, CPU fast path).
+"""Exact int16 x int16 and uint8 x int8 -> int32 SIMD products for the "i16" and "u8" GEMM plans (spec §3.3,
+CPU fast paths).
 
 Mirrors the AVX-512 VNNI instruction `vpdpwssd` (and, without VNNI, `vpmaddwd` + `vpaddd`):
 each 32-bit lane holds a pair of int16 values, and one instruction does, for its lanes l
@@ -6,15 +7,24 @@ each 32-bit lane holds a pair of int16 values, and one instruction does, for its
 
     acc[l] += a[2l] * b[2l] + a[2l+1] * b[2l+1]        (int32, wrapping)
 
+and, for uint8 activations with VNNI ("u8" plan), `vpdpbusd` (the CPU twin of HVX `vrmpy`): each lane
+holds a quad of bytes, a unsigned and b signed,
+
+    acc[l] += a[4l] b[4l] + a[4l+1] b[4l+1] + a[4l+2] b[4l+2] + a[4l+3] b[4l+3]   (int32, wrapping)
+
+where each product |a b| <= 255 * 128 is exact in the instruction's 16-bit intermediates. The code
+below is the same for both with a "word" of 2 int16 or 4 bytes: `words` counts K in words.
+
 The micro-kernel below is written as that portable LLVM IR pattern (sext, mul, even + odd lanes,
 add); LLVM selects `vpdpwssd zmm` on CPUs with avx512_vnni and `vpmaddwd ymm` + `vpaddd ymm` on
 AVX2 CPUs. It never relies on wrapping:
 
     Operands: activations a = x - offset with |a| <= A (uint16: x - 32768, A = 32768;
-    uint8: x - 128, A = 128); int8 weights |w| <= 128. A lane accumulates one output's
+    uint8: x - 128, A = 128; "u8": a = x, A = 255); int8 weights |w| <= 128. A lane accumulates one output's
     products over a K-block of L values, so every partial sum is an integer of magnitude
     <= L * A * 128. With L <= block_length(A) = 2 * floor((2**31 - 1) // (A * 128) / 2)
-    (uint16: 510) that is < 2**31: the int32 lane holds the exact sum. Each K-block's
+    (uint16: 510; "u8": block_length(255, 128, 4) = 65792, a multiple of 4) that is < 2**31: the
+    int32 lane holds the exact sum. Each K-block's
     int32 result is then added into an int64 tile (exact: |acc| < 2**62 is checked), or,
     where the caller has proven that the whole reduction fits int32 (`gemm.int32_exact`),
     into an int32 tile that `requant_tile` requantizes in int32 lanes (spec §3.3).
@@ -23,8 +33,9 @@ Weights are packed once (`pack_weight`) into int16 pairs, panel by panel (`PANEL
 output channels: 64 with AVX-512, 16 with AVX2; the last panel a multiple of LANES, N padded to
 one): word `p * width + c` of a panel holds
 (w[c, 2p], w[c, 2p + 1]), zero beyond N and K. That is 2 bytes per weight (the float32 copy of
-the "split"/"f64" plans is 4). Activations are written as an (Mp, Kp) int16 matrix, Mp a
-multiple of `MR` and Kp even, padded with 0 (`block_product` reads pairs (a[r, 2p], a[r, 2p+1])).
+the "split"/"f64" plans is 4); packed as int8 quads (w[c, 4p], ..., w[c, 4p + 3]) for "u8", 1 byte.
+Activations are written as an (Mp, Kp) int16 (uint8) matrix, Mp a multiple of `MR` and Kp a
+multiple of 2 (4), padded with 0 (`block_product` reads words (a[r, 2p], a[r, 2p+1]) or 4 bytes).
 """
 from __future__ import annotations
 
@@ -57,6 +68,8 @@ def target_features() -> set[str]:
 #: its speed is unmeasured, so the float plans stay the default there (gemm.A16_METHOD).
 VNNI = {"avx512vnni", "avx512bw"} <= target_features()
 FAST = VNNI or "avx2" in target_features()
+#: the "u8" plan (vpdpbusd, uint8 activations x int8 weights) is compiled only where VNNI is
+QUADS = VNNI
 
 #: int32 lanes per SIMD vector and the micro-tile (MR rows x NV vectors of output channels) for the
 #: target: 512-bit vectors (16 lanes, 6 x 4 = 24 of the 32 zmm registers as accumulators) where
@@ -68,11 +81,12 @@ MR, NV = TILES[LANES]
 PANEL = LANES * NV  # output channels per weight panel
 
 
-def block_length(a_bound: int, b_bound: int = W_BOUND) -> int:
-    """Longest even K-block with block * a_bound * b_bound <= 2**31 - 1 (int32 lanes stay exact;
-    b_bound: 128 for int8 weights, 255 for centred uint8 activations)."""
+def block_length(a_bound: int, b_bound: int = W_BOUND, per_word: int = 2) -> int:
+    """Longest K-block, a multiple of per_word (2: int16 pairs, 4: byte quads), with
+    block * a_bound * b_bound <= 2**31 - 1 (int32 lanes stay exact; b_bound: 128 for int8 weights,
+    255 for centred uint8 activations)."""
     n = LANE_MAX // (a_bound * b_bound)
-    return max(2, n - n % 2)
+    return max(per_word, n - n % per_word)
 
 
 def _lanes(values):
@@ -93,6 +107,16 @@ def _dot_pairs(builder, acc, a, b):
     return builder.add(acc, pairs)
 
 
+def _vnni_quads(builder, acc, a, b):
+    """acc + sum_{i < 4} a[4l + i] b[4l + i] per lane l; a (unsigned), b (signed) <L x i32> holding byte
+    quads: vpdpbusd (AVX-512 VNNI), called by name."""
+    lanes = a.type.count
+    vi32, v8 = ir.VectorType(_I32, lanes), ir.VectorType(ir.IntType(8), 4 * lanes)
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vi32, [vi32, v8, v8]),
+                                        f"llvm.x86.avx512.vpdpbusd.{32 * lanes}")
+    return builder.call(fn, [acc, builder.bitcast(a, v8), builder.bitcast(b, v8)])
+
+
 def _make_micro_kernel(mr, nv, lanes):
     """Intrinsic (a, a_off, lda, b, b_off, npairs, c, ldc, add) -> None for an mr x L*nv tile (L = lanes):
 
@@ -100,7 +124,8 @@ def _make_micro_kernel(mr, nv, lanes):
                        (sum over i in {0, 1}; int32 lanes; r < mr, v < nv, l < L)
         c[r, Lv + l] = c[r, Lv + l] + s (add != 0) or s (add == 0), in int64
 
-    a: int16 C-contiguous (offsets in int16 elements); b: int16 packed pairs (offset in pairs);
+    a: int16 C-contiguous (offsets in int16 elements); b: int16 packed pairs (offset in pairs); or, "u8",
+    a uint8 and b int8 packed quads, the same with words of 4 (4p + i, i < 4; vpdpbusd);
     c: int64 C-contiguous (row stride ldc), each int32 lane sign-extended; or int32 (the int32 tile
     of the int32 epilogue, `requant_tile`: lanes added as int32, exact only where the caller has
     proven that every partial sum over all K-blocks fits int32). npairs >= 1 and
@@ -115,7 +140,9 @@ def _make_micro_kernel(mr, nv, lanes):
         sig = types.void(a, a_off, lda, b, b_off, npairs, c, ldc, add)
 
         def codegen(context, builder, signature, args):
-            a_ptr = context.make_array(signature.args[0])(context, builder, args[0]).data  # i16*
+            a_ptr = context.make_array(signature.args[0])(context, builder, args[0]).data  # i16* or i8*
+            quads = signature.args[0].dtype.bitwidth == 8  # "u8": uint8 x int8 byte quads
+            dot = _vnni_quads if quads else _dot_pairs
             b_ptr = builder.bitcast(context.make_array(signature.args[3])(context, builder, args[3]).data,
                                     _I32.as_pointer())  # int16 pairs as i32 words
             c_ptr = context.make_array(signature.args[6])(context, builder, args[6]).data  # i64* or i32*
@@ -133,14 +160,14 @@ def _make_micro_kernel(mr, nv, lanes):
                 for v in range(nv):
                     ptr = builder.gep(b_ptr, [builder.add(row, ir.Constant(_I64, lanes * v))])
                     bv.append(builder.load(builder.bitcast(ptr, vi32.as_pointer()), align=4))
-                col = builder.add(a_off, builder.mul(p, ir.Constant(_I64, 2)))
+                col = builder.add(a_off, builder.mul(p, ir.Constant(_I64, 4 if quads else 2)))
                 for r in range(mr):
                     off = builder.add(col, builder.mul(ir.Constant(_I64, r), lda))
-                    word = builder.load(builder.bitcast(builder.gep(a_ptr, [off]), _I32.as_pointer()), align=2)
+                    word = builder.load(builder.bitcast(builder.gep(a_ptr, [off]), _I32.as_pointer()), align=1)
                     bcast = builder.shuffle_vector(builder.insert_element(undef, word, ir.Constant(_I32, 0)),
                                                    undef, splat0)
                     for v in range(nv):
-                        builder.store(_dot_pairs(builder, builder.load(accs[r][v]), bcast, bv[v]), accs[r][v])
+                        builder.store(dot(builder, builder.load(accs[r][v]), bcast, bv[v]), accs[r][v])
             ptrs = [[builder.bitcast(builder.gep(c_ptr, [builder.add(builder.mul(ir.Constant(_I64, r), ldc),
                                                                      ir.Constant(_I64, lanes * v))]),
                                      vc.as_pointer()) for v in range(nv)] for r in range(mr)]
@@ -308,13 +335,15 @@ def block_product(a, t0, t1, wpk, panel, width, npairs_total, block_pairs, cbloc
     """cblock[(t - t0)*MR + r, :width] = sum_k a[t*MR + r, k] * w[PANEL*panel + c, k]   (exact in int64;
     in an int32 cblock exact where the caller has proven the sum fits int32) for the row tiles t0 <= t < t1.
 
-    a: (Mp, 2*npairs_total) int16; wpk: packed weights (see module docstring); cblock: (>= (t1-t0)*MR,
+    a: (Mp, 2*npairs_total) int16 or (Mp, 4*npairs_total) uint8 ("u8", npairs_total then counts quads);
+    wpk: packed weights (see module docstring); cblock: (>= (t1-t0)*MR,
     >= width) int64 or int32 (see the micro-kernel), rows contiguous, any row stride (a column range
     of a wider tile); columns >= width untouched. K is processed in blocks of block_pairs pairs (at most
     the plan's exact block); each block of the panel's weights is used for all the tiles before the
     next (GotoBLAS order: it stays in L1), and each tile's block sum is added into cblock in int64.
     """
     lda = a.shape[1]
+    per_word = 4 // a.itemsize  # a's elements per word: 2 (int16 pairs) or 4 (uint8 quads)
     ldc = cblock.strides[0] // cblock.itemsize
     base = PANEL * panel * npairs_total  # words before this panel
     nv = width // LANES
@@ -322,7 +351,7 @@ def block_product(a, t0, t1, wpk, panel, width, npairs_total, block_pairs, cbloc
         n = min(block_pairs, npairs_total - p0)
         b_off = base + p0 * width
         for t in range(t0, t1):
-            a_off = t * MR * lda + 2 * p0
+            a_off = t * MR * lda + per_word * p0
             c = cblock[(t - t0) * MR:]
             if _NV4 and nv == 4:  # _NV3, _NV4: compile-time constants (AVX2: False, the code is dropped)
                 _mk4(a, a_off, lda, wpk, b_off, n, c, ldc, p0)
@@ -336,67 +365,74 @@ def block_product(a, t0, t1, wpk, panel, width, npairs_total, block_pairs, cbloc
 
 @njit(cache=True, parallel=True)
 def _pack_kernel(w, npairs, n_pad, out):
-    """out (pairs, laid out per panel) <- w (N, K) int8; zeros beyond N and K."""
+    """out (words, laid out per panel) <- w (N, K) int8; zeros beyond N and K. Words of 2 int16 or of
+    4 int8 (out's dtype); npairs counts words."""
     n_out, k = w.shape
+    per = 4 // out.itemsize
     n_panels = (n_pad + PANEL - 1) // PANEL
     for j in prange(n_panels):
         width = min(PANEL, n_pad - PANEL * j)
-        base = PANEL * j * npairs * 2  # int16 elements before this panel
+        base = PANEL * j * npairs * per  # elements before this panel
         for p in range(npairs):  # writes in order; the panel's weight rows stay in L1 across p
-            row = base + 2 * p * width
+            row = base + per * p * width
             for c in range(width):
                 o = PANEL * j + c
-                for h in range(2):
-                    kk = 2 * p + h
-                    out[row + 2 * c + h] = w[o, kk] if (o < n_out and kk < k) else 0
+                for h in range(per):
+                    kk = per * p + h
+                    out[row + per * c + h] = w[o, kk] if (o < n_out and kk < k) else 0
 
 
 @njit(cache=True, parallel=True)
 def _pack_centred_kernel(b, zp, npairs, n_pad, out):
-    """out (pairs, laid out per panel) <- b (K, N) - zp; zeros beyond N and K."""
+    """out (words, laid out per panel) <- b (K, N) - zp; zeros beyond N and K (words of 2 int16 or 4 int8,
+    out's dtype; npairs counts words)."""
     k, n_out = b.shape
+    per = 4 // out.itemsize
     n_panels = (n_pad + PANEL - 1) // PANEL
     for j in prange(n_panels):
         width = min(PANEL, n_pad - PANEL * j)
-        base = PANEL * j * npairs * 2
+        base = PANEL * j * npairs * per
         n1 = min(PANEL * j + width, n_out)
         for p in range(npairs):
-            row = base + 2 * p * width
-            for h in range(2):
-                kk = 2 * p + h
+            row = base + per * p * width
+            for h in range(per):
+                kk = per * p + h
                 if kk < k:
                     for o in range(PANEL * j, n1):  # row kk of b, contiguous
-                        out[row + 2 * (o - PANEL * j) + h] = np.int16(np.int32(b[kk, o]) - zp)
+                        out[row + per * (o - PANEL * j) + h] = np.int32(b[kk, o]) - zp
                     for o in range(n1, PANEL * j + width):
-                        out[row + 2 * (o - PANEL * j) + h] = 0
+                        out[row + per * (o - PANEL * j) + h] = 0
                 else:
                     for c in range(width):
-                        out[row + 2 * c + h] = 0
+                        out[row + per * c + h] = 0
 
 
-def pack_centred(b, zp):
-    """Packed int16 pairs (as `pack_weight` of the (N, K) matrix (b - zp).T) of an activation b (K, N)
-    (uint8; |b - zp| <= 255): the right operand of an activation product, read row by row, without
-    the transposed copy."""
+def pack_centred(b, zp, dtype=np.int16):
+    """Packed words (as `pack_weight` of the (N, K) matrix (b - zp).T) of an activation b (K, N): the right
+    operand of an activation product, read row by row, without the transposed copy. int16 pairs (uint8 b,
+    |b - zp| <= 255), or int8 quads ("u8": zp = 128, b - 128 in [-128, 127])."""
     k, n = b.shape
-    npairs = (k + 1) // 2
+    per = 4 // np.dtype(dtype).itemsize
+    nwords = -(-k // per)
     n_pad = -(-n // LANES) * LANES
-    out = np.empty(n_pad * npairs * 2, np.int16)
-    _pack_centred_kernel(np.ascontiguousarray(b), np.int32(zp), npairs, n_pad, out)
+    out = np.empty(n_pad * nwords * per, dtype)
+    _pack_centred_kernel(np.ascontiguousarray(b), np.int32(zp), nwords, n_pad, out)
     return out
 
 
-def pack_weight(w2):
-    """Packed int16 pairs (1-D, `PANEL`-wide panels, see module docstring) of an int8 (N, K) weight
-    (or int16 (N, K): the centred uint8 right operand of an activation product)."""
+def pack_weight(w2, dtype=np.int16):
+    """Packed words (1-D, `PANEL`-wide panels, see module docstring) of an int8 (N, K) weight (or int16
+    (N, K): the centred uint8 right operand of an activation product): int16 pairs, or int8 quads
+    (dtype int8: the "u8" plan)."""
     n, k = w2.shape
-    npairs = (k + 1) // 2
+    per = 4 // np.dtype(dtype).itemsize
+    nwords = -(-k // per)
     n_pad = -(-n // LANES) * LANES
-    out = np.empty(n_pad * npairs * 2, np.int16)
-    _pack_kernel(np.ascontiguousarray(w2), npairs, n_pad, out)
+    out = np.empty(n_pad * nwords * per, dtype)
+    _pack_kernel(np.ascontiguousarray(w2), nwords, n_pad, out)
     return out
 
 
-def padded_shape(rows: int, k: int) -> tuple[int, int]:
-    """(Mp, Kp): rows rounded up to a multiple of MR, K up to even."""
-    return -(-rows // MR) * MR, k + k % 2
+def padded_shape(rows: int, k: int, per_word: int = 2) -> tuple[int, int]:
+    """(Mp, Kp): rows rounded up to a multiple of MR, K up to a multiple of per_word (2: int16, 4: uint8)."""
+    return -(-rows // MR) * MR, -(-k // per_word) * per_word
