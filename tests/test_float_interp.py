@@ -41,6 +41,52 @@ def test_conv2d(monkeypatch, k, stride, pad, budget):
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
 
 
+@pytest.mark.parametrize("shape", [(2, 5, 9, 7), (1, 3, 8, 8), (1, 4, 1, 1), (2, 16, 6, 11), (1, 2, 2, 3)])
+def test_conv3x3_winograd(monkeypatch, shape):
+    """F(2x2, 3x3) against the float64 direct convolution: odd and even sizes (partial tiles), single pixels,
+    bias or none, one band or many (tiny band budget); its error stays within a few float32 roundings of the
+    largest output, as im2col's does."""
+    from tinysd.interp import winograd
+
+    rng = np.random.default_rng(sum(shape))
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal((7, shape[1], 3, 3)).astype(np.float32)
+    b = rng.standard_normal(7).astype(np.float32)
+    pad = (1, 1, 1, 1)
+    for budget in (winograd.WINOGRAD_BAND_ELEMENTS, 1):
+        monkeypatch.setattr(winograd, "WINOGRAD_BAND_ELEMENTS", budget)
+        for bias in (b, None):
+            got = winograd.conv3x3_winograd(x, w, bias)
+            ref = _conv_ref(x, w, np.zeros(7) if bias is None else bias, 1, pad)
+            assert got.dtype == np.float32 and got.shape == ref.shape
+            np.testing.assert_allclose(got, ref, rtol=0, atol=2e-6 * np.abs(ref).max())
+
+
+def test_float_interpreter_takes_winograd_only_where_asked_and_worth_it(monkeypatch):
+    """conv_winograd=True (generation: models.from_params) runs 3x3 stride-1 padding-1 convolutions with at
+    least C/4 tiles by Winograd; everything else, and every conv of the default interpreter (calibration,
+    AdaRound), by im2col."""
+    from tinysd.interp import winograd
+    from tinysd.interp.calibrate import CalibratingInterpreter
+
+    calls = []
+    real = winograd.conv3x3_winograd
+    monkeypatch.setattr(winograd, "conv3x3_winograd", lambda *a: calls.append(a[0].shape) or real(*a))
+    rng = np.random.default_rng(1)
+    params = {"c.weight": rng.standard_normal((4, 8, 3, 3)).astype(np.float32), "c.bias": np.zeros(4, np.float32),
+              "p.weight": rng.standard_normal((4, 8, 1, 1)).astype(np.float32)}
+    x = rng.standard_normal((1, 8, 6, 6)).astype(np.float32)  # 9 tiles >= 8 / 4
+    small = x[:, :, :1, :1]  # 1 tile < 8 / 4
+    fast, plain = FloatInterpreter(params, "t", conv_winograd=True), FloatInterpreter(params, "t")
+    for interp in (fast, plain, CalibratingInterpreter(params, "t")):
+        for args in ((x, "c", 1, 1), (x, "c", 2, 1), (x, "c", 1, 0), (x, "p", 1, 0), (small, "c", 1, 1)):
+            y = interp.conv2d(*args)
+            np.testing.assert_allclose(y, conv2d_nchw(args[0], params[f"{args[1]}.weight"], params.get(f"{args[1]}.bias"),
+                                                      args[2], args[3]), rtol=0, atol=1e-5)
+    assert calls == [x.shape]
+    assert winograd.worth_it(2, 320, 64, 64) and not winograd.worth_it(2, 1280, 16, 16)
+
+
 def test_gelu_is_correctly_rounded():
     """x Phi(x), Phi(x) = erfc(-x / sqrt 2) / 2, from math.erfc in float64 and rounded once: the same float32 on
     a dense grid over the whole range where GELU is neither 0 nor x (also the negative tail, where

@@ -46,7 +46,7 @@ class _Network:
 
         model = cls.model_class(cfg)
         check_params(model, params, cls.network)
-        return cls(model, FloatInterpreter(params, cls.network))
+        return cls(model, FloatInterpreter(params, cls.network, conv_winograd=True))
 
     @property
     def config(self):

@@ -151,7 +151,7 @@ def run_variant(args) -> dict:
     if v == "fp32":
         from tinysd.interp.float import FloatInterpreter
 
-        unet = UNet(graph, FloatInterpreter(random_params(cfg), "unet"))
+        unet = UNet(graph, FloatInterpreter(random_params(cfg), "unet", conv_winograd=True))  # as generation runs it
         fn = lambda: unet(sample, T, context)  # noqa: E731
     elif v in INT_VARIANTS:
         from tinysd.interp.integer import IntegerInterpreter

@@ -121,7 +121,7 @@ def run_tinysd(args) -> dict:
     if args.variant == "fp32":
         from tinysd.interp.float import FloatInterpreter
 
-        interp = FloatInterpreter(B.random_params(cfg), "unet")
+        interp = FloatInterpreter(B.random_params(cfg), "unet", conv_winograd=True)  # as generation runs it
     else:
         import tinysd.kernels as K
         from tinysd.interp import integer as I

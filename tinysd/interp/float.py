@@ -24,6 +24,7 @@ from ..kernels.blas import blas_threads
 from ..kernels.threads import run_ranges
 from ..memory import ATTENTION_TILE_ELEMENTS  # integer interpreter: scores above this many elements are tiled
 from ..memory import FLOAT_ATTENTION_TILE_SCORES  # this engine's tile: scores per thread
+from . import winograd
 from .gelu import gelu_kernel
 
 log = logging.getLogger(__name__)
@@ -259,12 +260,17 @@ class FloatInterpreter:
 
     params: parameter name -> array (any float dtype; converted to float32
     once, on first use). network: the network's name ("text_encoder", "unet",
-    "vae"), used in tensor names and error messages.
+    "vae"), used in tensor names and error messages. conv_winograd: 3x3 stride-1
+    convolutions with padding 1 by Winograd F(2x2, 3x3) where it is faster
+    (`winograd.worth_it`; other floats than im2col's, same accuracy): set for
+    generation (`models.from_params`); the default, im2col, keeps the floats that
+    calibration and AdaRound have always seen.
     """
 
-    def __init__(self, params: Mapping[str, np.ndarray], network: str):
+    def __init__(self, params: Mapping[str, np.ndarray], network: str, conv_winograd: bool = False):
         self.params = params
         self.network = network
+        self.conv_winograd = conv_winograd
         self._f32: dict[str, np.ndarray] = {}
         self.attention_tile_elements = ATTENTION_TILE_ELEMENTS
 
@@ -312,7 +318,11 @@ class FloatInterpreter:
         return y.reshape(*lead, w.shape[0])
 
     def conv2d(self, x: np.ndarray, name: str, stride: int = 1, padding=0) -> np.ndarray:
-        return conv2d_nchw(x, self.param(f"{name}.weight"), self._bias(name), stride, padding)
+        w = self.param(f"{name}.weight")
+        if (self.conv_winograd and w.shape[2:] == (3, 3) and stride == 1 and _pad4(padding) == (1, 1, 1, 1)
+                and x.ndim == 4 and x.shape[1] == w.shape[1] and winograd.worth_it(*x.shape)):
+            return winograd.conv3x3_winograd(x, w, self._bias(name))
+        return conv2d_nchw(x, w, self._bias(name), stride, padding)
 
     def group_norm(self, x: np.ndarray, name: str, groups: int, eps: float) -> np.ndarray:
         """GroupNorm: statistics of each (sample, group) in float64, result rounded once (`_norm_kernel`)."""
