@@ -480,6 +480,22 @@ def _i16_requant_params(bias_eff, accs, sh):
     return bias_r.astype(np.int64), np.maximum(sh, 0).astype(np.int64), half.astype(np.int64), right.astype(np.int64)
 
 
+@njit(cache=True, inline="always")
+def _store_nchw(tile, m0, m1, n0, n_valid, n_cols, nchw_pixels, out):
+    """out (flat NCHW, P = nchw_pixels pixels an image) <- tile[m - m0, c] for rows m in [m0, m1) (row m: image
+    m // P, pixel m % P) and channels n0 + c, c < n_valid: one run of pixels per channel, split where an image
+    ends."""
+    for c in range(n_valid):
+        b = m0 // nchw_pixels
+        p = m0 - b * nchw_pixels
+        for m in range(m0, m1):
+            out[(b * n_cols + n0 + c) * nchw_pixels + p] = tile[m - m0, c]
+            p += 1
+            if p == nchw_pixels:
+                p = 0
+                b += 1
+
+
 @njit(cache=True, parallel=True)
 def _gemm_i16(a, m_rows, wpk, n_cols, block_pairs, tiles_per_block, n_chunks, bias, rowc, acc_shift, left, mult,
               half, right, out_zp, qmin, qmax, nchw_pixels, raw, out, out_raw):
@@ -527,15 +543,7 @@ def _gemm_i16(a, m_rows, wpk, n_cols, block_pairs, tiles_per_block, n_chunks, bi
                                      right[n0:n1], out_zp, qmin, qmax, y)
             if raw or nchw_pixels == 0:
                 continue
-            for c in range(n_valid):  # NCHW: one run of pixels per channel (split where an image ends)
-                b = m0 // nchw_pixels
-                p = m0 - b * nchw_pixels
-                for m in range(m0, m1):
-                    out[(b * n_cols + n0 + c) * nchw_pixels + p] = yb[m - m0, c]
-                    p += 1
-                    if p == nchw_pixels:
-                        p = 0
-                        b += 1
+            _store_nchw(yb, m0, m1, n0, n_valid, n_cols, nchw_pixels, out)
     return nsat
 
 
@@ -587,15 +595,7 @@ def _gemm_i32(a, m_rows, wpk, n_cols, block_pairs, tiles_per_block, n_chunks, pr
             requant_tile(c32, np.int64(m1 - m0), np.int64(width), np.int64(I32_GROUP * PANEL), prm, np.int64(n0),
                          lo, hi, out_zp, variant, c32, np.int64(0), np.int64(I32_GROUP * PANEL),
                          np.int64(width))  # in place
-            for c in range(n_valid):  # NCHW: one run of pixels per channel (split where an image ends)
-                b = m0 // nchw_pixels
-                p = m0 - b * nchw_pixels
-                for m in range(m0, m1):
-                    out[(b * n_cols + n0 + c) * nchw_pixels + p] = c32[m - m0, c]
-                    p += 1
-                    if p == nchw_pixels:
-                        p = 0
-                        b += 1
+            _store_nchw(c32, m0, m1, n0, n_valid, n_cols, nchw_pixels, out)
 
 
 #: at most this many bytes of int16 activations per work item of _gemm_i16 (kept in L2 while a

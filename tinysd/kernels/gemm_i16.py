@@ -13,7 +13,7 @@ holds a quad of bytes, a unsigned and b signed,
     acc[l] += a[4l] b[4l] + a[4l+1] b[4l+1] + a[4l+2] b[4l+2] + a[4l+3] b[4l+3]   (int32, wrapping)
 
 where each product |a b| <= 255 * 128 is exact in the instruction's 16-bit intermediates. The code
-below is the same for both with a "word" of 2 int16 or 4 bytes: `words` counts K in words.
+below is the same for both with a "word" of 2 int16 or 4 bytes (arguments named `npairs` count K in words).
 
 The micro-kernel below is written as that portable LLVM IR pattern (sext, mul, even + odd lanes,
 add); LLVM selects `vpdpwssd zmm` on CPUs with avx512_vnni and `vpmaddwd ymm` + `vpaddd ymm` on
