@@ -746,3 +746,34 @@ def test_pack_centred_is_the_packed_transposed_centred_operand(k, n):
     for zp in (0, 255, 77):
         want = gemm_i16.pack_weight((b.T.astype(np.int16) - zp).astype(np.int16))
         np.testing.assert_array_equal(gemm_i16.pack_centred(b, zp), want)
+
+
+def test_pack_weight_layout_against_a_plain_reference():
+    """pack_weight's panels (word p of channel c of panel j at PANEL*j*W + p*width + c, the word's 2 int16 or 4
+    int8 values w[c, per*p + h], zeros beyond N and K; conv weights with K in (kh, kw, c) order) against
+    element-by-element loops, for int16 pairs and int8 quads, odd K and N, 2-D and 4-D weights."""
+    P = gemm_i16.PANEL
+
+    def plain(w2, dtype):
+        n, k = w2.shape
+        per = 4 // np.dtype(dtype).itemsize
+        nw, n_pad = -(-k // per), -(-n // gemm_i16.LANES) * gemm_i16.LANES
+        out = np.zeros(n_pad * nw * per, dtype)
+        for j in range(-(-n_pad // P)):
+            width = min(P, n_pad - P * j)
+            for p in range(nw):
+                for c in range(width):
+                    for h in range(per):
+                        o, kk = P * j + c, per * p + h
+                        if o < n and kk < k:
+                            out[P * j * nw * per + (p * width + c) * per + h] = w2[o, kk]
+        return out
+
+    rng = np.random.default_rng(23)
+    for shape in ((19, 45), (70, 3), (P + 16, 8), (17, 5, 3, 3), (33, 2, 1, 1)):
+        w = rng.integers(-128, 128, shape).astype(np.int8)
+        w2 = w.transpose(0, 2, 3, 1).reshape(shape[0], -1) if w.ndim == 4 else w
+        for dtype in (np.int16, np.int8):
+            got = gemm_i16.pack_weight(w, dtype)
+            assert got.dtype == dtype
+            np.testing.assert_array_equal(got, plain(w2, dtype))

@@ -715,8 +715,7 @@ class PreparedWeight:
 
     def _packed(self, key, dtype):
         if key not in self._operands:
-            q = self.q.transpose(0, 2, 3, 1) if self.q.ndim == 4 else self.q  # conv: (OUT, KH, KW, C)
-            self._operands[key] = gemm_i16.pack_weight(q.reshape(q.shape[0], -1), dtype)  # (OUT, K)
+            self._operands[key] = gemm_i16.pack_weight(self.q, dtype)  # conv: K ordered (kh, kw, c_in)
         return self._operands[key]
 
 

@@ -363,23 +363,46 @@ def block_product(a, t0, t1, wpk, panel, width, npairs_total, block_pairs, cbloc
                 _mk1(a, a_off, lda, wpk, b_off, n, c, ldc, p0)  # p0 > 0: add to the earlier blocks
 
 
+#: words of a weight row copied together by `_pack_kernel` (a block of PANEL x WORD_BLOCK words: 16 KB, in L1)
+WORD_BLOCK = 64
+
+
 @njit(cache=True, parallel=True)
-def _pack_kernel(w, npairs, n_pad, out):
-    """out (words, laid out per panel) <- w (N, K) int8; zeros beyond N and K. Words of 2 int16 or of
-    4 int8 (out's dtype); npairs counts words."""
-    n_out, k = w.shape
-    per = 4 // out.itemsize
+def _pack_kernel(words, n_pad, out):
+    """out (words, laid out per panel) <- words (N, W) int32 (each the 2 int16 or 4 int8 values of one weight
+    row's word): out[PANEL*j*W + p*width + c] = words[PANEL*j + c, p], zero for rows N..n_pad-1. A transpose
+    of each panel, in blocks of WORD_BLOCK words."""
+    n_out, nwords = words.shape
     n_panels = (n_pad + PANEL - 1) // PANEL
-    for j in prange(n_panels):
+    nblk = (nwords + WORD_BLOCK - 1) // WORD_BLOCK
+    for item in prange(n_panels * nblk):
+        j = item // nblk
+        p0 = (item - j * nblk) * WORD_BLOCK
+        p1 = min(nwords, p0 + WORD_BLOCK)
         width = min(PANEL, n_pad - PANEL * j)
-        base = PANEL * j * npairs * per  # elements before this panel
-        for p in range(npairs):  # writes in order; the panel's weight rows stay in L1 across p
-            row = base + per * p * width
-            for c in range(width):
-                o = PANEL * j + c
-                for h in range(per):
-                    kk = per * p + h
-                    out[row + per * c + h] = w[o, kk] if (o < n_out and kk < k) else 0
+        base = PANEL * j * nwords
+        for c in range(width):
+            o = PANEL * j + c
+            if o < n_out:
+                src = words[o, p0:p1]
+                for p in range(p1 - p0):
+                    out[base + (p0 + p) * width + c] = src[p]
+            else:
+                for p in range(p0, p1):
+                    out[base + p * width + c] = 0
+
+
+@njit(cache=True, parallel=True)
+def _weight_rows(w3, rows):
+    """rows[o, s*C + c] = w3[o, c, s] (conv weights (N, C, KH*KW): K in (kh, kw, c) order; 2-D weights come as
+    (N, K, 1)), converted to rows' dtype, and zeros from C*S to the end of each row."""
+    n, c_in, taps = w3.shape
+    for o in prange(n):
+        src, dst = w3[o], rows[o]
+        for s in range(taps):
+            for c in range(c_in):
+                dst[s * c_in + c] = src[c, s]
+        dst[c_in * taps:] = 0
 
 
 @njit(cache=True, parallel=True)
@@ -420,17 +443,25 @@ def pack_centred(b, zp, dtype=np.int16):
     return out
 
 
-def pack_weight(w2, dtype=np.int16):
-    """Packed words (1-D, `PANEL`-wide panels, see module docstring) of an int8 (N, K) weight (or int16
-    (N, K): the centred uint8 right operand of an activation product): int16 pairs, or int8 quads
-    (dtype int8: the "u8" plan)."""
-    n, k = w2.shape
+def pack_weight(w, dtype=np.int16):
+    """Packed words (1-D, `PANEL`-wide panels, see module docstring) of an int8 weight: (N, K), or a conv
+    weight (N, C, KH, KW) with K ordered (kh, kw, c) (as the SIMD im2col operand); int16 pairs, or int8 quads
+    (dtype int8: the "u8" plan). Also takes int16 (N, K) values in int16 (the centred uint8 right operand of
+    an activation product, in tests)."""
+    n = w.shape[0]
+    k = int(np.prod(w.shape[1:]))
     per = 4 // np.dtype(dtype).itemsize
     nwords = -(-k // per)
     n_pad = -(-n // LANES) * LANES
-    out = np.empty(n_pad * nwords * per, dtype)
-    _pack_kernel(np.ascontiguousarray(w2), nwords, n_pad, out)
-    return out
+    if w.ndim == 2 and k % per == 0 and w.dtype == dtype and w.flags.c_contiguous:
+        rows = w
+    else:  # one copy: widened to dtype, conv K in (kh, kw, c) order, K padded with zeros to whole words
+        rows = np.empty((n, nwords * per), dtype)
+        w3 = np.ascontiguousarray(w).reshape(n, w.shape[1], -1)  # (N, K, 1) or conv (N, C, KH*KW)
+        _weight_rows(w3, rows)
+    out = np.empty(n_pad * nwords, np.int32)
+    _pack_kernel(rows.view(np.int32), n_pad, out)
+    return out.view(dtype)
 
 
 def padded_shape(rows: int, k: int, per_word: int = 2) -> tuple[int, int]:
