@@ -777,3 +777,5 @@ def test_pack_weight_layout_against_a_plain_reference():
             got = gemm_i16.pack_weight(w, dtype)
             assert got.dtype == dtype
             np.testing.assert_array_equal(got, plain(w2, dtype))
+    unaligned = rng.integers(-128, 128, 1 + 20 * 64).astype(np.int8)[1:].reshape(20, 64)  # as a file slice may be
+    np.testing.assert_array_equal(gemm_i16.pack_weight(unaligned, np.int8), plain(unaligned, np.int8))

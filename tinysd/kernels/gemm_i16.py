@@ -453,8 +453,8 @@ def pack_weight(w, dtype=np.int16):
     per = 4 // np.dtype(dtype).itemsize
     nwords = -(-k // per)
     n_pad = -(-n // LANES) * LANES
-    if w.ndim == 2 and k % per == 0 and w.dtype == dtype and w.flags.c_contiguous:
-        rows = w
+    if w.ndim == 2 and k % per == 0 and w.dtype == dtype and w.flags.c_contiguous and w.ctypes.data % 4 == 0:
+        rows = w  # read in place as int32 words (an aligned view: no second compilation for unaligned arrays)
     else:  # one copy: widened to dtype, conv K in (kh, kw, c) order, K padded with zeros to whole words
         rows = np.empty((n, nwords * per), dtype)
         w3 = np.ascontiguousarray(w).reshape(n, w.shape[1], -1)  # (N, K, 1) or conv (N, C, KH*KW)
