@@ -80,9 +80,8 @@ def test_float_interpreter_takes_winograd_only_where_asked_and_worth_it(monkeypa
     fast, plain = FloatInterpreter(params, "t", conv_winograd=True), FloatInterpreter(params, "t")
     for interp in (fast, plain, CalibratingInterpreter(params, "t")):
         for args in ((x, "c", 1, 1), (x, "c", 2, 1), (x, "c", 1, 0), (x, "p", 1, 0), (small, "c", 1, 1)):
-            y = interp.conv2d(*args)
-            np.testing.assert_allclose(y, conv2d_nchw(args[0], params[f"{args[1]}.weight"], params.get(f"{args[1]}.bias"),
-                                                      args[2], args[3]), rtol=0, atol=1e-5)
+            want = conv2d_nchw(args[0], params[f"{args[1]}.weight"], params.get(f"{args[1]}.bias"), args[2], args[3])
+            np.testing.assert_allclose(interp.conv2d(*args), want, rtol=0, atol=1e-5)
     assert calls == [x.shape]
     assert winograd.worth_it(2, 320, 64, 64) and not winograd.worth_it(2, 1280, 16, 16)
 

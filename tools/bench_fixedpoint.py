@@ -5,8 +5,8 @@
 For each SD 1.5 GEMM shape M x K x N it times float32 `x @ w` and the exact integer linear
 (int8 weights x uint8 / uint16 activations) with prepared float32 weights: the raw int64
 accumulator (`linear_accumulator`) and the full op with the requantize epilogue (`linear`),
-for every method of `plan_linear`: "u8" (byte quads, vpdpbusd, with AVX-512 VNNI), "i16" (int16 SIMD, vpdpwssd), "split" (float32 BLAS; hi/lo
-byte planes for uint16) and, for uint16, "f64" (float64 BLAS). The method each dtype uses by
+for every method of `plan_linear`: "u8" (byte quads, vpdpbusd, with AVX-512 VNNI), "i16" (int16 SIMD,
+vpdpwssd), "split" (float32 BLAS; hi/lo byte planes for uint16) and, for uint16, "f64" (float64 BLAS). The method each dtype uses by
 default is marked with *. Ratios are exact-time / float32-time (best of --repeat runs, all
 variants of a shape timed in alternation). Then the W8A8 attention products (uint8 x uint8
 `matmul`, requantized, one query tile of 512 rows of SD 1.5's 64x64 level: scores and context)

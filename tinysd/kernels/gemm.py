@@ -538,7 +538,8 @@ def _gemm_i16(a, m_rows, wpk, n_cols, block_pairs, tiles_per_block, n_chunks, bi
                 if raw:
                     out_raw[m, n0:n1] = crow + bias[n0:n1]
                     continue
-                y = out[m * n_cols + n0:m * n_cols + n1] if nchw_pixels == 0 else yb[m - m0, :n_valid]  # (M, N): in place
+                # (M, N) rows: in place; NCHW: into the block buffer
+                y = out[m * n_cols + n0:m * n_cols + n1] if nchw_pixels == 0 else yb[m - m0, :n_valid]
                 nsat += _requant_row(crow, bias[n0:n1], acc_shift[n0:n1], left[n0:n1], mult[n0:n1], half[n0:n1],
                                      right[n0:n1], out_zp, qmin, qmax, y)
             if raw or nchw_pixels == 0:
