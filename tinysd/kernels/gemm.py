@@ -125,8 +125,8 @@ class GemmPlan:
 
 
 def _make_plan(dtype, mode, a_bound, b_bound):
-    if dtype is np.int16 or dtype is np.uint8:
-        per_word = 4 // np.dtype(dtype).itemsize  # chunk: a multiple of the SIMD word
+    if dtype is np.int16 or dtype is np.uint8:  # chunk: a whole number of SIMD words (2 int16 or 4 bytes)
+        per_word = 4 // np.dtype(dtype).itemsize
         return GemmPlan(dtype, mode, a_bound, b_bound, gemm_i16.block_length(a_bound, b_bound, per_word))
     limit = F32_EXACT if dtype is np.float32 else F64_EXACT
     chunk = limit // (a_bound * b_bound)
