@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 
 from .errors import TinySDError
+from .offload import reuse_freed_blocks
 from .quant.calibration import CALIBRATION_METHODS
 from .quant.calibration import DEFAULT_CALIBRATION_STEPS
 from .schedulers import SAMPLERS
@@ -196,6 +197,7 @@ def cli(ctx, verbose):
     """tinysd: a from-scratch Stable Diffusion 1.x engine."""
     ctx.meta["tinysd.verbose"] = verbose
     _setup_logging(verbose)
+    reuse_freed_blocks()  # large work buffers reused, not faulted in afresh (tinysd.offload)
 
 
 @cli.command()

@@ -13,6 +13,7 @@ import ctypes
 import ctypes.util
 import gc
 import logging
+import os
 import time
 from typing import Callable
 
@@ -64,15 +65,37 @@ def release(net) -> None:
         net.release()
 
 
-def _malloc_trim() -> Callable[[int], int] | None:
+def _glibc(function: str) -> Callable | None:
     name = ctypes.util.find_library("c")
     try:
-        return ctypes.CDLL(name).malloc_trim if name else None
+        return getattr(ctypes.CDLL(name), function) if name else None
     except (OSError, AttributeError):  # not glibc
         return None
 
 
-_TRIM = _malloc_trim()
+_TRIM, _MALLOPT = _glibc("malloc_trim"), _glibc("mallopt")
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+#: blocks below this come from the heap and are reused when freed (glibc's own limit: 32 MiB)
+REUSED_BLOCK_BYTES = 1 << 30
+#: environment variables with which a user sets glibc's thresholds himself (then left as they are)
+MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
+
+
+def reuse_freed_blocks() -> bool:
+    """Let glibc reuse freed blocks of up to REUSED_BLOCK_BYTES instead of returning them to the OS at once.
+
+    By default glibc maps every block of 32 MiB or more on its own and unmaps it when freed, so the next such
+    block is fresh pages: each page is faulted in and zeroed by the kernel again. An integer UNet step at
+    512 x 512 allocates several such blocks per attention tile (scores, probabilities, operands: 64 MiB
+    each), about 8 GB of fresh pages a step. With both thresholds raised they come from the heap and are
+    reused; `free_memory` (a network dropped) still returns the free heap to the OS. Returns whether the
+    thresholds were set (not on a non-glibc platform, nor when the user set them in the environment).
+    The `tinysd` command calls it once at start; library users may.
+    """
+    if _MALLOPT is None or any(v in os.environ for v in MALLOC_ENV):
+        return False
+    return bool(_MALLOPT(M_MMAP_THRESHOLD, REUSED_BLOCK_BYTES)) and bool(_MALLOPT(M_TRIM_THRESHOLD,
+                                                                                REUSED_BLOCK_BYTES))
 
 
 def free_memory() -> None:

@@ -13,7 +13,8 @@ and diffusers load. The integer variants are quantized from it by tinysd (`calib
 and one sampler step at --calib-size pixels, min-max, then `quantize_model` and `save_quantized`: the folder a
 user gets from `tinysd quantize`).
 
-Each variant runs in its own process, in the order given (reversed in every other round, --rounds), and
+tinysd's variants first call `tinysd.offload.reuse_freed_blocks()`, as the `tinysd` command does. Each variant
+runs in its own process, in the order given (reversed in every other round, --rounds), and
 measures, in this order, each with the peak RSS of that phase alone (the kernel's peak is reset before each
 phase: tinysd.runstats; so a phase's peak includes every loaded weight):
 
@@ -449,8 +450,9 @@ def run_variant(args) -> dict:
 
             tinysd.interp.float.ATTENTION_TILE_ELEMENTS = tinysd.interp.integer.ATTENTION_TILE_ELEMENTS = 1 << 62
             v = v[: -len("-untiled")]
-        from tinysd.offload import free_memory
+        from tinysd.offload import free_memory, reuse_freed_blocks
 
+        reuse_freed_blocks()  # as the `tinysd` command does at start
         path = work / ("sd15" if v == "fp32" else v)
         if not args.generate_only:
             with stats.measure("load"):  # all three networks, as a library user holding the pipeline
