@@ -374,6 +374,38 @@ def test_float_left_tensors_get_derived_ranges(exports, tiny):
     assert f"{blk}.attn1.context.out" in report.calibrated["unet"]
 
 
+def test_a_reader_copy_read_by_another_op_is_not_used(exports, tiny, tmp_path):
+    """An Identity copy whose one reader is not a conv, linear or norm (here the real aimet-torch graph with
+    its norm3 copy rewired: the norm reads the value, the residual add the copy) is listed as a "reader copy",
+    and its encoding is used for nothing: not as the add's input, not as the value's encoding."""
+    import onnx
+
+    root, _ = exports
+    d = root / "aimet-torch-onnx" / "unet" / "w8a16"
+    blk = "/unet/down_blocks.0/attentions.0/transformer_blocks.0"
+    value, copy = f"{blk}/Add_1_output_0", f"{blk}/Add_1_output_0_dup_0"
+    model = onnx.load(d / "unet_2.0.0.onnx")
+    swapped = 0
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            if node.name == f"{blk}/norm3/LayerNormalization" and name == copy:
+                node.input[i], swapped = value, swapped + 1
+            elif node.name == f"{blk}/Add_2" and name == value:
+                node.input[i], swapped = copy, swapped + 1
+    assert swapped == 2
+    onnx.save(model, tmp_path / "unet.onnx")
+    m = map_onnx(tmp_path / "unet.onnx", "unet", model_graphs(tiny.config)["unet"], tiny.params["unet"])
+    row = m.find(copy)
+    assert row.role == "reader copy" and f"Add {blk}/Add_2" in row.why and copy not in m.activations
+    u = read_sources(tiny, [Source("unet", d / "unet_2.0.0.encodings", tmp_path / "unet.onnx")])["unet"]
+    t = "unet.down_blocks.0.attentions.0.transformer_blocks.0"
+    assert "input" not in u.parts.get(t[len("unet."):] + ".norm3", ())
+    assert not {f"{t}.norm3.input.out", f"{t}.add2.out", f"{t}.add3.out"} & set(u.activations)
+    # the unchanged graph: the same copy is norm3's input part
+    u0 = read_sources(tiny, [Source("unet", d / "unet_2.0.0.encodings", d / "unet_2.0.0.onnx")])["unet"]
+    assert f"{t}.norm3.input.out" in u0.activations
+
+
 def test_aimet_torch_unet_against_quantsim(exports, tmp_path):
     """aimet-torch's W8A16 UNet (sim.onnx.export): with its input quantizers followed (`input` parts) and the
     tensors it leaves float given derived ranges, tinysd's integer UNet is within the 60 dB target of
