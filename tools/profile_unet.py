@@ -112,6 +112,9 @@ def timed_backend(backend, times: dict) -> SimpleNamespace:
 def run_tinysd(args) -> dict:
     from tinysd.models import UNet
     from tinysd.nn.unet import UNet2DConditionModel
+    from tinysd.offload import reuse_freed_blocks
+
+    reuse_freed_blocks()  # as the `tinysd` command does at start
 
     cfg = B.unet_config()
     sample, context = B.inputs(cfg, args.size, args.batch)
