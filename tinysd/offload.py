@@ -6,6 +6,10 @@ the network's weights are read (from the checkpoint or quantized folder, one net
 call, and `release()` drops them, so at any time only the weights of the network running are resident
 (SD 1.5 w8a8: the UNet's 0.82 GB int8 weights, not the text encoder's and VAE's beside them). The network
 built is the one an eager pipeline builds from the same files, so the outputs are identical.
+
+The process's glibc heap settings live here too: `free_memory` hands the free heap back to the OS when a
+network is dropped, and `reuse_freed_blocks` (called by the `tinysd` command) keeps large freed blocks
+for the next op instead.
 """
 from __future__ import annotations
 
@@ -75,7 +79,8 @@ def _glibc(function: str) -> Callable | None:
 
 _TRIM, _MALLOPT = _glibc("malloc_trim"), _glibc("mallopt")
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
-#: blocks below this come from the heap and are reused when freed (glibc's own limit: 32 MiB)
+#: blocks below this come from the heap and are reused when freed (glibc's default threshold: 128 KiB,
+#: raised by itself up to 32 MiB)
 REUSED_BLOCK_BYTES = 1 << 30
 #: environment variables with which a user sets glibc's thresholds himself (then left as they are)
 MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
