@@ -738,7 +738,7 @@ def _weight_arg(w_q, ndim):
 
 
 def _weight_operand(w_q, plan):
-    """(operand, wsum (OUT,) int64): (K, OUT) float in the plan's dtype, or packed int16 pairs."""
+    """(operand, wsum (OUT,) int64): (K, OUT) float in the plan's dtype, or packed int16 pairs / int8 quads."""
     pw = prepare_weight(w_q)
     if plan.simd:
         return (pw.i16 if plan.dtype is np.int16 else pw.u8), pw.wsum
