@@ -50,7 +50,7 @@ PLANS = [("linear", np.uint8, "split"), ("linear", np.uint8, "i16"), ("linear", 
          *([("linear", np.uint8, "u8"), ("linear", np.uint16, "u8")] if gemm_i16.QUADS else []),
          ("linear", np.uint16, "f64"), ("linear", np.uint16, "i16"),
          ("matmul", np.uint8, np.uint8), ("matmul", np.uint16, np.uint16), ("matmul", np.uint8, np.uint16)]
-METHODS = ["u8"] * gemm_i16.QUADS + ["i16", "split", "f64"]  # "u8" (vpdpbusd) where the CPU has AVX-512 VNNI
+METHODS = ["u8"] * gemm_i16.QUADS + ["i16", "split", "f64"]  # "u8" (vpdpbusd) where the CPU has VNNI
 LIMIT = {np.float32: 2**24, np.float64: 2**53, np.int16: 2**31 - 1, np.uint8: 2**31 - 1}  # exact floats; int32 lanes
 
 
@@ -72,10 +72,10 @@ def test_plan_chunks_satisfy_the_exactness_bound(kind, a, b):
 
 def test_default_methods():
     """uint16 activations use the int16 SIMD plan by default where Numba targets AVX2 / AVX-512 VNNI; uint8
-    activations the byte-quad plan where it targets AVX-512 VNNI, else the same as uint16."""
+    activations the byte-quad plan where it targets AVX-512 VNNI or AVX-VNNI, else the same as uint16."""
     assert A16_METHOD == ("i16" if gemm_i16.FAST else "split")
     assert A8_METHOD == ("u8" if gemm_i16.QUADS else A16_METHOD)
-    assert gemm_i16.QUADS == gemm_i16.VNNI
+    assert gemm_i16.QUADS == (gemm_i16.VNNI or {"avxvnni", "avx2"} <= gemm_i16.target_features())
     assert plan_linear(np.uint16) == plan_linear(np.uint16, A16_METHOD)
     assert plan_linear(np.uint8) == plan_linear(np.uint8, A8_METHOD)
     with pytest.raises(ValueError, match="method"):
@@ -395,7 +395,7 @@ def test_matmul_uint16_with_a_packed_right_operand_gives_the_same_integers():
     assert_bit_equal(matmul(*args, method="i16", b_packed=packed), matmul_ref(*args))
 
 
-@pytest.mark.skipif(not gemm_i16.QUADS, reason="the u8 plan (vpdpbusd) needs AVX-512 VNNI")
+@pytest.mark.skipif(not gemm_i16.QUADS, reason="the u8 plan (vpdpbusd) needs AVX-512 VNNI or AVX-VNNI")
 def test_u8_plan_blocks_and_int64_paths_are_exact():
     """The "u8" plan (raw uint8 x int8 byte quads, vpdpbusd): K = one block of 65792 + 3 with every product
     255 * -128 sums 65792 * 32640 = 2147450880 < 2**31 in a lane before the int64 add (a longer block would
@@ -557,27 +557,35 @@ def _inner_loop(asm, mnemonic):
 
 
 @pytest.mark.skipif(not gemm_i16.FAST, reason="needs a Numba target with AVX2 or AVX-512 VNNI")
-def test_i16_micro_kernel_compiles_to_int16_dot_products_without_spills():
-    """The speed of the i16 plan rests on LLVM turning the micro-kernel's IR into vpdpwssd (AVX-512
-    VNNI, zmm) or vpmaddwd (AVX2, ymm), MR x NV per K pair, with every accumulator in a register (no
-    stack access in the inner loop); a compiler change that loses either would still be exact but slow."""
+@pytest.mark.parametrize("quads", [False] + [True] * gemm_i16.QUADS)
+def test_micro_kernel_compiles_to_dot_products_without_spills(quads):
+    """The speed of the SIMD plans rests on LLVM turning the micro-kernel's IR into one dot-product
+    instruction per accumulator and K word (MR x NV per word, times the loop's unrolling), with every
+    accumulator in a register (no stack access in the inner loop); a compiler change that loses either
+    would still be exact but slow. int16 pairs ("i16"): vpdpwssd (AVX-512 VNNI, zmm), vpmaddwd + vpaddd
+    (AVX2, ymm) or, with AVX-VNNI, either (LLVM mixes them); byte quads ("u8"): vpdpbusd (AVX-512 VNNI zmm,
+    AVX-VNNI ymm)."""
     mk = gemm_i16._MK[gemm_i16.NV - 1]
 
     @numba.njit(cache=False)
     def one_tile(a, b, c):
-        mk(a, 0, a.shape[1], b, 0, a.shape[1] // 2, c, c.shape[1], 0)
+        mk(a, 0, a.shape[1], b, 0, a.shape[1] // (4 // a.itemsize), c, c.shape[1], 0)
 
     rng = np.random.default_rng(4)
-    a = rng.integers(-32768, 32768, (gemm_i16.MR, 8)).astype(np.int16)
+    a = rng.integers(0, 256, (gemm_i16.MR, 8)).astype(np.uint8) if quads else \
+        rng.integers(-32768, 32768, (gemm_i16.MR, 8)).astype(np.int16)
     w = rng.integers(-128, 128, (gemm_i16.PANEL, 8)).astype(np.int8)
+    b = gemm_i16.pack_weight(w, np.int8 if quads else np.int16)
     c = np.zeros((gemm_i16.MR, gemm_i16.PANEL), np.int64)
-    one_tile(a, gemm_i16.pack_weight(w), c)
+    one_tile(a, b, c)
     np.testing.assert_array_equal(c, a.astype(np.int64) @ w.astype(np.int64).T)
     asm = "\n".join(one_tile.inspect_asm().values())
-    mnemonic, reg = ("vpdpwssd", "zmm") if gemm_i16.VNNI else ("vpmaddwd", "ymm" if gemm_i16.LANES == 8 else "zmm")
-    loop = _inner_loop(asm, mnemonic)
-    assert sum(mnemonic in line for line in loop) == gemm_i16.MR * gemm_i16.NV
-    assert all(reg in line for line in loop if mnemonic in line)
+    reg = "ymm" if gemm_i16.LANES == 8 else "zmm"
+    mnemonics = ("vpdpbusd",) if quads else ("vpdpwssd",) if gemm_i16.VNNI else ("vpmaddwd", "vpdpwssd")
+    loop = _inner_loop(asm, mnemonics[0])
+    dots = [line for line in loop if any(m in line for m in mnemonics)]
+    assert dots and len(dots) % (gemm_i16.MR * gemm_i16.NV) == 0
+    assert all(reg in line for line in dots)
     assert not [line for line in loop if "(%rsp)" in line], "accumulators spilled to the stack"
 
 

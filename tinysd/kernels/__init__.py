@@ -1,7 +1,7 @@
 """Integer ops of docs/arithmetic.md, each with a plain reference twin in `reference.py`.
 
 Linear-type ops (`gemm.py`, `conv.py`) compute exact int64 accumulators, by default with int16
-SIMD dot products (uint8 activations on AVX-512 VNNI: byte quads) over K-blocks short enough for int32
+SIMD dot products (uint8 activations on AVX-512 VNNI or AVX-VNNI: byte quads) over K-blocks short enough for int32
 lanes (`gemm_i16.py`), else with float
 BLAS under the bound proved in the spec; then they narrow and requantize in a Numba epilogue. Elementwise and
 data-movement ops are in `elementwise.py`. Nonlinear ops (tables, softmax, norms) live in

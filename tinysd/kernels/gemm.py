@@ -6,7 +6,7 @@ The integer result of every product is defined in docs/arithmetic.md as an exact
 with int32 lanes over K-blocks short enough to be exact, summed in int64 (`gemm_i16`; x86
 `vpdpwssd`), with the requantize epilogue fused per tile; so do the activation products (uint8 x
 uint8 centred; uint16 x uint16 as a - 32768 against the two byte planes of b - 32768, `_matmul_u16`).
-Where the CPU has AVX-512 VNNI, uint8 activations take the "u8" plan instead: the raw uint8 x against
+Where the CPU has AVX-512 VNNI or AVX-VNNI, uint8 activations take the "u8" plan instead: the raw uint8 x against
 int8 weights (or against b - 128 for an activation product) in byte quads (`vpdpbusd`, HVX `vrmpy`),
 zero points restored by exact correction terms.
 The float plans compute the same sum
@@ -69,7 +69,7 @@ METHODS = ("u8", "i16", "split", "f64")
 #: CPU with AVX2 or AVX-512 VNNI (measured faster on every SD 1.5 shape), else "split".
 A16_METHOD = "i16" if gemm_i16.FAST else "split"
 #: How int8 x uint8 products are computed by default: "u8" (byte quads, vpdpbusd) where Numba targets
-#: AVX-512 VNNI, else as A16_METHOD ("i16": int16 SIMD; "split" / "f64": float32 offset8 for uint8).
+#: AVX-512 VNNI or AVX-VNNI, else as A16_METHOD ("i16": int16 SIMD; "split" / "f64": float32 offset8 for uint8).
 A8_METHOD = "u8" if gemm_i16.QUADS else A16_METHOD
 
 _DEBUG = {"saturation": False}
@@ -138,13 +138,13 @@ def _check_method(method: str, uint8: bool) -> None:
     if method not in METHODS:
         raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
     if method == "u8" and uint8 and not gemm_i16.QUADS:
-        raise ValueError("method: 'u8' (vpdpbusd) needs a CPU with AVX-512 VNNI; use 'i16'")
+        raise ValueError("method: 'u8' (vpdpbusd) needs a CPU with AVX-512 VNNI or AVX-VNNI; use 'i16'")
 
 
 def plan_linear(x_dtype, method: str | None = None) -> GemmPlan:
     """Plan for int8 weights x activations of `x_dtype`.
 
-    method "u8": byte quads, raw8 (uint8; needs AVX-512 VNNI), else as "i16".
+    method "u8": byte quads, raw8 (uint8; needs AVX-512 VNNI or AVX-VNNI), else as "i16".
     "i16": int16 SIMD, offset8 (uint8) or offset16 (uint16). "split": float32, offset8
     (uint8) or split16 (uint16). "f64": float32 offset8 (uint8) or float64 centred (uint16).
     None: A8_METHOD / A16_METHOD. All plans give the same integers.
@@ -167,7 +167,7 @@ def plan_linear(x_dtype, method: str | None = None) -> GemmPlan:
 
 def plan_matmul(a_dtype, b_dtype, method: str | None = None) -> GemmPlan:
     """Plan for two activations: uint8 x uint8 as raw a against b - 128 in byte quads (method "u8", needs
-    AVX-512 VNNI: `_matmul_i16` with row corrections; block 65792), centred in int16 SIMD (method "i16";
+    AVX-512 VNNI or AVX-VNNI: `_matmul_i16` with row corrections; block 65792), centred in int16 SIMD (method "i16";
     |x - zp| <= 255, block 33024) or offset8 in float32 ("split" / "f64"); uint16 x uint16 offset16 in
     int16 SIMD (methods "u8", "i16": a' = a - 32768 against the two byte planes of b - 32768,
     `_matmul_u16`; blocks 510 and 256); anything else with uint16 centred in float64. None: A8_METHOD.

@@ -7,7 +7,8 @@ each 32-bit lane holds a pair of int16 values, and one instruction does, for its
 
     acc[l] += a[2l] * b[2l] + a[2l+1] * b[2l+1]        (int32, wrapping)
 
-and, for uint8 activations with VNNI ("u8" plan), `vpdpbusd` (the CPU twin of HVX `vrmpy`): each lane
+and, for uint8 activations with AVX-512 VNNI or AVX-VNNI ("u8" plan), `vpdpbusd` (the CPU twin of HVX
+`vrmpy`; zmm, or its VEX form on ymm): each lane
 holds a quad of bytes, a unsigned and b signed,
 
     acc[l] += a[4l] b[4l] + a[4l+1] b[4l+1] + a[4l+2] b[4l+2] + a[4l+3] b[4l+3]   (int32, wrapping)
@@ -68,8 +69,9 @@ def target_features() -> set[str]:
 #: its speed is unmeasured, so the float plans stay the default there (gemm.A16_METHOD).
 VNNI = {"avx512vnni", "avx512bw"} <= target_features()
 FAST = VNNI or "avx2" in target_features()
-#: the "u8" plan (vpdpbusd, uint8 activations x int8 weights) is compiled only where VNNI is
-QUADS = VNNI
+#: the "u8" plan (vpdpbusd, uint8 activations x int8 weights) is compiled where the CPU has it: AVX-512
+#: VNNI (zmm), or AVX-VNNI (its VEX form on ymm: AVX2 CPUs such as Intel's since Alder Lake)
+QUADS = VNNI or {"avxvnni", "avx2"} <= target_features()
 
 #: int32 lanes per SIMD vector and the micro-tile (MR rows x NV vectors of output channels) for the
 #: target: 512-bit vectors (16 lanes, 6 x 4 = 24 of the 32 zmm registers as accumulators) where
@@ -109,7 +111,7 @@ def _dot_pairs(builder, acc, a, b):
 
 def _vnni_quads(builder, acc, a, b):
     """acc + sum_{i < 4} a[4l + i] b[4l + i] per lane l; a (unsigned), b (signed) <L x i32> holding byte
-    quads: vpdpbusd (AVX-512 VNNI), called by name."""
+    quads: vpdpbusd (AVX-512 VNNI; with 8 lanes also AVX-VNNI's VEX form), called by name."""
     lanes = a.type.count
     vi32, v8 = ir.VectorType(_I32, lanes), ir.VectorType(ir.IntType(8), 4 * lanes)
     fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vi32, [vi32, v8, v8]),
