@@ -1,17 +1,20 @@
 """Benchmark of the exact integer kernels against float32 NumPy (a script, not a test).
 
     python3 tools/bench_fixedpoint.py [--repeat 5] [--shapes 4096x320x320,...]
+    python3 tools/bench_fixedpoint.py --conv-only [--repeat 3]
 
 For each SD 1.5 GEMM shape M x K x N it times float32 `x @ w` and the exact integer linear
 (int8 weights x uint8 / uint16 activations) with prepared float32 weights: the raw int64
 accumulator (`linear_accumulator`) and the full op with the requantize epilogue (`linear`),
-for every method of `plan_linear`: "u8" (byte quads, vpdpbusd, with AVX-512 VNNI), "i16" (int16 SIMD,
+for every method of `plan_linear`: "u8" (byte quads, vpdpbusd, with AVX-512 VNNI or AVX-VNNI), "i16" (int16 SIMD,
 vpdpwssd), "split" (float32 BLAS; hi/lo byte planes for uint16) and, for uint16, "f64" (float64 BLAS). The method each dtype uses by
 default is marked with *. Ratios are exact-time / float32-time (best of --repeat runs, all
 variants of a shape timed in alternation). Then the W8A8 attention products (uint8 x uint8
 `matmul`, requantized, one query tile of 512 rows of SD 1.5's 64x64 level: scores and context)
 for the "i16" and "split" plans against float32 `a @ b`; requantize throughput (NumPy API and
-the Numba kernel) and, if `tinysd.kernels.softmax` exists, softmax throughput.
+the Numba kernel) and, if `tinysd.kernels.softmax` exists, softmax throughput. `--conv-only`: the
+3x3 convolutions of SD 1.5's four UNet levels (batch 2, padding 1) with the default plans, in GMAC/s,
+against float32 `a @ w` of the same GEMM shape (its im2col not counted).
 """
 from __future__ import annotations
 
@@ -30,7 +33,16 @@ os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(tempfile.gettempdir(), "ti
 import numpy as np  # noqa: E402
 
 from tinysd.fixedpoint import quantize_multiplier, requantize  # noqa: E402
-from tinysd.kernels import gemm, linear, linear_accumulator, matmul, prepare_weight, requantize_tensor  # noqa: E402
+from tinysd.kernels import (  # noqa: E402
+    conv2d,
+    gemm,
+    linear,
+    linear_accumulator,
+    matmul,
+    prepare_weight,
+    requantize_tensor,
+)
+from tinysd.kernels.gemm_i16 import LANES  # noqa: E402
 
 SHAPES = [(4096, 320, 320), (4096, 1280, 320), (1024, 640, 5760), (64, 1280, 11520)]
 #: (batch x heads, M, K, N) of the attention products at SD 1.5's 64x64 level, one 512-row query tile
@@ -149,6 +161,27 @@ def bench_softmax(repeat, rng):
         print(f"softmax (uint{bits} scores, rows of 1024):      {x.size / t / 1e6:8.1f} M elements/s")
 
 
+CONV_LEVELS = [(320, 64), (640, 32), (1280, 16), (1280, 8)]  # (channels in = out, latent side)
+
+
+def bench_conv(repeat, rng):
+    print(f"3x3 conv2d, batch 2, padding 1 (GMAC/s; {LANES}-lane SIMD, uint8 plan {gemm.A8_METHOD}, uint16 plan "
+          f"{gemm.A16_METHOD}; float32: a @ w of the GEMM shape)")
+    for c, side in CONV_LEVELS:
+        w = rng.integers(-127, 128, (c, c, 3, 3)).astype(np.int8)
+        pw, bias = prepare_weight(w), rng.integers(-1000, 1000, c).astype(np.int32)
+        gmac = 2 * side * side * c * 9 * c / 1e9
+        a, wf = rng.standard_normal((2 * side * side, 9 * c), np.float32), rng.standard_normal((9 * c, c), np.float32)
+        fns = {}
+        for bits in (8, 16):
+            x = rng.integers(0, 2**bits, (2, c, side, side)).astype(np.uint8 if bits == 8 else np.uint16)
+            fns[bits] = lambda x=x, q=2**bits - 1: conv2d(x, q // 3, pw, bias, 2**30, -12, q // 2, 0, q, padding=1)
+        t = best_times_interleaved(fns, repeat)
+        t["f32"] = best_time(lambda: a @ wf, repeat)  # apart: OpenBLAS's threads spin on after a call
+        print(f"  {c:5d} ch at {side:2d}x{side:<2d}: uint8 {gmac / t[8]:6.0f}  uint16 {gmac / t[16]:6.0f}  "
+              f"float32 {gmac / t['f32']:6.0f}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=7)
@@ -156,6 +189,7 @@ def main():
     ap.add_argument("--skip-gemm", action="store_true")
     ap.add_argument("--attention-only", action="store_true", help="only the attention products")
     ap.add_argument("--attention-rows", type=int, default=None, help="query-tile rows (default 512)")
+    ap.add_argument("--conv-only", action="store_true", help="only the 3x3 convolutions")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
@@ -163,6 +197,10 @@ def main():
 
     print(f"numpy {np.__version__}, numba {numba.__version__}, threads {numba.get_num_threads()}, "
           f"cpus {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}")
+    if args.conv_only:
+        bench_conv(args.repeat, rng)
+        print(f"load average at the end {os.getloadavg()[0]:.1f}")
+        return
     if args.attention_only:
         bench_attention(args.repeat, rng, args.attention_rows)
         print(f"load average at the end {os.getloadavg()[0]:.1f}")

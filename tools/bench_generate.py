@@ -13,7 +13,8 @@ and diffusers load. The integer variants are quantized from it by tinysd (`calib
 and one sampler step at --calib-size pixels, min-max, then `quantize_model` and `save_quantized`: the folder a
 user gets from `tinysd quantize`).
 
-tinysd's variants first call `tinysd.offload.reuse_freed_blocks()`, as the `tinysd` command does. Each variant
+tinysd's variants first call `tinysd.offload.reuse_freed_blocks()`, as the `tinysd` command does, and every
+process imports tinysd before NumPy, as the command does (OpenBLAS's thread timeout, tinysd/__init__.py). Each variant
 runs in its own process, in the order given (reversed in every other round, --rounds), and
 measures, in this order, each with the peak RSS of that phase alone (the kernel's peak is reset before each
 phase: tinysd.runstats; so a phase's peak includes every loaded weight):
@@ -74,6 +75,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout
 os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(tempfile.gettempdir(), "tinysd-numba-cache"))
 
+import tinysd  # noqa: E402,F401  (before NumPy, as in the tinysd command: its OpenBLAS setting)
 import numpy as np  # noqa: E402
 
 SEED = 20240601
