@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(tempfile.gettempdir(), "tinysd-numba-cache"))
 
+import tinysd  # noqa: E402,F401  (before NumPy, as in the tinysd command: its OpenBLAS setting)
 import numpy as np  # noqa: E402
 
 from tinysd.fixedpoint import quantize_multiplier, requantize  # noqa: E402
@@ -177,7 +178,7 @@ def bench_conv(repeat, rng):
             x = rng.integers(0, 2**bits, (2, c, side, side)).astype(np.uint8 if bits == 8 else np.uint16)
             fns[bits] = lambda x=x, q=2**bits - 1: conv2d(x, q // 3, pw, bias, 2**30, -12, q // 2, 0, q, padding=1)
         t = best_times_interleaved(fns, repeat)
-        t["f32"] = best_time(lambda: a @ wf, repeat)  # apart: OpenBLAS's threads spin on after a call
+        t["f32"] = best_time(lambda: a @ wf, repeat)  # apart, in case NumPy's BLAS threads spin after a call
         print(f"  {c:5d} ch at {side:2d}x{side:<2d}: uint8 {gmac / t[8]:6.0f}  uint16 {gmac / t[16]:6.0f}  "
               f"float32 {gmac / t['f32']:6.0f}")
 

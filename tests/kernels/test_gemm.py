@@ -547,10 +547,11 @@ def test_i16_micro_kernel_of_every_target_tile_is_exact(lanes):
     assert c[0, 0] == 2 * 510 * 32768 * 128
 
 
-def _inner_loop(asm, mnemonic):
-    """Lines of the innermost loop holding `mnemonic`: from the label before its first use to the branch after it."""
+def _inner_loop(asm, mnemonics):
+    """Lines of the innermost loop holding one of `mnemonics`: from the label before the first use of one to the
+    branch after it."""
     lines = asm.splitlines()
-    first = next(i for i, line in enumerate(lines) if mnemonic in line)
+    first = next(i for i, line in enumerate(lines) if any(m in line for m in mnemonics))
     start = max(i for i in range(first) if lines[i].startswith("."))
     end = next(i for i in range(first, len(lines)) if lines[i].strip().startswith("j"))
     return lines[start:end + 1]
@@ -582,7 +583,7 @@ def test_micro_kernel_compiles_to_dot_products_without_spills(quads):
     asm = "\n".join(one_tile.inspect_asm().values())
     reg = "ymm" if gemm_i16.LANES == 8 else "zmm"
     mnemonics = ("vpdpbusd",) if quads else ("vpdpwssd",) if gemm_i16.VNNI else ("vpmaddwd", "vpdpwssd")
-    loop = _inner_loop(asm, mnemonics[0])
+    loop = _inner_loop(asm, mnemonics)
     dots = [line for line in loop if any(m in line for m in mnemonics)]
     assert dots and len(dots) % (gemm_i16.MR * gemm_i16.NV) == 0
     assert all(reg in line for line in dots)
