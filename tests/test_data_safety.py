@@ -172,3 +172,30 @@ def test_other_fifo_inputs_do_not_hang(tmp_path, what):
             {"prompts": read_prompts, "encodings": load_encodings, "config": UNetConfig.from_json}[what](fifo)
     finally:
         done.set()
+
+
+def test_a_signal_inside_fdopen_closes_the_file_once(tmp_path, monkeypatch):
+    """SIGTERM's exception can land inside os.fdopen after the file object owns the descriptor; io.open then
+    closes it, and open_regular must not close it again (CI saw `OSError: Bad file descriptor` instead of
+    `tinysd: terminated`)."""
+    from tinysd.fileio import open_regular
+
+    class Signal(BaseException):
+        pass
+
+    real_fdopen = os.fdopen
+
+    def fdopen_then_signal(fd, *args, **kwargs):
+        real_fdopen(fd, *args, **kwargs).close()  # as io.open does when an exception interrupts it
+        raise Signal()
+
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"x")
+    before = len(os.listdir("/proc/self/fd"))
+    monkeypatch.setattr(os, "fdopen", fdopen_then_signal)
+    with pytest.raises(Signal):
+        open_regular(path)
+    monkeypatch.undo()
+    assert len(os.listdir("/proc/self/fd")) == before
+    with open_regular(path) as f:
+        assert f.read() == b"x"

@@ -26,10 +26,12 @@ def open_regular(path: str | Path) -> BinaryIO:
             raise OSError(errno.EINVAL, f"{file_kind(mode)}, not a regular file", str(path))
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
         raise
+    # From here the file object owns fd: if a signal's exception (SIGTERM, Ctrl-C) lands inside
+    # fdopen after the object exists, io.open closes it, and closing fd again here would fail.
+    return os.fdopen(fd, "rb")
 
 
 def read_bytes(path: str | Path) -> bytes:
