@@ -8,5 +8,5 @@ from setuptools import find_packages, setup
 setup(
     packages=find_packages(include=["tinysd", "tinysd.*"]) + ["tinysd.weights"],
     package_dir={"tinysd.weights": "weights"},
-    package_data={"tinysd": ["data/*.txt", "hvx/*.c", "hvx/*.h"], "tinysd.weights": ["**/*"]},
+    package_data={"tinysd": ["data/*.txt", "hvx/*.c", "hvx/*.h", "kernels/signatures.json"], "tinysd.weights": ["**/*"]},
 )

@@ -55,7 +55,7 @@ def test_sdist_and_wheel_install_and_generate_from_anywhere(tmp_path):
     for needed in ("tinysd/weights/tokenizer/vocab.json", "tinysd/weights/tinysd-shapes/model_index.json",
                    "tinysd/weights/tinysd-shapes-lcm/model_index.json",
                    "tinysd/weights/tinysd-shapes/vae/diffusion_pytorch_model.safetensors",
-                   "tinysd/data/calibration_prompts.txt"):
+                   "tinysd/data/calibration_prompts.txt", "tinysd/kernels/signatures.json"):
         assert needed in files, needed
     assert "tinysd = tinysd.__main__:main" in entry_points
 

@@ -285,8 +285,14 @@ def generate(prompt, output, model, negative_prompt, steps, cfg, seed, sampler, 
 
 def _log_stats(stats) -> None:
     """-v: per-network time and peak memory (tinysd.runstats), one log line each."""
-    for line in stats.lines() if stats is not None else ():
+    if stats is None:
+        return
+    for line in stats.lines():
         log.info("%s", line)
+    from .kernels.precompile import kernel_counts
+
+    compiled, loaded = kernel_counts()
+    log.info("kernels: %d signatures compiled in this process, %d loaded from Numba's cache", compiled, loaded)
 
 
 from .golden.cli import compare as _golden_compare, golden as _golden  # noqa: E402

@@ -307,8 +307,10 @@ class Pipeline:
         Weights stay int8 in memory; cache_weights=True also keeps the copies the GEMM kernels
         use (2 bytes per weight for the default int16 method; see docs/performance.md).
         """
+        from .kernels.precompile import ensure_compiled
         from .quant.engine import build_integer_networks
         from .quant.folder import TOKENIZER_SUBDIR, load_quantized
+        from .quant.model import network_precisions
         from .tokenizer import CLIPTokenizer
 
         if engine_options:
@@ -316,6 +318,7 @@ class Pipeline:
                               f"(got {', '.join(sorted(engine_options))})")
         t0 = time.perf_counter()
         qmodel = load_quantized(path, precision=precision, networks=() if low_memory else ("text_encoder", "unet", "vae"))
+        ensure_compiled(network_precisions(qmodel.precision).values())  # before any network's weights are read
         tokenizer = CLIPTokenizer.from_dir(path / TOKENIZER_SUBDIR)
         if low_memory:
             text_encoder, unet, vae = (

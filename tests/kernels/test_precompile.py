@@ -1,0 +1,95 @@
+"""Kernels compiled in a child process on a first run (tinysd.kernels.precompile): the shipped signature list
+covers what a generate and an img2img run, a cold Numba cache is filled by the child so that the run itself
+compiles nothing, and a warm one starts no child."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from numba import types
+
+from tinysd.kernels import gemm
+from tinysd.kernels.precompile import dispatcher, parse_type, run_key, signatures, type_text
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ROOT / "tests" / "fixtures" / "tiny-sd"
+GOLDEN = ROOT / "tests" / "fixtures" / "golden_hashes.json"
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """{precision: quantized folder} of the tiny model, quantized from the golden fixture's stored ranges."""
+    from tinysd.checkpoint import load_checkpoint
+    from tinysd.quant.calibration import quantize_model
+    from tinysd.quant.folder import save_quantized
+
+    loaded = load_checkpoint(TINY)
+    ranges = {net: {t: tuple(v) for t, v in r.items()} for net, r in json.loads(GOLDEN.read_text())["ranges"].items()}
+    root = tmp_path_factory.mktemp("precompile")
+    return {p: save_quantized(quantize_model(loaded, p, ranges), root / p) for p in ("w8a8", "w8a16")}
+
+
+@pytest.mark.parametrize("t", [types.Array(types.uint8, 2, "C"), types.Array(types.int8, 3, "C", readonly=True),
+                               types.Array(types.int32, 1, "A"), types.int64, types.int32, types.float64])
+def test_type_text_round_trips(t):
+    assert parse_type(type_text(t)) == t
+
+
+def test_every_listed_kernel_exists_and_every_key_has_a_list():
+    for key in (f"{p} {a8}/{a16}" for p in ("w8a8", "w8a16") for a8, a16 in (("u8", "i16"), ("i16", "i16"),
+                                                                             ("split", "split"))):
+        sigs = signatures(key)
+        assert sigs, key
+        for name, lst in sigs.items():
+            d = dispatcher(name)
+            assert lst and all(len(s) == d.py_func.__code__.co_argcount for s in lst), name
+
+
+_RUN = """
+import json, sys
+from pathlib import Path
+import numpy as np
+from PIL import Image
+import tinysd
+from tinysd.kernels.precompile import run_key, used_signatures
+from tinysd.pipeline import Pipeline
+pipe = Pipeline.from_pretrained(Path(sys.argv[1]), low_memory=True)
+pipe.generate("a red circle", steps=1, seed=0)
+image = Image.fromarray(np.full((pipe.native_size, pipe.native_size, 3), 200, np.uint8))
+pipe.generate("a red circle", steps=2, seed=0, init_image=image, strength=0.5)
+print(json.dumps({run_key(pipe.precision): used_signatures()}))
+"""
+
+
+@pytest.mark.parametrize("precision", ["w8a8", "w8a16"])
+def test_the_list_covers_a_generate_and_an_img2img(folders, precision):
+    p = subprocess.run([sys.executable, "-c", _RUN, str(folders[precision])], cwd=ROOT, capture_output=True,
+                       text=True, timeout=600, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert p.returncode == 0, p.stderr
+    (key, used), = json.loads(p.stdout.splitlines()[-1]).items()
+    assert key == run_key(precision)
+    listed = signatures(key)
+    missing = [(name, sig) for name, sigs in used.items() for sig in sigs if sig not in listed.get(name, [])]
+    assert used and not missing
+
+
+def _generate(folder, out, cache):
+    p = subprocess.run([sys.executable, "-m", "tinysd", "-v", "generate", "x", "--model", str(folder), "--steps", "1",
+                        "-o", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=900,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT), NUMBA_CACHE_DIR=str(cache)))
+    assert p.returncode == 0, p.stderr
+    return p.stderr
+
+
+def test_a_cold_cache_is_filled_by_a_child_process(folders, tmp_path):
+    cache = tmp_path / "numba-cache"
+    first = _generate(folders["w8a8"], tmp_path / "a.png", cache)
+    n = sum(map(len, signatures(run_key("w8a8")).values()))
+    assert f"compiled {n} kernel signatures in a child process" in first
+    assert "kernels: 0 signatures compiled in this process" in first
+    assert list(cache.rglob("tinysd-compiled-*"))
+    again = _generate(folders["w8a8"], tmp_path / "b.png", cache)
+    assert "child process" not in again and "kernels: 0 signatures compiled in this process" in again
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
