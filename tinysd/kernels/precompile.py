@@ -3,7 +3,7 @@
 Numba compiles a kernel the first time it is called with new argument types and caches the machine
 code (`cache=True`); later processes load it from the cache in milliseconds. But a compile leaves
 LLVM's memory in the process for good: the 20 kernels of an SD 1.5 w8a8 generate added about 120 MiB
-to its peak (1397 against 1274 MiB with the cache warm; malloc_trim gave back 40 MiB of it).
+to its UNet call's peak (1266 against 1146 MiB with the cache warm; malloc_trim gave back 40 MiB of it).
 
 So before a pipeline reads integer networks, `ensure_compiled` looks for a stamp that says this
 machine's Numba cache holds every kernel signature of those precisions; without one it compiles
@@ -11,7 +11,7 @@ them in a child process (`python -m tinysd.kernels.precompile KEY ...`), whose m
 and the networks then load the machine code from the cache. The signatures are data:
 `signatures.json`, {key: {kernel: [[argument type, ...], ...]}}, with key "<precision> <GEMM
 methods>" (`run_key`), written by tools/make_kernel_signatures.py from quantized folders. A
-signature it lacks is compiled in the process as before: slower memory, same integers.
+signature it lacks is compiled in the process as before: more memory, same integers.
 """
 from __future__ import annotations
 
@@ -67,18 +67,16 @@ def parse_type(text: str):
 
 # ------------------------------------------------------------------ the kernels
 def dispatcher(name: str) -> CPUDispatcher:
-    """The Numba dispatcher `module:qualname` (e.g. "tinysd.kernels.gemm:_gemm_i32")."""
-    module, qualname = name.split(":")
-    obj = importlib.import_module(module)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
+    """The Numba dispatcher `module:name` (e.g. "tinysd.kernels.gemm:_gemm_i32")."""
+    module, attr = name.split(":")
+    obj = getattr(importlib.import_module(module), attr)
     if not isinstance(obj, CPUDispatcher):
         raise TypeError(f"{name} is not a Numba function")
     return obj
 
 
 def dispatchers_in_use() -> dict[str, CPUDispatcher]:
-    """{module:qualname: dispatcher} of the module-level Numba functions of every imported tinysd module."""
+    """{module:name: dispatcher} of the module-level Numba functions of every imported tinysd module."""
     found = {}
     for mname, module in list(sys.modules.items()):
         if mname == "tinysd" or mname.startswith("tinysd."):
