@@ -93,3 +93,22 @@ def test_a_cold_cache_is_filled_by_a_child_process(folders, tmp_path):
     again = _generate(folders["w8a8"], tmp_path / "b.png", cache)
     assert "child process" not in again and "kernels: 0 signatures compiled in this process" in again
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+
+
+
+@pytest.mark.parametrize("executable, why", [("no-python", "[Errno 2] No such file or directory: '{}'"),
+                                             ("/bin/false", "no message")])
+def test_a_failed_child_is_one_warning_and_the_run_goes_on(tmp_path, monkeypatch, caplog, executable, why):
+    """A child that cannot start or fails costs one warning: the kernels then compile in the process as they are
+    called, and no stamp is written."""
+    import tinysd.kernels.precompile as pc
+
+    assert pc._stamp(run_key("w8a8")) is not None  # this machine's Numba cache folder is found
+    monkeypatch.setattr(pc, "_stamp", lambda key: tmp_path / "stamp")
+    executable = str(tmp_path / executable) if executable == "no-python" else executable
+    monkeypatch.setattr(pc.sys, "executable", executable)
+    with caplog.at_level("WARNING", logger=pc.__name__):
+        pc.ensure_compiled(["w8a8"])
+    assert not (tmp_path / "stamp").exists()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"compiling the kernels in a child process failed ({why.format(executable)}); they compile as they are used"]
