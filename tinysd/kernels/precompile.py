@@ -7,8 +7,8 @@ to its UNet call's peak (1266 against 1146 MiB with the cache warm; malloc_trim 
 
 So before a pipeline reads integer networks, `ensure_compiled` looks for a stamp that says this
 machine's Numba cache holds every kernel signature of those precisions; without one it compiles
-them in a child process (`python -m tinysd.kernels.precompile KEY ...`), whose memory ends with it,
-and the networks then load the machine code from the cache. The signatures are data:
+them in child processes (`python -m tinysd.kernels.precompile PART/PARTS KEY ...`, one per core),
+whose memory ends with them, and the networks then load the machine code from the cache. The signatures are data:
 `signatures.json`, {key: {kernel: [[argument type, ...], ...]}}, with key "<precision> <GEMM
 methods>" (`run_key`), written by tools/make_kernel_signatures.py from quantized folders. A
 signature it lacks is compiled in the process as before: more memory, same integers.
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 SIGNATURES_FILE = Path(__file__).with_name("signatures.json")
 STAMP_PREFIX = "tinysd-compiled-"
 CHILD_TIMEOUT_S = 1800  # compiling every kernel of one key takes 20-60 s on 2 cores
+MAX_CHILDREN = 4  # compiles run in parallel, one signature list slice per child
 
 
 def run_key(precision: str) -> str:
@@ -113,15 +114,17 @@ def signatures(key: str) -> dict[str, list[list[str]]]:
     return _signature_table().get(key, {})
 
 
-def compile_signatures(key: str) -> int:
-    """Compile (or load from the cache) every signature of `key`; the number of signatures."""
-    n = 0
-    for name, sigs in signatures(key).items():
-        d = dispatcher(name)
-        for sig in sigs:
-            d.compile(tuple(parse_type(t) for t in sig))
-            n += 1
-    return n
+def work_items(keys) -> list[tuple[str, tuple[str, ...]]]:
+    """The distinct (kernel, signature) pairs of `keys`, in a fixed order."""
+    return sorted({(name, tuple(sig)) for key in keys for name, sigs in signatures(key).items() for sig in sigs})
+
+
+def compile_part(keys, part: int, parts: int) -> int:
+    """Compile (or load from the cache) every `parts`-th signature of `keys` from the `part`-th; how many."""
+    items = work_items(keys)[part::parts]
+    for name, sig in items:
+        dispatcher(name).compile(tuple(parse_type(t) for t in sig))
+    return len(items)
 
 
 # ------------------------------------------------------------------ the stamp and the child
@@ -150,47 +153,57 @@ def _stamp(key: str) -> Path | None:
 
 
 def ensure_compiled(precisions) -> None:
-    """Make sure Numba's cache holds the kernels of `precisions` ("w8a8", "w8a16"), compiling them in a child
-    process when it does not (see the module docstring). Never raises: a failed child is logged, and the
-    kernels then compile in this process as they are first called."""
+    """Make sure Numba's cache holds the kernels of `precisions` ("w8a8", "w8a16"), compiling them in child
+    processes (one per core, at most MAX_CHILDREN) when it does not (see the module docstring). Never raises
+    but for the caller's own interruption: a failed child is one warning, and the kernels then compile in this
+    process as they are first called."""
     if os.environ.get("NUMBA_DISABLE_JIT", "0") != "0":
         return
-    keys = sorted({run_key(p) for p in precisions})
-    missing = [k for k in keys if (s := _stamp(k)) is not None and not s.exists()]
-    if not missing:
+    stamps = {k: s for k in sorted({run_key(p) for p in precisions}) if (s := _stamp(k)) is not None and not s.exists()}
+    if not stamps:
         return
+    import numba
+
+    n = len(work_items(stamps))
+    parts = max(1, min(MAX_CHILDREN, numba.config.NUMBA_NUM_THREADS, n))
     log.info("compiling the integer kernels (%s) once for this machine: Numba's cache does not have them yet",
-             ", ".join(missing))
+             ", ".join(stamps))
     t0 = time.perf_counter()
-    root = str(Path(__file__).resolve().parents[2])  # the child imports this tinysd, wherever it came from
+    root = str(Path(__file__).resolve().parents[2])  # the children import this tinysd, wherever it came from
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    children: list[subprocess.Popen] = []
+    failures = []
     try:
-        r = subprocess.run([sys.executable, "-m", "tinysd.kernels.precompile", *missing], capture_output=True,
-                           text=True, timeout=CHILD_TIMEOUT_S, env=env)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        log.warning("compiling the kernels in a child process failed (%s); they compile as they are used", e)
+        for part in range(parts):
+            children.append(subprocess.Popen([sys.executable, "-m", __name__, f"{part}/{parts}", *stamps], env=env,
+                                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+        for child in children:
+            try:
+                _, err = child.communicate(timeout=max(1.0, t0 + CHILD_TIMEOUT_S - time.perf_counter()))
+            except subprocess.TimeoutExpired:
+                failures.append(f"timed out after {CHILD_TIMEOUT_S} s")
+                continue
+            if child.returncode != 0:
+                failures.append((err.strip().splitlines() or [f"exit code {child.returncode}"])[-1])
+    except OSError as e:
+        failures.append(str(e))
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+    if failures:
+        log.warning("compiling the kernels in a child process failed (%s); they compile as they are used", failures[0])
         return
-    if r.returncode != 0:
-        last = (r.stderr.strip().splitlines() or ["no message"])[-1]
-        log.warning("compiling the kernels in a child process failed (%s); they compile as they are used", last)
-        return
-    log.info("compiled %s kernel signatures in a child process in %.1f s", r.stdout.strip(),
+    for stamp in stamps.values():
+        try:
+            stamp.write_text(f"{stamp.name}\n")
+        except OSError as e:  # the kernels are cached all the same; the next run compiles them again
+            log.warning("%s: cannot write (%s)", stamp, e.strerror or e)
+    log.info("compiled %d kernel signatures in %d child process%s in %.1f s", n, parts, "es" if parts > 1 else "",
              time.perf_counter() - t0)
 
 
-def _child(keys: list[str]) -> int:
-    n = 0
-    for key in keys:
-        stamp = _stamp(key)
-        n += compile_signatures(key)
-        if stamp is not None:
-            try:
-                stamp.write_text(f"{key}\n")
-            except OSError as e:  # the kernels are cached all the same; the next run checks again
-                log.warning("%s: cannot write (%s)", stamp, e.strerror or e)
-    print(n)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_child(sys.argv[1:]))
+if __name__ == "__main__":  # python -m tinysd.kernels.precompile PART/PARTS KEY ...
+    _part, _parts = map(int, sys.argv[1].split("/"))
+    compile_part(sys.argv[2:], _part, _parts)
