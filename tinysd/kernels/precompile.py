@@ -1,4 +1,4 @@
-"""Compiling the integer kernels in a child process, so that a first run peaks no higher than later ones.
+"""Compiling the integer kernels in child processes, so that a first run peaks no higher than later ones.
 
 Numba compiles a kernel the first time it is called with new argument types and caches the machine
 code (`cache=True`); later processes load it from the cache in milliseconds. But a compile leaves
@@ -8,10 +8,10 @@ to its UNet call's peak (1266 against 1146 MiB with the cache warm; malloc_trim 
 So before a pipeline reads integer networks, `ensure_compiled` looks for a stamp that says this
 machine's Numba cache holds every kernel signature of those precisions; without one it compiles
 them in child processes (`python -m tinysd.kernels.precompile PART/PARTS KEY ...`, one per core),
-whose memory ends with them, and the networks then load the machine code from the cache. The signatures are data:
-`signatures.json`, {key: {kernel: [[argument type, ...], ...]}}, with key "<precision> <GEMM
-methods>" (`run_key`), written by tools/make_kernel_signatures.py from quantized folders. A
-signature it lacks is compiled in the process as before: more memory, same integers.
+whose memory ends with them, and the networks then load the machine code from the cache. The
+signatures are data: `signatures.json`, {key: {kernel: [[argument type, ...], ...]}}, with key
+"<precision> <GEMM methods>" (`run_key`), written by tools/make_kernel_signatures.py from quantized
+folders. A signature it lacks is compiled in the process as before: more memory, same integers.
 """
 from __future__ import annotations
 
