@@ -119,12 +119,10 @@ def work_items(keys) -> list[tuple[str, tuple[str, ...]]]:
     return sorted({(name, tuple(sig)) for key in keys for name, sigs in signatures(key).items() for sig in sigs})
 
 
-def compile_part(keys, part: int, parts: int) -> int:
-    """Compile (or load from the cache) every `parts`-th signature of `keys` from the `part`-th; how many."""
-    items = work_items(keys)[part::parts]
-    for name, sig in items:
+def compile_part(keys, part: int, parts: int) -> None:
+    """Compile (or load from the cache) every `parts`-th signature of `keys`, from the `part`-th."""
+    for name, sig in work_items(keys)[part::parts]:
         dispatcher(name).compile(tuple(parse_type(t) for t in sig))
-    return len(items)
 
 
 # ------------------------------------------------------------------ the stamp and the child
@@ -198,7 +196,7 @@ def ensure_compiled(precisions) -> None:
     for stamp in stamps.values():
         try:
             stamp.write_text(f"{stamp.name}\n")
-        except OSError as e:  # the kernels are cached all the same; the next run compiles them again
+        except OSError as e:  # the kernels are cached all the same; the next run's children only load them
             log.warning("%s: cannot write (%s)", stamp, e.strerror or e)
     log.info("compiled %d kernel signatures in %d child process%s in %.1f s", n, parts, "es" if parts > 1 else "",
              time.perf_counter() - t0)
