@@ -114,6 +114,23 @@ def test_conv2d_in_bands_is_bit_equal(case, xdt, method):
         assert_bit_equal(conv2d(*args, work_bytes=budget), want)
 
 
+@pytest.mark.parametrize("method", ["u8"] * gemm_i16.QUADS + ["i16"])
+@pytest.mark.parametrize("xdt", [np.uint8, np.uint16])
+def test_conv2d_with_weights_taken_as_uncached_is_bit_equal(monkeypatch, xdt, method):
+    """Weights over I16_CACHED_WEIGHT_BYTES get row blocks sized by one L1 K-block of activations: with every
+    weight taken as that large, short K-blocks and small row blocks (several row blocks, several K-blocks
+    each), the integers are the reference's."""
+    from tinysd.kernels import gemm
+
+    rng = np.random.default_rng(21)
+    args = _case(rng, "k3_stride1_pad1_c128", xdt, zp=QMAX[xdt] // 3)
+    want = conv2d_ref(*args)
+    monkeypatch.setattr(gemm, "I16_CACHED_WEIGHT_BYTES", 0)
+    monkeypatch.setattr(gemm_i16, "L1_PAIRS", 16)
+    monkeypatch.setattr(gemm, "I16_ROW_BLOCK_BYTES", 3 * gemm_i16.MR * 64)  # 3 tiles of 32-element K-blocks
+    assert_bit_equal(conv2d(*args, method=method), want)
+
+
 def test_conv2d_work_buffers_stay_within_the_bound():
     """The NumPy allocations of a banded conv2d beyond its output stay under work_bytes (the unbanded
     one needs several times more: the bound is what limits them)."""
