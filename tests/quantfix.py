@@ -1,7 +1,9 @@
-"""Shared helpers of the quantized-engine tests: run every integer network on fixed inputs and tap its tensors."""
+"""Shared helpers of the quantized-engine tests: the tiny model quantized from the golden fixture's ranges; run
+every integer network on fixed inputs and tap its tensors."""
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 
@@ -11,6 +13,18 @@ from tinysd.quant.engine import build_integer_networks
 from tinysd.tokenizer import CLIPTokenizer
 
 KINDS = ("text_encoder", "unet", "vae.decode", "vae.encode")
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def golden_qmodels(golden: dict) -> dict:
+    """{precision: QuantizedModel} of the tiny model (tests/fixtures/tiny-sd) quantized, w8a8 and w8a16, from the
+    float64 activation ranges stored in `golden` (tests/fixtures/golden_hashes.json): no float run."""
+    from tinysd.checkpoint import load_checkpoint
+    from tinysd.quant.calibration import quantize_model
+
+    loaded = load_checkpoint(FIXTURES / "tiny-sd")
+    ranges = {net: {t: tuple(v) for t, v in r.items()} for net, r in golden["ranges"].items()}
+    return {p: quantize_model(loaded, p, ranges) for p in ("w8a8", "w8a16")}
 
 
 def integer_tensors(qmodel, seed: int = 0) -> dict[str, list[tuple[str, np.ndarray]]]:

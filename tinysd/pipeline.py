@@ -318,7 +318,7 @@ class Pipeline:
                               f"(got {', '.join(sorted(engine_options))})")
         t0 = time.perf_counter()
         qmodel = load_quantized(path, precision=precision, networks=() if low_memory else ("text_encoder", "unet", "vae"))
-        ensure_compiled(network_precisions(qmodel.precision).values())  # before any network's weights are read
+        ensure_compiled(network_precisions(qmodel.precision).values())  # low memory: before any weights are read
         tokenizer = CLIPTokenizer.from_dir(path / TOKENIZER_SUBDIR)
         if low_memory:
             text_encoder, unet, vae = (

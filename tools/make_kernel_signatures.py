@@ -9,7 +9,7 @@ every folder and every GEMM method this CPU can run, a fresh process reads the f
 tinysd kernel it compiled or loaded (`tinysd.kernels.precompile.used_signatures`). Signatures are argument
 types only (dtype, dimensions, layout, read-only), but which kernels run depends on shapes (attention tiles,
 the int16 or int32 epilogue), so give SD 1.5-size folders as well as small ones. The file is the union per
-key "<precision> <uint8 method>/<uint16 method>"; `tinysd.kernels.precompile` compiles it in a child process on a first run.
+key "<precision> <uint8 method>/<uint16 method>"; `tinysd.kernels.precompile` compiles it in child processes on a first run.
 """
 from __future__ import annotations
 
@@ -27,9 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 
 def _child(folder: str, size: int | None, method: str) -> None:
-    import numpy as np
-
     import tinysd  # noqa: F401  (before NumPy's BLAS starts: tinysd/__init__.py)
+    import numpy as np
     from tinysd.kernels import gemm
     from tinysd.kernels.precompile import run_key, used_signatures
     from tinysd.pipeline import Pipeline

@@ -15,21 +15,17 @@ from tinysd.kernels import gemm
 from tinysd.kernels.precompile import dispatcher, parse_type, run_key, signatures, type_text, work_items
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ROOT / "tests" / "fixtures" / "tiny-sd"
 GOLDEN = ROOT / "tests" / "fixtures" / "golden_hashes.json"
 
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     """{precision: quantized folder} of the tiny model, quantized from the golden fixture's stored ranges."""
-    from tinysd.checkpoint import load_checkpoint
-    from tinysd.quant.calibration import quantize_model
+    from quantfix import golden_qmodels
     from tinysd.quant.folder import save_quantized
 
-    loaded = load_checkpoint(TINY)
-    ranges = {net: {t: tuple(v) for t, v in r.items()} for net, r in json.loads(GOLDEN.read_text())["ranges"].items()}
     root = tmp_path_factory.mktemp("precompile")
-    return {p: save_quantized(quantize_model(loaded, p, ranges), root / p) for p in ("w8a8", "w8a16")}
+    return {p: save_quantized(q, root / p) for p, q in golden_qmodels(json.loads(GOLDEN.read_text())).items()}
 
 
 @pytest.mark.parametrize("t", [types.Array(types.uint8, 2, "C"), types.Array(types.int8, 3, "C", readonly=True),

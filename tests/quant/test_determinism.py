@@ -21,9 +21,8 @@ sys.path.insert(0, str(ROOT / "tools"))  # make_golden_hashes
 
 import pytest  # noqa: E402
 
-from quantfix import KINDS, digests, integer_tensors  # noqa: E402
+from quantfix import KINDS, digests, golden_qmodels, integer_tensors  # noqa: E402
 
-TINY = ROOT / "tests" / "fixtures" / "tiny-sd"
 GOLDEN = ROOT / "tests" / "fixtures" / "golden_hashes.json"
 
 
@@ -35,12 +34,7 @@ def golden():
 @pytest.fixture(scope="module")
 def models(golden):
     """{precision: QuantizedModel} of the tiny model quantized from the golden fixture's stored ranges."""
-    from tinysd.checkpoint import load_checkpoint
-    from tinysd.quant.calibration import quantize_model
-
-    loaded = load_checkpoint(TINY)
-    ranges = {net: {t: tuple(v) for t, v in r.items()} for net, r in golden["ranges"].items()}
-    return {p: quantize_model(loaded, p, ranges) for p in ("w8a8", "w8a16")}
+    return golden_qmodels(golden)
 
 
 @pytest.fixture(scope="module")
