@@ -3,6 +3,7 @@
     python3 tools/aimet_divergence.py [--fixtures tests/fixtures/aimet] [--net unet] [--precision w8a8] \
         [--call 0] [--force] [--aimet-onnx-python /work/venvs/aimet-onnx/bin/python] [--top 25]
     python3 tools/aimet_divergence.py --sensitivity [--fixtures ...]
+    python3 tools/aimet_divergence.py --crosscheck [--fixtures ...] [--save readback.npz]
 
 For one evaluation call of an aimet-onnx export of the fixture (made by tools/make_aimet_fixtures.py):
 
@@ -15,20 +16,28 @@ For one evaluation call of an aimet-onnx export of the fixture (made by tools/ma
    codes with QuantSim's values quantized on the same encoding: the share of equal codes, the
    largest difference in steps and the SQNR.
 
+--crosscheck reads every export back with AIMET's other simulator: aimet-onnx's QuantSim built on the
+exported graph with the exported 1.0.0 encodings (`load_encodings_to_sim`, quantizers the file lacks disabled),
+run on every evaluation call and compared with the output of the QuantSim that wrote the file (aimet-torch's
+for its exports); `--save F` keeps those outputs for `tools/aimet_targets.py --readback F`.
+
 --sensitivity instead measures QuantSim against itself (UNet, both precisions, every evaluation
 call): its output on the evaluation inputs against its output when 1 % of the `sample` codes
-(random, seed 0) are moved by one step of the sample's encoding, and when the context gets
-N(0, 1e-6) noise: how far a one-step difference in a few codes carries (the scale of what
-tinysd vs QuantSim can reach without emulating QuantSim's float32 bit for bit).
+(random, seed 0) are moved by one step of the sample's encoding, when the context gets
+N(0, 1e-6) noise, and from ONNX Runtime sessions with graph optimizations off or one thread:
+how far a one-step difference in a few codes carries (the scale of what tinysd vs QuantSim can
+reach without emulating QuantSim's float32 bit for bit).
 
 With --force, each compared op's output is replaced by QuantSim's codes before the next op reads it,
 so every difference is the op's own (its arithmetic against QuantSim's float32 on the same input
 codes), not one carried from earlier ops. Prints one line per tensor in execution order (the --top
-worst by equal share, then a summary); nothing is written to the fixture.
+worst by equal share, then a summary); nothing is written to the fixture (but --crosscheck --save
+tests/fixtures/aimet/readback.npz writes that file).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import subprocess
 import sys
@@ -72,8 +81,21 @@ def stage_sensitivity(fixtures: str, archive: str) -> None:
     import aimet_onnx.common.quantsim_config as qc
     from aimet_onnx.quantsim import QuantizationSimModel, load_encodings_to_sim
 
+    from onnxruntime import GraphOptimizationLevel, SessionOptions
+    from aimet_onnx.utils import OrtInferenceSession, register_aimet_custom_ops
+
     cfg = str(Path(qc.__file__).parent / HTP_CONFIG)
     inputs = np.load(Path(fixtures) / "inputs.npz")
+    # the same QuantSim graph and encodings in other, equally valid float32 evaluations by ONNX Runtime
+    variants = {"graph optimizations off (Conv as im2col + sgemm, not NCHWc)":
+                {"graph_optimization_level": GraphOptimizationLevel.ORT_DISABLE_ALL},
+                "one thread": {"intra_op_num_threads": 1}}
+
+    def session(model, opts):
+        so = register_aimet_custom_ops(SessionOptions())
+        for k, v in opts.items():
+            setattr(so, k, v)
+        return OrtInferenceSession(model, ["CPUExecutionProvider"], session_options=so)
 
     def snr(a, b):
         a = a.astype(np.float64)
@@ -88,11 +110,15 @@ def stage_sensitivity(fixtures: str, archive: str) -> None:
         s = next(a["scale"] for a in enc["activation_encodings"] if a["name"] == "sample")
         s = float(s[0] if isinstance(s, list) else s)
         rng = np.random.default_rng(0)
+        sessions = {name: session(sim.model.model, opts) for name, opts in variants.items()}
         base, moved, noisy = [], [], []
+        other = {name: [] for name in variants}
         i = 0
         while f"eval/unet/{i}/sample" in inputs:
             feed = {k: inputs[f"eval/unet/{i}/{k}"] for k in INPUTS["unet"]}
             base.append(sim.session.run(None, feed)[0])
+            for name, sess in sessions.items():
+                other[name].append(sess.run(None, feed)[0])
             step = (rng.random(feed["sample"].shape) < 0.01) * rng.choice([-1.0, 1.0], feed["sample"].shape)
             moved.append(sim.session.run(None, {**feed, "sample": (feed["sample"] + s * step).astype(np.float32)})[0])
             ctx = feed["encoder_hidden_states"] + rng.normal(0, 1e-6, feed["encoder_hidden_states"].shape)
@@ -101,6 +127,70 @@ def stage_sensitivity(fixtures: str, archive: str) -> None:
         base, moved, noisy = map(np.stack, (base, moved, noisy))
         print(f"unet {prec}: QuantSim vs QuantSim with 1 % of the sample codes moved one step: "
               f"{snr(base, moved):.2f} dB; with the context + N(0, 1e-6): {snr(base, noisy):.2f} dB", flush=True)
+        for name, outs in other.items():
+            outs = np.stack(outs)
+            print(f"unet {prec}: QuantSim vs QuantSim, {name}: {snr(base, outs):.2f} dB "
+                  f"({np.mean(outs != base):.1%} of the output values differ)", flush=True)
+
+
+def stage_crosscheck(fixtures: str, archive: str, out_npz: str) -> None:
+    """(aimet-onnx venv) aimet-onnx's QuantSim on each aimet-torch export (its graph and 1.0.0 encodings), every
+    evaluation call: AIMET's other simulator reading the same file, to set beside aimet-torch's own QuantSim."""
+    import onnx
+    import aimet_onnx.common.quantsim_config as qc
+    from aimet_onnx.quantsim import QuantizationSimModel, load_encodings_to_sim
+
+    cfg = str(Path(qc.__file__).parent / HTP_CONFIG)
+    inputs = np.load(Path(fixtures) / "inputs.npz")
+    out = {}
+    for tool in ("aimet-onnx", "aimet-torch-onnx", "aimet-torch-export", "aimet-torch-adaround"):
+        for net in INPUTS:
+            for prec, bits in (("w8a8", 8), ("w8a16", 16)):
+                d = Path(archive) / tool / net / prec
+                graph = d / (f"{net}.onnx" if tool == "aimet-onnx" else f"{net}_1.0.0.onnx")
+                if not graph.exists():
+                    continue
+                sim = QuantizationSimModel(onnx.load(str(graph)), param_type="int8", activation_type=f"int{bits}",
+                                           config_file=cfg)
+                load_encodings_to_sim(sim, str(d / f"{net}_1.0.0.encodings"), strict=False)
+                calls, i = [], 0
+                while f"eval/{net}/{i}/{INPUTS[net][0]}" in inputs:
+                    calls.append(sim.session.run(None, {k: inputs[f"eval/{net}/{i}/{k}"] for k in INPUTS[net]})[0])
+                    i += 1
+                out[f"{tool}/{net}/{prec}"] = np.stack(calls)
+    import aimet_onnx
+    import onnxruntime
+
+    out["__generated__"] = np.array(json.dumps({
+        "generator": "tools/aimet_divergence.py --crosscheck",
+        "exports.tar.xz": hashlib.sha256((Path(fixtures) / "exports.tar.xz").read_bytes()).hexdigest(),
+        "aimet-onnx": aimet_onnx.__version__, "onnxruntime": onnxruntime.__version__, "numpy": np.__version__}))
+    np.savez(out_npz, **out)
+
+
+def crosscheck(args: argparse.Namespace) -> None:
+    """--crosscheck: each export read back by aimet-onnx's QuantSim against the QuantSim that wrote it."""
+    sys.path.insert(0, str(ROOT))
+    from tinysd.quant.calibration import sqnr_db
+
+    with tempfile.TemporaryDirectory() as tmp:
+        with tarfile.open(args.fixtures / "exports.tar.xz") as tar:
+            tar.extractall(Path(tmp) / "x", filter="data")
+        subprocess.run([args.aimet_onnx_python, __file__, "--stage", "crosscheck", "--args", str(args.fixtures),
+                        str(Path(tmp) / "x"), str(Path(tmp) / "cc.npz")], check=True,
+                       env={"CUDA_VISIBLE_DEVICES": "", "PATH": "/usr/bin:/bin"})
+        cc = dict(np.load(Path(tmp) / "cc.npz"))
+    if args.save:  # for tools/aimet_targets.py --readback and tests/fixtures/aimet/readback.npz
+        np.savez(args.save, **cc)
+    qs = np.load(args.fixtures / "quantsim.npz")
+    print("| export | network | precision | aimet-onnx QuantSim on the export vs the exporting QuantSim dB |")
+    print("|---|---|---|---|")
+    for key, got in cc.items():
+        if key == "__generated__":
+            continue
+        tool, net, prec = key.split("/")
+        ref = qs[f"{tool if tool in ('aimet-onnx', 'aimet-torch-adaround') else 'aimet-torch'}/{net}/{prec}"]
+        print(f"| {tool} | {net} | {prec} | {sqnr_db(ref.astype(np.float64), got.reshape(ref.shape)):.1f} |")
 
 
 def main() -> None:
@@ -115,12 +205,17 @@ def main() -> None:
                                                             "op outputs (tinysd names, codes) to this .npz")
     ap.add_argument("--aimet-onnx-python", default="/work/venvs/aimet-onnx/bin/python")
     ap.add_argument("--sensitivity", action="store_true")
+    ap.add_argument("--crosscheck", action="store_true")
     ap.add_argument("--stage", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--args", nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.stage == "aimet":
         a = args.args
         return stage_aimet(a[0], a[1], int(a[2]), a[3], a[4])
+    if args.stage == "crosscheck":
+        return stage_crosscheck(*args.args)
+    if args.crosscheck:
+        return crosscheck(args)
     if args.stage == "sensitivity":
         return stage_sensitivity(args.args[0], args.args[1])
     if args.sensitivity:

@@ -13,6 +13,8 @@ does, runs the integer UNet and VAE decoder on the fixture's evaluation inputs a
 of their outputs against QuantSim's outputs on the same inputs (targets: w8a16 >= 60 dB, w8a8 >=
 40 dB), with QuantSim's and tinysd's SQNR against float for scale and the number of tensors the
 files lack (calibrated by tinysd). The AdaRound export has UNet files only.
+`--readback F` (from `tools/aimet_divergence.py --crosscheck --save F`) adds two columns: aimet-onnx's
+QuantSim reading the same export against the QuantSim that wrote it, and tinysd against that reading.
 `--fixtures tests/fixtures/aimet-trained` does the same for the shipped trained model's fixture
 (`make_aimet_fixtures.py --profile trained`: aimet-onnx only, its 4 calibration prompts x 20 steps).
 """
@@ -59,6 +61,7 @@ def main() -> None:
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--exports", nargs="+", choices=list(EXPORTS), help="only these exports (default: all)")
     ap.add_argument("--precisions", nargs="+", choices=list(TARGETS), default=list(TARGETS))
+    ap.add_argument("--readback", type=Path, default=None, help="aimet_divergence.py --crosscheck --save output")
     args = ap.parse_args()
 
     from tinysd.quant.calibration import sqnr_db
@@ -68,6 +71,7 @@ def main() -> None:
     meta = json.loads((args.fixtures / "GENERATED.json").read_text())
     inputs = np.load(args.fixtures / "inputs.npz")
     qs = np.load(args.fixtures / "quantsim.npz")
+    readback = dict(np.load(args.readback)) if args.readback else {}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -94,16 +98,23 @@ def main() -> None:
                     ref = qs[f"{qs_key}/{n}/{prec}"]
                     flt = qs[f"float/{n}"]
                     net = "vae" if n != "unet" else "unet"
+                    back = readback.get(f"{tool}/{n}/{prec}")
+                    back = () if back is None else (sqnr_db(ref, back.reshape(ref.shape)),
+                                                     sqnr_db(back.reshape(ref.shape), got))
                     rows.append((tool, n, prec, sqnr_db(ref, got), sqnr_db(flt, ref), sqnr_db(flt, got),
-                                 len(summary["calibrated"].get(net, [])), len(summary["derived"].get(net, {}))))
+                                 len(summary["calibrated"].get(net, [])), len(summary["derived"].get(net, {})), back))
                 print(f"{tool} {prec}: " + "; ".join(summary["lines"]), file=sys.stderr, flush=True)
     head = ("export", "network", "precision", "tinysd vs QuantSim dB", "target", "QuantSim vs float dB",
             "tinysd vs float dB", "tensors calibrated", "tensors derived")
+    if readback:
+        head += ("aimet-onnx reading the export vs QuantSim dB", "tinysd vs aimet-onnx reading the export dB")
     if args.markdown:
         print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
-    for tool, n, prec, db, qf, tf, cal, der in rows:
+    for tool, n, prec, db, qf, tf, cal, der, back in rows:
         target = f">= {TARGETS[prec]:.0f}: {'met' if db >= TARGETS[prec] else 'missed'}"
         cells = (tool, n, prec, f"{db:.1f}", target, f"{qf:.1f}", f"{tf:.1f}", str(cal), str(der))
+        if readback:
+            cells += tuple(f"{x:.1f}" for x in back) if back else ("-", "-")
         print("| " + " | ".join(cells) + " |" if args.markdown else "  ".join(cells))
 
 
