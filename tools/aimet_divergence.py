@@ -19,7 +19,8 @@ For one evaluation call of an aimet-onnx export of the fixture (made by tools/ma
 --crosscheck reads every export back with AIMET's other simulator: aimet-onnx's QuantSim built on the
 exported graph with the exported 1.0.0 encodings (`load_encodings_to_sim`, quantizers the file lacks disabled),
 run on every evaluation call and compared with the output of the QuantSim that wrote the file (aimet-torch's
-for its exports); `--save F` keeps those outputs for `tools/aimet_targets.py --readback F`.
+for its exports); `--save F` keeps those outputs (tests/fixtures/aimet/readback.npz, which
+tools/aimet_targets.py reads).
 
 --sensitivity instead measures QuantSim against itself (UNet, both precisions, every evaluation
 call): its output on the evaluation inputs against its output when 1 % of the `sample` codes
@@ -80,15 +81,13 @@ def stage_sensitivity(fixtures: str, archive: str) -> None:
     import onnx
     import aimet_onnx.common.quantsim_config as qc
     from aimet_onnx.quantsim import QuantizationSimModel, load_encodings_to_sim
-
-    from onnxruntime import GraphOptimizationLevel, SessionOptions
     from aimet_onnx.utils import OrtInferenceSession, register_aimet_custom_ops
+    from onnxruntime import GraphOptimizationLevel, SessionOptions
 
     cfg = str(Path(qc.__file__).parent / HTP_CONFIG)
     inputs = np.load(Path(fixtures) / "inputs.npz")
     # the same QuantSim graph and encodings in other, equally valid float32 evaluations by ONNX Runtime
-    variants = {"graph optimizations off (Conv as im2col + sgemm, not NCHWc)":
-                {"graph_optimization_level": GraphOptimizationLevel.ORT_DISABLE_ALL},
+    variants = {"graph optimizations off": {"graph_optimization_level": GraphOptimizationLevel.ORT_DISABLE_ALL},
                 "one thread": {"intra_op_num_threads": 1}}
 
     def session(model, opts):
@@ -134,9 +133,11 @@ def stage_sensitivity(fixtures: str, archive: str) -> None:
 
 
 def stage_crosscheck(fixtures: str, archive: str, out_npz: str) -> None:
-    """(aimet-onnx venv) aimet-onnx's QuantSim on each aimet-torch export (its graph and 1.0.0 encodings), every
-    evaluation call: AIMET's other simulator reading the same file, to set beside aimet-torch's own QuantSim."""
+    """(aimet-onnx venv) aimet-onnx's QuantSim on each export (its graph and 1.0.0 encodings), every evaluation
+    call: for aimet-torch's exports AIMET's other simulator reading the same file."""
     import onnx
+    import onnxruntime
+    import aimet_onnx
     import aimet_onnx.common.quantsim_config as qc
     from aimet_onnx.quantsim import QuantizationSimModel, load_encodings_to_sim
 
@@ -158,9 +159,6 @@ def stage_crosscheck(fixtures: str, archive: str, out_npz: str) -> None:
                     calls.append(sim.session.run(None, {k: inputs[f"eval/{net}/{i}/{k}"] for k in INPUTS[net]})[0])
                     i += 1
                 out[f"{tool}/{net}/{prec}"] = np.stack(calls)
-    import aimet_onnx
-    import onnxruntime
-
     out["__generated__"] = np.array(json.dumps({
         "generator": "tools/aimet_divergence.py --crosscheck",
         "exports.tar.xz": hashlib.sha256((Path(fixtures) / "exports.tar.xz").read_bytes()).hexdigest(),

@@ -13,8 +13,9 @@ does, runs the integer UNet and VAE decoder on the fixture's evaluation inputs a
 of their outputs against QuantSim's outputs on the same inputs (targets: w8a16 >= 60 dB, w8a8 >=
 40 dB), with QuantSim's and tinysd's SQNR against float for scale and the number of tensors the
 files lack (calibrated by tinysd). The AdaRound export has UNet files only.
-`--readback F` (from `tools/aimet_divergence.py --crosscheck --save F`) adds two columns: aimet-onnx's
-QuantSim reading the same export against the QuantSim that wrote it, and tinysd against that reading.
+Where the fixture has `readback.npz` (`tools/aimet_divergence.py --crosscheck --save F`; `--readback F`
+names another), two more columns: aimet-onnx's QuantSim reading the same export against the QuantSim
+that wrote it, and tinysd against that reading.
 `--fixtures tests/fixtures/aimet-trained` does the same for the shipped trained model's fixture
 (`make_aimet_fixtures.py --profile trained`: aimet-onnx only, its 4 calibration prompts x 20 steps).
 """
@@ -61,7 +62,8 @@ def main() -> None:
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--exports", nargs="+", choices=list(EXPORTS), help="only these exports (default: all)")
     ap.add_argument("--precisions", nargs="+", choices=list(TARGETS), default=list(TARGETS))
-    ap.add_argument("--readback", type=Path, default=None, help="aimet_divergence.py --crosscheck --save output")
+    ap.add_argument("--readback", type=Path, default=None,
+                    help="aimet_divergence.py --crosscheck --save output (default: FIXTURES/readback.npz if present)")
     args = ap.parse_args()
 
     from tinysd.quant.calibration import sqnr_db
@@ -71,7 +73,8 @@ def main() -> None:
     meta = json.loads((args.fixtures / "GENERATED.json").read_text())
     inputs = np.load(args.fixtures / "inputs.npz")
     qs = np.load(args.fixtures / "quantsim.npz")
-    readback = dict(np.load(args.readback)) if args.readback else {}
+    readback_npz = args.readback or args.fixtures / "readback.npz"
+    readback = dict(np.load(readback_npz)) if readback_npz.exists() else {}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
