@@ -54,16 +54,24 @@ HTP_CONFIG = "htp_quantsim_config_v75.json"
 INPUTS = {"unet": ("sample", "timestep", "encoder_hidden_states"), "vae_decoder": ("latent",)}
 
 
-def stage_aimet(onnx_path: str, enc_path: str, bits: int, inputs_npz: str, out_npz: str) -> None:
-    """(aimet-onnx venv) every quantized tensor of QuantSim on the inputs in `inputs_npz`."""
+def _quantsim(graph, encodings, bits: int):
+    """(aimet-onnx venv) aimet-onnx's QuantSim on an exported graph (HTP config, int8 parameters, `bits`-bit
+    activations) with the exported encodings loaded; quantizers the file lacks are disabled."""
     import onnx
     import aimet_onnx.common.quantsim_config as qc
-    from aimet_onnx.layer_output_utils import LayerOutput
     from aimet_onnx.quantsim import QuantizationSimModel, load_encodings_to_sim
 
-    cfg = str(Path(qc.__file__).parent / HTP_CONFIG)
-    sim = QuantizationSimModel(onnx.load(onnx_path), param_type="int8", activation_type=f"int{bits}", config_file=cfg)
-    load_encodings_to_sim(sim, enc_path, strict=False)
+    sim = QuantizationSimModel(onnx.load(str(graph)), param_type="int8", activation_type=f"int{bits}",
+                               config_file=str(Path(qc.__file__).parent / HTP_CONFIG))
+    load_encodings_to_sim(sim, str(encodings), strict=False)
+    return sim
+
+
+def stage_aimet(onnx_path: str, enc_path: str, bits: int, inputs_npz: str, out_npz: str) -> None:
+    """(aimet-onnx venv) every quantized tensor of QuantSim on the inputs in `inputs_npz`."""
+    from aimet_onnx.layer_output_utils import LayerOutput
+
+    sim = _quantsim(onnx_path, enc_path, bits)
     feed = dict(np.load(inputs_npz))
     names = [n for n in LayerOutput.get_activation_names(sim.model.model) if n.endswith("_updated")]
     LayerOutput.register_activations(sim.model.model, names)
@@ -78,13 +86,9 @@ def stage_aimet(onnx_path: str, enc_path: str, bits: int, inputs_npz: str, out_n
 
 def stage_sensitivity(fixtures: str, archive: str) -> None:
     """(aimet-onnx venv) QuantSim's UNet against itself on slightly moved inputs (module docstring)."""
-    import onnx
-    import aimet_onnx.common.quantsim_config as qc
-    from aimet_onnx.quantsim import QuantizationSimModel, load_encodings_to_sim
     from aimet_onnx.utils import OrtInferenceSession, register_aimet_custom_ops
     from onnxruntime import GraphOptimizationLevel, SessionOptions
 
-    cfg = str(Path(qc.__file__).parent / HTP_CONFIG)
     inputs = np.load(Path(fixtures) / "inputs.npz")
     # the same QuantSim graph and encodings in other, equally valid float32 evaluations by ONNX Runtime
     variants = {"graph optimizations off": {"graph_optimization_level": GraphOptimizationLevel.ORT_DISABLE_ALL},
@@ -102,9 +106,7 @@ def stage_sensitivity(fixtures: str, archive: str) -> None:
 
     for prec, bits in (("w8a8", 8), ("w8a16", 16)):
         d = Path(archive) / "aimet-onnx" / "unet" / prec
-        sim = QuantizationSimModel(onnx.load(str(d / "unet.onnx")), param_type="int8", activation_type=f"int{bits}",
-                                   config_file=cfg)
-        load_encodings_to_sim(sim, str(d / "unet_1.0.0.encodings"), strict=False)
+        sim = _quantsim(d / "unet.onnx", d / "unet_1.0.0.encodings", bits)
         enc = json.loads((d / "unet_1.0.0.encodings").read_text())
         s = next(a["scale"] for a in enc["activation_encodings"] if a["name"] == "sample")
         s = float(s[0] if isinstance(s, list) else s)
@@ -135,13 +137,9 @@ def stage_sensitivity(fixtures: str, archive: str) -> None:
 def stage_crosscheck(fixtures: str, archive: str, out_npz: str) -> None:
     """(aimet-onnx venv) aimet-onnx's QuantSim on each export (its graph and 1.0.0 encodings), every evaluation
     call: for aimet-torch's exports AIMET's other simulator reading the same file."""
-    import onnx
-    import onnxruntime
     import aimet_onnx
-    import aimet_onnx.common.quantsim_config as qc
-    from aimet_onnx.quantsim import QuantizationSimModel, load_encodings_to_sim
+    import onnxruntime
 
-    cfg = str(Path(qc.__file__).parent / HTP_CONFIG)
     inputs = np.load(Path(fixtures) / "inputs.npz")
     out = {}
     for tool in ("aimet-onnx", "aimet-torch-onnx", "aimet-torch-export", "aimet-torch-adaround"):
@@ -151,9 +149,7 @@ def stage_crosscheck(fixtures: str, archive: str, out_npz: str) -> None:
                 graph = d / (f"{net}.onnx" if tool == "aimet-onnx" else f"{net}_1.0.0.onnx")
                 if not graph.exists():
                     continue
-                sim = QuantizationSimModel(onnx.load(str(graph)), param_type="int8", activation_type=f"int{bits}",
-                                           config_file=cfg)
-                load_encodings_to_sim(sim, str(d / f"{net}_1.0.0.encodings"), strict=False)
+                sim = _quantsim(graph, d / f"{net}_1.0.0.encodings", bits)
                 calls, i = [], 0
                 while f"eval/{net}/{i}/{INPUTS[net][0]}" in inputs:
                     calls.append(sim.session.run(None, {k: inputs[f"eval/{net}/{i}/{k}"] for k in INPUTS[net]})[0])
@@ -188,7 +184,7 @@ def crosscheck(args: argparse.Namespace) -> None:
             continue
         tool, net, prec = key.split("/")
         ref = qs[f"{tool if tool in ('aimet-onnx', 'aimet-torch-adaround') else 'aimet-torch'}/{net}/{prec}"]
-        print(f"| {tool} | {net} | {prec} | {sqnr_db(ref.astype(np.float64), got.reshape(ref.shape)):.1f} |")
+        print(f"| {tool} | {net} | {prec} | {sqnr_db(ref, got.reshape(ref.shape)):.1f} |")
 
 
 def main() -> None:

@@ -22,9 +22,11 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from functools import lru_cache
 from pathlib import Path
+from typing import IO
 
 from numba import types
 from numba.core.registry import CPUDispatcher
@@ -169,27 +171,37 @@ def ensure_compiled(precisions) -> None:
     t0 = time.perf_counter()
     root = str(Path(__file__).resolve().parents[2])  # the children import this tinysd, wherever it came from
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
-    children: list[subprocess.Popen] = []
+    children: list[tuple[subprocess.Popen, IO[str]]] = []
     failures = []
     try:
         for part in range(parts):
-            children.append(subprocess.Popen([sys.executable, "-m", __name__, f"{part}/{parts}", *stamps], env=env,
-                                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
-        for child in children:
+            # stderr to an unlinked file, not a pipe: a child that writes much while its sibling is waited on
+            # cannot block on a full pipe
+            err = tempfile.TemporaryFile("w+")
             try:
-                _, err = child.communicate(timeout=max(1.0, t0 + CHILD_TIMEOUT_S - time.perf_counter()))
+                child = subprocess.Popen([sys.executable, "-m", __name__, f"{part}/{parts}", *stamps], env=env,
+                                         stdout=subprocess.DEVNULL, stderr=err)
+            except BaseException:
+                err.close()
+                raise
+            children.append((child, err))
+        for child, err in children:
+            try:
+                child.wait(timeout=max(1.0, t0 + CHILD_TIMEOUT_S - time.perf_counter()))
             except subprocess.TimeoutExpired:
                 failures.append(f"timed out after {CHILD_TIMEOUT_S} s")
                 continue
             if child.returncode != 0:
-                failures.append((err.strip().splitlines() or [f"exit code {child.returncode}"])[-1])
+                err.seek(0)
+                failures.append((err.read().strip().splitlines() or [f"exit code {child.returncode}"])[-1])
     except OSError as e:
         failures.append(str(e))
     finally:
-        for child in children:
+        for child, err in children:
             if child.poll() is None:
                 child.kill()
                 child.wait()
+            err.close()
     if failures:
         log.warning("compiling the kernels in a child process failed (%s); they compile as they are used", failures[0])
         return
